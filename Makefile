@@ -1,0 +1,53 @@
+# Developer entry points. `make` alone lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+JOBS ?= 2
+FORMAT_FILES = $(shell find cmd internal tests -type f \( -name '*.cpp' -o -name '*.hpp' \) 2>/dev/null | sort)
+
+.PHONY: help bootstrap build release run test test-asan format format-check stack-start \
+        stack-stop stack-status clean
+
+help: ## Show the targets
+	@echo "Targets:"
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
+
+bootstrap: ## Install the Debian packages needed to build, test and run
+	scripts/bootstrap.sh
+
+build: bootstrap ## Configure and build the dev (Debug) preset into build/dev
+	cmake --preset dev
+	cmake --build --preset dev -j$(JOBS)
+
+release: bootstrap ## Configure and build the release preset into build/release
+	cmake --preset release
+	cmake --build --preset release -j$(JOBS)
+
+run: build ## Build, start NATS + PostgreSQL under .local/, run processor and DLQ worker
+	scripts/run-local.sh
+
+test: ## Build dev and run all tests (unit + integration) against throw-away servers
+	scripts/test.sh
+
+test-asan: ## The same under AddressSanitizer + UndefinedBehaviorSanitizer (build/asan)
+	PRESET=asan scripts/test.sh
+
+format: ## Reformat C++ sources in cmd/ internal/ tests/ with clang-format
+	@files="$(FORMAT_FILES)"; [[ -z "$$files" ]] || clang-format -i $$files
+
+format-check: ## Fail if any C++ source is not clang-formatted
+	@files="$(FORMAT_FILES)"; [[ -z "$$files" ]] || clang-format --dry-run --Werror $$files
+	@echo "format-check: ok"
+
+stack-start: ## Start the local NATS + PostgreSQL stack (data kept in .local/)
+	scripts/local-stack.sh start
+
+stack-stop: ## Stop the local stack
+	scripts/local-stack.sh stop
+
+stack-status: ## Show whether the local stack runs
+	scripts/local-stack.sh status
+
+clean: ## Remove build outputs (keeps .local/ data; stack-stop first to stop servers)
+	rm -rf build

@@ -1,0 +1,88 @@
+// dlq-worker: a pool of workers on the DLQ stream's durable pull consumer. Records every
+// dead letter's outcome durably in <OPS_SCHEMA>.exhausted_events before acknowledging it.
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "app/startup.hpp"
+#include "core/signals.hpp"
+#include "dlq/dlq_handler.hpp"
+#include "observability/http_server.hpp"
+#include "observability/logging.hpp"
+#include "pipeline/consumer_loop.hpp"
+#include "postgres/pg_store.hpp"
+
+using namespace evp;
+
+int main() {
+  const Config config = app::LoadConfigOrExit(Binary::kDlqWorker, "dlq-worker");
+  observability::InitLogging("dlq-worker", config.log_level, config.log_format);
+  std::atomic<bool> stop{false};
+  InstallStopSignals(stop);
+
+  observability::Metrics metrics("dlq-worker", config.metrics_tenants);
+  std::shared_ptr<nats::NatsConnection> conn;
+  std::atomic<bool> started{false};
+  std::vector<std::unique_ptr<pipeline::LoopHealth>> health;
+  for (int i = 0; i < config.dlq_workers; ++i) {
+    health.push_back(std::make_unique<pipeline::LoopHealth>());
+  }
+
+  observability::HttpServer http(metrics, [&] {
+    const bool nats_up = conn != nullptr && conn->Connected();
+    bool pg = started.load();
+    bool running = started.load();
+    for (const auto& h : health) {
+      pg = pg && h->store_ok;
+      running = running && h->running;
+    }
+    const bool ready = nats_up && pg && running && !stop;
+    metrics.ready().Set(ready ? 1 : 0);
+    std::string detail = std::string("{\"ready\":") + (ready ? "true" : "false") +
+                         ",\"nats\":" + (nats_up ? "true" : "false") +
+                         ",\"postgres\":" + (pg ? "true" : "false") +
+                         ",\"consumers\":" + (running ? "true" : "false") +
+                         ",\"stopping\":" + (stop ? "true" : "false") + "}";
+    return observability::Readiness{ready, detail};
+  });
+  const int port = http.Start(config.http_port);
+  if (port < 0) {
+    observability::LogError("cannot listen on HTTP_PORT", {{"port", config.http_port}});
+    return 1;
+  }
+  observability::LogInfo("http endpoints up", {{"port", port}});
+
+  if (!app::MigrateOpsWhenReachable(config, stop)) return 0;
+  conn = app::ConnectNatsWhenReachable(config, "dlq-worker", stop);
+  if (!conn) return 0;
+  const nats::ConsumerSpec spec{config.dlq_stream, config.dlq_consumer, config.dlq_ack_wait,
+                                -1,  // never drop a dead letter: it is retried until recorded
+                                std::max(config.dlq_workers * 64, 256), ""};
+  std::vector<std::unique_ptr<nats::JetStreamSource>> sources;
+  for (int i = 0; i < config.dlq_workers; ++i) {
+    auto src = app::BindWhenReady(conn, spec, stop);
+    if (!src) return 0;
+    sources.push_back(std::move(src));
+  }
+  observability::LogInfo("consuming", {{"consumer", config.dlq_consumer},
+                                       {"workers", config.dlq_workers}});
+  std::vector<std::thread> workers;
+  for (int i = 0; i < config.dlq_workers; ++i) {
+    workers.emplace_back([&, i] {
+      postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix);
+      pipeline::SystemClock clock;
+      dlq::DlqHandler handler(config, store, clock, metrics);
+      pipeline::RunConsumerLoop(*sources[static_cast<size_t>(i)], handler, store, metrics,
+                                {config.dlq_consumer, 32, std::chrono::milliseconds(500),
+                                 std::chrono::milliseconds(0), std::chrono::milliseconds(5000)},
+                                stop, *health[static_cast<size_t>(i)]);
+    });
+  }
+  started = true;
+  for (auto& w : workers) w.join();
+  sources.clear();
+  conn->Drain(config.shutdown_grace);
+  http.Stop();
+  observability::LogInfo("stopped");
+  return 0;
+}

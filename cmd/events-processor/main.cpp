@@ -1,0 +1,102 @@
+// events-processor: JetStream durable pull consumers (realtime and history) -> validation ->
+// handlers -> tenant tables in PostgreSQL -> ack. Wiring only; the logic lives in internal/.
+#include <atomic>
+#include <cstdio>
+#include <thread>
+
+#include "app/startup.hpp"
+#include "core/signals.hpp"
+#include "observability/http_server.hpp"
+#include "observability/logging.hpp"
+#include "pipeline/consumer_loop.hpp"
+#include "postgres/pg_store.hpp"
+#include "validation/schema_registry.hpp"
+
+using namespace evp;
+
+int main() {
+  const Config config = app::LoadConfigOrExit(Binary::kProcessor, "events-processor");
+  observability::InitLogging("events-processor", config.log_level, config.log_format);
+  std::atomic<bool> stop{false};
+  InstallStopSignals(stop);
+
+  auto schemas = validation::SchemaRegistry::LoadEmbedded();
+  if (!schemas.ok()) {
+    observability::LogError("cannot load JSON schemas", {{"error", schemas.error()}});
+    return 1;
+  }
+  observability::Metrics metrics("events-processor", config.metrics_tenants);
+  std::atomic<bool> nats_ok{false};
+  std::atomic<bool> consumers_bound{false};
+  pipeline::LoopHealth realtime_health;
+  pipeline::LoopHealth history_health;
+  std::shared_ptr<nats::NatsConnection> conn;
+
+  observability::HttpServer http(metrics, [&] {
+    const bool nats_up = conn != nullptr && conn->Connected();
+    const bool pg = realtime_health.store_ok && history_health.store_ok && nats_ok;
+    const bool bound = consumers_bound && realtime_health.running && history_health.running;
+    const bool ready = nats_up && pg && bound && !stop;
+    metrics.ready().Set(ready ? 1 : 0);
+    std::string detail = std::string("{\"ready\":") + (ready ? "true" : "false") +
+                         ",\"nats\":" + (nats_up ? "true" : "false") +
+                         ",\"postgres\":" + (pg ? "true" : "false") +
+                         ",\"consumers\":" + (bound ? "true" : "false") +
+                         ",\"stopping\":" + (stop ? "true" : "false") + "}";
+    return observability::Readiness{ready, detail};
+  });
+  const int port = http.Start(config.http_port);
+  if (port < 0) {
+    observability::LogError("cannot listen on HTTP_PORT", {{"port", config.http_port}});
+    return 1;
+  }
+  observability::LogInfo("http endpoints up", {{"port", port}});
+
+  if (!app::MigrateOpsWhenReachable(config, stop)) return 0;
+  conn = app::ConnectNatsWhenReachable(config, "events-processor", stop);
+  if (!conn) return 0;
+  nats_ok = true;
+
+  const nats::ConsumerSpec realtime_spec{config.realtime_stream, config.realtime_consumer,
+                                         config.ack_wait,        config.max_deliver,
+                                         config.max_ack_pending, ""};
+  const nats::ConsumerSpec history_spec{config.history_stream,   config.history_consumer,
+                                        config.history_ack_wait, config.history_max_deliver,
+                                        std::max(16, config.max_ack_pending / 64), ""};
+  auto realtime_src = app::BindWhenReady(conn, realtime_spec, stop);
+  auto history_src = app::BindWhenReady(conn, history_spec, stop);
+  if (!realtime_src || !history_src) return 0;
+  consumers_bound = true;
+  observability::LogInfo("consuming", {{"realtime_consumer", config.realtime_consumer},
+                                       {"history_consumer", config.history_consumer},
+                                       {"batch_size", config.batch_size}});
+
+  auto run = [&](pipeline::EventSource& src, pipeline::LoopHealth& health,
+                 pipeline::LoopOptions options) {
+    postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix);
+    nats::JetStreamDeadLetterSink dlq(conn);
+    pipeline::SystemClock clock;
+    pipeline::BatchProcessor processor(config, schemas.value(), store, dlq, store, clock, metrics);
+    pipeline::RunConsumerLoop(src, processor, store, metrics, options, stop, health);
+  };
+  std::thread realtime([&] {
+    run(*realtime_src, realtime_health,
+        {config.realtime_consumer, config.batch_size, config.batch_max_wait,
+         std::chrono::milliseconds(0), std::chrono::milliseconds(5000)});
+  });
+  std::thread history([&] {
+    // History batches carry thousands of items each: fetch few, keep them alive while written.
+    run(*history_src, history_health,
+        {config.history_consumer, 4, config.batch_max_wait, config.history_ack_wait / 3,
+         std::chrono::milliseconds(5000)});
+  });
+  realtime.join();
+  history.join();
+  observability::LogInfo("in-flight batches settled; draining NATS");
+  realtime_src.reset();
+  history_src.reset();
+  conn->Drain(config.shutdown_grace);
+  http.Stop();
+  observability::LogInfo("stopped");
+  return 0;
+}

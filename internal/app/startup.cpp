@@ -1,0 +1,69 @@
+#include "app/startup.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "observability/logging.hpp"
+#include "pipeline/consumer_loop.hpp"
+#include "postgres/pg_store.hpp"
+
+namespace evp::app {
+
+using std::chrono::milliseconds;
+
+Config LoadConfigOrExit(Binary binary, const char* binary_name) {
+  auto cfg = Config::FromProcessEnvironment(binary);
+  if (!cfg.ok()) {
+    std::fprintf(stderr, "%s: invalid configuration:\n", binary_name);
+    for (const auto& e : cfg.error()) std::fprintf(stderr, "  %s\n", e.c_str());
+    std::exit(2);
+  }
+  return std::move(cfg).value();
+}
+
+bool MigrateOpsWhenReachable(const Config& config, const std::atomic<bool>& stop) {
+  while (!stop.load()) {
+    auto r = postgres::MigrateOps(config.postgres_dsn, config.ops_schema);
+    if (r.ok()) return true;
+    observability::LogWarn("PostgreSQL not ready; retrying in 2s", {{"error", r.error()}});
+    pipeline::SleepUnlessStopped(milliseconds(2000), stop);
+  }
+  return false;
+}
+
+std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(const Config& config,
+                                                               const std::string& name,
+                                                               const std::atomic<bool>& stop) {
+  while (!stop.load()) {
+    auto conn = nats::NatsConnection::Connect(config, name);
+    if (conn.ok()) {
+      auto streams = (*conn)->EnsureStreams(config);
+      if (streams.ok()) return conn.value();
+      observability::LogWarn("JetStream not ready; retrying in 2s", {{"error", streams.error()}});
+    } else {
+      observability::LogWarn("NATS not ready; retrying in 2s", {{"error", conn.error()}});
+    }
+    pipeline::SleepUnlessStopped(milliseconds(2000), stop);
+  }
+  return nullptr;
+}
+
+std::unique_ptr<nats::JetStreamSource> BindWhenReady(std::shared_ptr<nats::NatsConnection> conn,
+                                                     const nats::ConsumerSpec& spec,
+                                                     const std::atomic<bool>& stop) {
+  while (!stop.load()) {
+    auto ensured = conn->EnsureConsumer(spec);
+    if (ensured.ok()) {
+      auto src = nats::JetStreamSource::Bind(conn, spec);
+      if (src.ok()) return std::move(src).value();
+      observability::LogWarn("cannot bind consumer; retrying in 2s", {{"error", src.error()}});
+    } else {
+      observability::LogWarn("cannot create consumer; retrying in 2s",
+                             {{"error", ensured.error()}});
+    }
+    pipeline::SleepUnlessStopped(milliseconds(2000), stop);
+  }
+  return nullptr;
+}
+
+}  // namespace evp::app

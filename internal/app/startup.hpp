@@ -1,0 +1,30 @@
+#pragma once
+// Start-up steps shared by the binaries: load configuration (exit 2 on bad values), then wait
+// (not ready) for PostgreSQL and NATS instead of crashing when they are not up yet.
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "config/config.hpp"
+#include "nats/jetstream.hpp"
+
+namespace evp::app {
+
+// Prints every configuration error to stderr and exits 2 when the environment is invalid.
+Config LoadConfigOrExit(Binary binary, const char* binary_name);
+
+// Applies the ops migrations, retrying every 2 s until they succeed or stop is set.
+bool MigrateOpsWhenReachable(const Config& config, const std::atomic<bool>& stop);
+
+// Connects to NATS and creates/updates the streams, retrying until success or stop.
+std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(const Config& config,
+                                                               const std::string& name,
+                                                               const std::atomic<bool>& stop);
+
+// Creates/updates the consumer and binds a pull subscription, retrying until success or stop.
+std::unique_ptr<nats::JetStreamSource> BindWhenReady(std::shared_ptr<nats::NatsConnection> conn,
+                                                     const nats::ConsumerSpec& spec,
+                                                     const std::atomic<bool>& stop);
+
+}  // namespace evp::app

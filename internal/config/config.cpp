@@ -1,0 +1,381 @@
+#include "config/config.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <cstdlib>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "core/duration.hpp"
+
+namespace evp {
+namespace {
+
+using ms = std::chrono::milliseconds;
+
+// One configuration key: how to read it, its default and its doc line.
+struct Key {
+  std::string name;
+  std::string doc;
+  std::string default_value;
+  bool secret = false;
+  // Parses value into cfg; returns an error text (without the key name) or "".
+  std::function<std::string(Config&, const std::string&)> apply;
+  // Prints the effective value.
+  std::function<std::string(const Config&)> show;
+};
+
+std::string Trim(std::string s) {
+  auto not_space = [](unsigned char c) { return !std::isspace(c); };
+  s.erase(s.begin(), std::find_if(s.begin(), s.end(), not_space));
+  s.erase(std::find_if(s.rbegin(), s.rend(), not_space).base(), s.end());
+  return s;
+}
+
+std::vector<std::string> SplitList(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    item = Trim(item);
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+std::string Join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& s : items) {
+    if (!out.empty()) out += ",";
+    out += s;
+  }
+  return out;
+}
+
+Key IntKey(std::string name, std::string doc, std::string def, int64_t lo, int64_t hi,
+           std::function<void(Config&, int64_t)> set, std::function<int64_t(const Config&)> get) {
+  Key k{std::move(name), std::move(doc), std::move(def), false, nullptr, nullptr};
+  k.apply = [lo, hi, set](Config& c, const std::string& v) -> std::string {
+    int64_t n = 0;
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec != std::errc() || p != v.data() + v.size()) return "must be an integer";
+    if (n < lo || n > hi) {
+      return "must be between " + std::to_string(lo) + " and " + std::to_string(hi);
+    }
+    set(c, n);
+    return "";
+  };
+  k.show = [get](const Config& c) { return std::to_string(get(c)); };
+  return k;
+}
+
+Key DurationKey(std::string name, std::string doc, std::string def, ms lo, ms hi,
+                std::function<ms&(Config&)> field) {
+  Key k{std::move(name), std::move(doc), std::move(def), false, nullptr, nullptr};
+  k.apply = [lo, hi, field](Config& c, const std::string& v) -> std::string {
+    auto d = ParseDuration(v);
+    if (!d) return "must be a duration such as 500ms, 6s, 5m or 1h";
+    if (*d < lo || *d > hi) {
+      return "must be between " + FormatDuration(lo) + " and " + FormatDuration(hi);
+    }
+    field(c) = *d;
+    return "";
+  };
+  k.show = [field](const Config& c) { return FormatDuration(field(const_cast<Config&>(c))); };
+  return k;
+}
+
+Key StringKey(std::string name, std::string doc, std::string def, std::string pattern,
+              std::string rule, std::function<std::string&(Config&)> field, bool secret = false) {
+  Key k{std::move(name), std::move(doc), std::move(def), secret, nullptr, nullptr};
+  k.apply = [pattern, rule, field](Config& c, const std::string& v) -> std::string {
+    if (!pattern.empty() && !std::regex_match(v, std::regex(pattern))) return rule;
+    field(c) = v;
+    return "";
+  };
+  k.show = [field](const Config& c) { return field(const_cast<Config&>(c)); };
+  return k;
+}
+
+const char* kTenantPattern = "^[A-Za-z][A-Za-z0-9_]{0,39}$";
+const char* kIdentPattern = "^[a-z_][a-z0-9_]{0,22}$";
+const char* kIdentRule = "must match ^[a-z_][a-z0-9_]{0,22}$ (a lower-case SQL identifier)";
+const char* kNamePattern = "^[A-Za-z0-9_-]{1,64}$";
+const char* kNameRule = "must be 1-64 characters of A-Z a-z 0-9 _ -";
+
+std::vector<Key> Keys(Binary binary) {
+  const std::string http_default = binary == Binary::kDlqWorker ? "8081" : "8080";
+  std::vector<Key> keys;
+  keys.push_back(StringKey("NATS_URL", "NATS server URL(s), comma-separated",
+                           "nats://127.0.0.1:4222", "^(nats|tls)://.+$",
+                           "must start with nats:// or tls://",
+                           [](Config& c) -> std::string& { return c.nats_url; }));
+  keys.push_back(StringKey("NATS_USER", "NATS user name", "", "", "",
+                           [](Config& c) -> std::string& { return c.nats_user; }));
+  keys.push_back(StringKey("NATS_PASSWORD", "NATS password (secret)", "", "", "",
+                           [](Config& c) -> std::string& { return c.nats_password; }, true));
+  keys.push_back(StringKey("NATS_TOKEN", "NATS auth token (secret)", "", "", "",
+                           [](Config& c) -> std::string& { return c.nats_token; }, true));
+  keys.push_back(StringKey("NATS_CREDS_FILE", "path of a NATS .creds file", "", "", "",
+                           [](Config& c) -> std::string& { return c.nats_creds_file; }));
+  keys.push_back(StringKey(
+      "POSTGRES_DSN", "PostgreSQL connection string (secret; required)", "", "^.+$",
+      "is required (e.g. postgresql://user:pass@host:5432/db)",
+      [](Config& c) -> std::string& { return c.postgres_dsn; }, true));
+  keys.push_back(IntKey(
+      "DB_POOL_SIZE", "PostgreSQL connections used for writes", "2", 1, 64,
+      [](Config& c, int64_t v) { c.db_pool_size = static_cast<int>(v); },
+      [](const Config& c) { return c.db_pool_size; }));
+  keys.push_back(IntKey(
+      "HTTP_PORT", "port of /healthz, /readyz and /metrics", http_default, 0, 65535,
+      [](Config& c, int64_t v) { c.http_port = static_cast<int>(v); },
+      [](const Config& c) { return c.http_port; }));
+  keys.push_back(StringKey("LOG_LEVEL", "trace, debug, info, warn, error", "info",
+                           "^(trace|debug|info|warn|error)$",
+                           "must be one of trace, debug, info, warn, error",
+                           [](Config& c) -> std::string& { return c.log_level; }));
+  keys.push_back(StringKey("LOG_FORMAT", "json (one object per line) or text", "json",
+                           "^(json|text)$", "must be json or text",
+                           [](Config& c) -> std::string& { return c.log_format; }));
+  keys.push_back(StringKey("TENANT_SCHEMA_PREFIX", "prefix of every tenant schema", "tenant_",
+                           kIdentPattern, kIdentRule,
+                           [](Config& c) -> std::string& { return c.tenant_schema_prefix; }));
+  keys.push_back(StringKey("OPS_SCHEMA", "schema of the tenant registry and exhausted events",
+                           "events_ops", kIdentPattern, kIdentRule,
+                           [](Config& c) -> std::string& { return c.ops_schema; }));
+  {
+    Key k{"TENANTS", "comma-separated tenant allow-list; empty = all tenants", "", false,
+          nullptr, nullptr};
+    k.apply = [](Config& c, const std::string& v) -> std::string {
+      c.tenants = SplitList(v);
+      for (const auto& t : c.tenants) {
+        if (!std::regex_match(t, std::regex(kTenantPattern))) {
+          return "'" + t + "' is not a valid tenant id (" + kTenantPattern + ")";
+        }
+      }
+      return "";
+    };
+    k.show = [](const Config& c) { return Join(c.tenants); };
+    keys.push_back(std::move(k));
+  }
+  {
+    Key k{"METRICS_TENANTS",
+          "tenants that get a company_id label on per-tenant metrics (keep it short)", "", false,
+          nullptr, nullptr};
+    k.apply = [](Config& c, const std::string& v) -> std::string {
+      c.metrics_tenants = SplitList(v);
+      if (c.metrics_tenants.size() > 20) return "at most 20 tenants (label cardinality)";
+      return "";
+    };
+    k.show = [](const Config& c) { return Join(c.metrics_tenants); };
+    keys.push_back(std::move(k));
+  }
+  auto name_key = [&](const char* key, const char* doc, const char* def,
+                      std::string Config::*field) {
+    keys.push_back(StringKey(key, doc, def, kNamePattern, kNameRule,
+                             [field](Config& c) -> std::string& { return c.*field; }));
+  };
+  name_key("REALTIME_STREAM", "JetStream stream of realtime subjects", "EVENTS_REALTIME",
+           &Config::realtime_stream);
+  name_key("HISTORY_STREAM", "JetStream stream of v1.history.>", "EVENTS_HISTORY",
+           &Config::history_stream);
+  name_key("DLQ_STREAM", "JetStream stream of v1.dlq.>", "EVENTS_DLQ", &Config::dlq_stream);
+  name_key("REALTIME_CONSUMER", "durable consumer of the realtime stream (suffixed when TENANTS is set)",
+           "events-processor-realtime", &Config::realtime_consumer);
+  name_key("HISTORY_CONSUMER", "durable consumer of the history stream (suffixed when TENANTS is set)",
+           "events-processor-history", &Config::history_consumer);
+  name_key("DLQ_CONSUMER", "durable consumer of the DLQ stream (suffixed when TENANTS is set)",
+           "dlq-worker", &Config::dlq_consumer);
+  const ms kMinute(60'000);
+  const ms kDay = kMinute * 60 * 24;
+  auto dur_key = [&](const char* key, const char* doc, const char* def, ms lo, ms hi,
+                     ms Config::*field) {
+    keys.push_back(
+        DurationKey(key, doc, def, lo, hi, [field](Config& c) -> ms& { return c.*field; }));
+  };
+  dur_key("REALTIME_MAX_AGE", "retention of the realtime stream", "720h", kMinute, kDay * 3650,
+          &Config::realtime_max_age);
+  dur_key("HISTORY_MAX_AGE", "retention of the history stream", "720h", kMinute, kDay * 3650,
+          &Config::history_max_age);
+  dur_key("DLQ_MAX_AGE", "retention of the DLQ stream", "168h", kMinute, kDay * 3650,
+          &Config::dlq_max_age);
+  keys.push_back(IntKey(
+      "STREAM_REPLICAS", "replicas of each stream (3 on a NATS cluster)", "1", 1, 5,
+      [](Config& c, int64_t v) { c.stream_replicas = static_cast<int>(v); },
+      [](const Config& c) { return c.stream_replicas; }));
+  keys.push_back(IntKey(
+      "BATCH_SIZE", "messages fetched and written per batch", "1000", 1, 10000,
+      [](Config& c, int64_t v) { c.batch_size = static_cast<int>(v); },
+      [](const Config& c) { return c.batch_size; }));
+  dur_key("BATCH_MAX_WAIT", "longest wait for a batch to fill", "100ms", ms(1), ms(10'000),
+          &Config::batch_max_wait);
+  dur_key("ACK_WAIT", "realtime consumer AckWait (redelivery after a crash)", "5s", ms(1000),
+          kMinute * 60, &Config::ack_wait);
+  keys.push_back(IntKey(
+      "MAX_DELIVER", "deliveries of a realtime event before it goes to the DLQ", "20", 2, 10000,
+      [](Config& c, int64_t v) { c.max_deliver = static_cast<int>(v); },
+      [](const Config& c) { return c.max_deliver; }));
+  keys.push_back(IntKey(
+      "MAX_ACK_PENDING", "unacknowledged messages per consumer; 0 = 4 x BATCH_SIZE", "0", 0,
+      1'000'000, [](Config& c, int64_t v) { c.max_ack_pending = static_cast<int>(v); },
+      [](const Config& c) { return c.max_ack_pending; }));
+  dur_key("HISTORY_ACK_WAIT", "history consumer AckWait (in-progress acks extend it)", "60s",
+          ms(1000), kMinute * 60, &Config::history_ack_wait);
+  keys.push_back(IntKey(
+      "HISTORY_MAX_DELIVER", "deliveries of a history batch before it goes to the DLQ", "10", 2,
+      10000, [](Config& c, int64_t v) { c.history_max_deliver = static_cast<int>(v); },
+      [](const Config& c) { return c.history_max_deliver; }));
+  dur_key("NAK_BASE_DELAY", "first redelivery delay after a transient error", "500ms", ms(1),
+          kMinute * 10, &Config::nak_base_delay);
+  dur_key("NAK_MAX_DELAY", "cap of the redelivery delay", "30s", ms(1), kMinute * 60,
+          &Config::nak_max_delay);
+  dur_key("ORDERING_GRACE", "how long an update may wait for its row before it is exhausted",
+          "6s", ms(0), kMinute * 60, &Config::ordering_grace);
+  {
+    Key k = IntKey(
+        "MAX_EVENT_BYTES", "largest accepted event; larger ones are exhausted as too_large",
+        "921600", 1024, 64 * 1024 * 1024,
+        [](Config& c, int64_t v) { c.max_event_bytes = v; },
+        [](const Config& c) { return c.max_event_bytes; });
+    keys.push_back(std::move(k));
+  }
+  dur_key("SHUTDOWN_GRACE", "time to finish the in-flight batch on SIGTERM", "20s", ms(0),
+          kMinute * 10, &Config::shutdown_grace);
+  keys.push_back(IntKey(
+      "DLQ_WORKERS", "DLQ worker pool size", "4", 1, 256,
+      [](Config& c, int64_t v) { c.dlq_workers = static_cast<int>(v); },
+      [](const Config& c) { return c.dlq_workers; }));
+  dur_key("DLQ_BASE_DELAY", "first DLQ retry delay", "1s", ms(1), kMinute * 60,
+          &Config::dlq_base_delay);
+  dur_key("DLQ_MAX_DELAY", "cap of the DLQ retry delay", "5m", ms(1), kDay,
+          &Config::dlq_max_delay);
+  keys.push_back(IntKey(
+      "DLQ_MAX_ATTEMPTS", "attempts of a retryable event before it is exhausted", "5", 1, 1000,
+      [](Config& c, int64_t v) { c.dlq_max_attempts = static_cast<int>(v); },
+      [](const Config& c) { return c.dlq_max_attempts; }));
+  dur_key("DLQ_ACK_WAIT", "DLQ consumer AckWait", "30s", ms(1000), kMinute * 60,
+          &Config::dlq_ack_wait);
+  return keys;
+}
+
+std::string ReadSecretFile(const std::string& path, std::string* error) {
+  std::ifstream in(path);
+  if (!in) {
+    *error = "cannot read file '" + path + "'";
+    return "";
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return Trim(ss.str());
+}
+
+// Stable short suffix for allow-listed deployments' consumer names.
+std::string TenantSuffix(const std::vector<std::string>& tenants) {
+  std::vector<std::string> sorted = tenants;
+  std::sort(sorted.begin(), sorted.end());
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a
+  for (const auto& t : sorted) {
+    for (unsigned char ch : t + ",") {
+      h ^= ch;
+      h *= 1099511628211ULL;
+    }
+  }
+  static const char* kHex = "0123456789abcdef";
+  std::string out = "-t";
+  for (int i = 0; i < 8; ++i) out += kHex[(h >> (i * 4)) & 0xF];
+  return out;
+}
+
+}  // namespace
+
+Result<Config, std::vector<std::string>> Config::FromEnvironment(Binary binary,
+                                                                 const Getenv& getenv) {
+  Config cfg;
+  std::vector<std::string> errors;
+  std::vector<std::string> explicit_consumers;
+  for (const Key& key : Keys(binary)) {
+    std::optional<std::string> value = getenv(key.name);
+    if (!value) {
+      // Secrets may come from a mounted file: KEY_FILE=/run/secrets/...
+      if (auto file = getenv(key.name + "_FILE"); file && !file->empty()) {
+        std::string err;
+        value = ReadSecretFile(*file, &err);
+        if (!err.empty()) {
+          errors.push_back(key.name + "_FILE: " + err);
+          continue;
+        }
+      }
+    }
+    if (value && key.name.ends_with("_CONSUMER")) explicit_consumers.push_back(key.name);
+    std::string v = value ? Trim(*value) : key.default_value;
+    if (v.empty() && key.name == "POSTGRES_DSN" && binary == Binary::kCli) continue;
+    std::string err = key.apply(cfg, v);
+    if (!err.empty()) {
+      std::string shown = key.secret ? "****" : "'" + v + "'";
+      errors.push_back(key.name + "=" + shown + ": " + err);
+    }
+  }
+  if (cfg.nak_base_delay > cfg.nak_max_delay) {
+    errors.push_back("NAK_BASE_DELAY must not exceed NAK_MAX_DELAY");
+  }
+  if (cfg.dlq_base_delay > cfg.dlq_max_delay) {
+    errors.push_back("DLQ_BASE_DELAY must not exceed DLQ_MAX_DELAY");
+  }
+  if (cfg.max_ack_pending == 0) cfg.max_ack_pending = 4 * cfg.batch_size;
+  if (cfg.max_ack_pending < cfg.batch_size) {
+    errors.push_back("MAX_ACK_PENDING must be at least BATCH_SIZE");
+  }
+  if (!cfg.tenants.empty()) {
+    const std::string suffix = TenantSuffix(cfg.tenants);
+    auto suffixed = [&](const char* key, std::string& name) {
+      if (std::find(explicit_consumers.begin(), explicit_consumers.end(), key) ==
+          explicit_consumers.end()) {
+        name += suffix;
+      }
+    };
+    suffixed("REALTIME_CONSUMER", cfg.realtime_consumer);
+    suffixed("HISTORY_CONSUMER", cfg.history_consumer);
+    suffixed("DLQ_CONSUMER", cfg.dlq_consumer);
+  }
+  if (!errors.empty()) return Err{std::move(errors)};
+  return cfg;
+}
+
+Result<Config, std::vector<std::string>> Config::FromProcessEnvironment(Binary binary) {
+  return FromEnvironment(binary, [](const std::string& name) -> std::optional<std::string> {
+    const char* v = std::getenv(name.c_str());
+    if (v == nullptr) return std::nullopt;
+    return std::string(v);
+  });
+}
+
+bool Config::AllowsTenant(const std::string& company_id) const {
+  return tenants.empty() || std::find(tenants.begin(), tenants.end(), company_id) != tenants.end();
+}
+
+std::vector<std::string> Config::Describe() const {
+  std::vector<std::string> out;
+  for (const Key& key : Keys(Binary::kProcessor)) {
+    std::string v = key.show(*this);
+    if (key.name == "POSTGRES_DSN") {
+      v = MaskDsn(v);
+    } else if (key.secret && !v.empty()) {
+      v = "****";
+    }
+    out.push_back(key.name + "=" + v + "  # " + key.doc);
+  }
+  return out;
+}
+
+std::string MaskDsn(const std::string& dsn) {
+  // URI form: scheme://user:password@host
+  static const std::regex kUri(R"(^([a-z]+://[^:/@]*):([^@]*)@)");
+  std::string out = std::regex_replace(dsn, kUri, "$1:****@");
+  // key=value form: password=secret or password='secret'
+  static const std::regex kKv(R"((password\s*=\s*)('[^']*'|\S+))");
+  out = std::regex_replace(out, kKv, "$1****");
+  return out;
+}
+
+}  // namespace evp

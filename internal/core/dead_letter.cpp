@@ -1,0 +1,103 @@
+#include "core/dead_letter.hpp"
+
+#include <charconv>
+
+namespace evp {
+namespace {
+
+std::string Clean(const std::string& s, size_t max_len = 2048) {
+  std::string out;
+  out.reserve(std::min(s.size(), max_len));
+  for (char c : s) {
+    if (out.size() >= max_len) break;
+    auto u = static_cast<unsigned char>(c);
+    out += (u < 0x20 || u == 0x7f) ? ' ' : c;
+  }
+  return out;
+}
+
+template <typename T>
+std::optional<T> ParseNum(const std::string& s) {
+  T v{};
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+}  // namespace
+
+std::string DeadLetter::IdempotencyKey() const {
+  std::string key = source_stream + ":" + std::to_string(stream_seq);
+  if (item_index) key += ":" + std::to_string(*item_index);
+  return key;
+}
+
+std::string DeadLetter::DlqMsgId() const {
+  return "dlq:" + IdempotencyKey() + ":a" + std::to_string(attempts);
+}
+
+std::optional<ReasonCode> DeadLetter::Code() const {
+  auto colon = reason.find(':');
+  return ReasonCodeFromName(reason.substr(0, colon));
+}
+
+HeaderMap EncodeDeadLetterHeaders(const DeadLetter& dl) {
+  namespace h = dlq_headers;
+  HeaderMap out;
+  out[h::kSourceSubject] = Clean(dl.source_subject);
+  out[h::kCompanyId] = Clean(dl.company_id, 256);
+  out[h::kErrorClass] = std::string(ErrorClassName(dl.error_class));
+  out[h::kReason] = Clean(dl.reason);
+  out[h::kAttempts] = std::to_string(dl.attempts);
+  out[h::kFirstFailedAt] = std::to_string(dl.first_failed_ms);
+  out[h::kLastFailedAt] = std::to_string(dl.last_failed_ms);
+  out[h::kSourceStream] = Clean(dl.source_stream, 256);
+  out[h::kStreamSeq] = std::to_string(dl.stream_seq);
+  if (!dl.orig_msg_id.empty()) out[h::kOrigMsgId] = Clean(dl.orig_msg_id, 512);
+  if (dl.item_index) out[h::kItemIndex] = std::to_string(*dl.item_index);
+  return out;
+}
+
+Result<DeadLetter, std::string> DecodeDeadLetter(const HeaderMap& headers, std::string body) {
+  namespace h = dlq_headers;
+  DeadLetter dl;
+  dl.original = std::move(body);
+  auto get = [&](const char* name) -> std::optional<std::string> {
+    auto it = headers.find(name);
+    if (it == headers.end()) return std::nullopt;
+    return it->second;
+  };
+  auto need = [&](const char* name) -> Result<std::string, std::string> {
+    auto v = get(name);
+    if (!v) return Err{std::string("missing header ") + name};
+    return *v;
+  };
+  for (const char* name : {h::kSourceSubject, h::kErrorClass, h::kReason, h::kAttempts,
+                           h::kSourceStream, h::kStreamSeq}) {
+    if (!get(name)) return Err{std::string("missing header ") + name};
+  }
+  dl.source_subject = *need(h::kSourceSubject);
+  dl.company_id = get(h::kCompanyId).value_or("");
+  auto cls = ErrorClassFromName(*need(h::kErrorClass));
+  if (!cls) return Err{std::string("bad header ") + h::kErrorClass};
+  dl.error_class = *cls;
+  dl.reason = *need(h::kReason);
+  auto attempts = ParseNum<int>(*need(h::kAttempts));
+  if (!attempts || *attempts < 0) return Err{std::string("bad header ") + h::kAttempts};
+  dl.attempts = *attempts;
+  dl.first_failed_ms = ParseNum<int64_t>(get(h::kFirstFailedAt).value_or("0")).value_or(0);
+  dl.last_failed_ms = ParseNum<int64_t>(get(h::kLastFailedAt).value_or("0")).value_or(0);
+  dl.source_stream = *need(h::kSourceStream);
+  auto seq = ParseNum<uint64_t>(*need(h::kStreamSeq));
+  if (!seq) return Err{std::string("bad header ") + h::kStreamSeq};
+  dl.stream_seq = *seq;
+  dl.orig_msg_id = get(h::kOrigMsgId).value_or("");
+  if (auto idx = get(h::kItemIndex)) {
+    auto v = ParseNum<int64_t>(*idx);
+    if (!v) return Err{std::string("bad header ") + h::kItemIndex};
+    dl.item_index = *v;
+  }
+  return dl;
+}
+
+}  // namespace evp

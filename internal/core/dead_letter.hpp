@@ -1,0 +1,59 @@
+#pragma once
+// A dead letter: an event that failed, with everything needed to retry it or to explain it.
+// It travels on v1.dlq.<company_id> as the exact original bytes (body) plus headers, so bodies
+// that are not valid JSON or UTF-8 survive untouched.
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "core/event.hpp"
+#include "core/result.hpp"
+
+namespace evp {
+
+struct DeadLetter {
+  std::string original;        // exact bytes (a history item's own JSON for item failures)
+  std::string source_subject;  // where the event was published
+  std::string company_id;      // raw tenant token (may be invalid); subject's on mismatch
+  ErrorClass error_class = ErrorClass::kFatal;
+  std::string reason;          // "<code>: <message>"
+  int attempts = 1;            // attempts made so far
+  int64_t first_failed_ms = 0;  // unix milliseconds
+  int64_t last_failed_ms = 0;
+  std::string source_stream;
+  uint64_t stream_seq = 0;
+  std::string orig_msg_id;     // Nats-Msg-Id of the original, if any
+  std::optional<int64_t> item_index;  // history item index
+
+  // Unique per event (stream, sequence, item): one exhausted row per event.
+  std::string IdempotencyKey() const;
+  // Nats-Msg-Id of this DLQ message: the same event at the same attempt is deduplicated.
+  std::string DlqMsgId() const;
+  // Reason code parsed from `reason`, if it starts with a known code.
+  std::optional<ReasonCode> Code() const;
+};
+
+namespace dlq_headers {
+inline constexpr const char* kSourceSubject = "Evp-Source-Subject";
+inline constexpr const char* kCompanyId = "Evp-Company-Id";
+inline constexpr const char* kErrorClass = "Evp-Error-Class";
+inline constexpr const char* kReason = "Evp-Reason";
+inline constexpr const char* kAttempts = "Evp-Attempts";
+inline constexpr const char* kFirstFailedAt = "Evp-First-Failed-At";
+inline constexpr const char* kLastFailedAt = "Evp-Last-Failed-At";
+inline constexpr const char* kSourceStream = "Evp-Source-Stream";
+inline constexpr const char* kStreamSeq = "Evp-Stream-Seq";
+inline constexpr const char* kOrigMsgId = "Evp-Orig-Msg-Id";
+inline constexpr const char* kItemIndex = "Evp-Item-Index";
+inline constexpr const char* kRedriveOf = "Evp-Redrive-Of";
+}  // namespace dlq_headers
+
+using HeaderMap = std::map<std::string, std::string>;
+
+// Header values never carry CR/LF or other control characters.
+HeaderMap EncodeDeadLetterHeaders(const DeadLetter& dl);
+// Rebuilds a dead letter from headers and body; an error names the missing/bad header.
+Result<DeadLetter, std::string> DecodeDeadLetter(const HeaderMap& headers, std::string body);
+
+}  // namespace evp

@@ -1,0 +1,15 @@
+#pragma once
+// Text helpers for values that come from the outside world and must be stored as PostgreSQL
+// text or shown to operators. Pure, thread-safe.
+#include <string>
+#include <string_view>
+
+namespace evp {
+
+// Valid UTF-8 without NUL: invalid sequences become U+FFFD, NUL becomes U+FFFD.
+std::string SafeUtf8(std::string_view in);
+bool IsValidUtf8(std::string_view in);
+std::string HexEncode(std::string_view bytes);
+std::string HexDecode(std::string_view hex);  // input must be valid lower/upper hex
+
+}  // namespace evp

@@ -1,0 +1,335 @@
+#include "nats/jetstream.hpp"
+
+#include <nats/nats.h>
+
+#include <atomic>
+#include <sstream>
+
+#include "observability/logging.hpp"
+#include "routing/subject.hpp"
+
+namespace evp::nats {
+namespace {
+
+constexpr int64_t kNsPerMs = 1'000'000;
+
+std::string StatusText(natsStatus s, jsErrCode jerr = static_cast<jsErrCode>(0)) {
+  std::string out = natsStatus_GetText(s);
+  const char* last = nats_GetLastError(nullptr);
+  if (last != nullptr && *last != '\0') out += std::string(" (") + last + ")";
+  if (jerr != 0) out += " [jetstream error " + std::to_string(static_cast<int>(jerr)) + "]";
+  return out;
+}
+
+std::vector<std::string> SplitUrls(const std::string& urls) {
+  std::vector<std::string> out;
+  std::stringstream ss(urls);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+void OnDisconnected(natsConnection*, void*) {
+  observability::LogWarn("NATS disconnected; reconnecting");
+}
+void OnReconnected(natsConnection*, void*) { observability::LogInfo("NATS reconnected"); }
+
+// Fills the message's headers from a map (values are already free of CR/LF).
+natsStatus SetHeaders(natsMsg* msg, const HeaderMap& headers) {
+  for (const auto& [k, v] : headers) {
+    natsStatus s = natsMsgHeader_Set(msg, k.c_str(), v.c_str());
+    if (s != NATS_OK) return s;
+  }
+  return NATS_OK;
+}
+
+}  // namespace
+
+Result<std::shared_ptr<NatsConnection>, std::string> NatsConnection::Connect(
+    const Config& config, const std::string& name) {
+  std::shared_ptr<NatsConnection> c(new NatsConnection());
+  natsOptions* opts = nullptr;
+  natsStatus s = natsOptions_Create(&opts);
+  std::vector<std::string> urls = SplitUrls(config.nats_url);
+  std::vector<const char*> url_ptrs;
+  for (const auto& u : urls) url_ptrs.push_back(u.c_str());
+  if (s == NATS_OK) s = natsOptions_SetServers(opts, url_ptrs.data(), static_cast<int>(url_ptrs.size()));
+  if (s == NATS_OK) s = natsOptions_SetName(opts, name.c_str());
+  if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
+  if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 500);
+  if (s == NATS_OK) s = natsOptions_SetReconnectBufSize(opts, 64 * 1024 * 1024);
+  if (s == NATS_OK) s = natsOptions_SetPingInterval(opts, 5000);
+  if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts, OnDisconnected, nullptr);
+  if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts, OnReconnected, nullptr);
+  if (s == NATS_OK && !config.nats_user.empty()) {
+    s = natsOptions_SetUserInfo(opts, config.nats_user.c_str(), config.nats_password.c_str());
+  }
+  if (s == NATS_OK && !config.nats_token.empty()) s = natsOptions_SetToken(opts, config.nats_token.c_str());
+  if (s == NATS_OK && !config.nats_creds_file.empty()) {
+    s = natsOptions_SetUserCredentialsFromFiles(opts, config.nats_creds_file.c_str(), nullptr);
+  }
+  if (s == NATS_OK) s = natsConnection_Connect(&c->conn_, opts);
+  natsOptions_Destroy(opts);
+  if (s != NATS_OK) return Err{"cannot connect to NATS at " + config.nats_url + ": " + StatusText(s)};
+  jsOptions jso;
+  jsOptions_Init(&jso);
+  jso.Wait = 10000;
+  s = natsConnection_JetStream(&c->js_, c->conn_, &jso);
+  if (s != NATS_OK) return Err{"cannot open JetStream context: " + StatusText(s)};
+  return c;
+}
+
+NatsConnection::~NatsConnection() {
+  if (js_ != nullptr) jsCtx_Destroy(js_);
+  if (conn_ != nullptr) {
+    natsConnection_Close(conn_);
+    natsConnection_Destroy(conn_);
+  }
+}
+
+bool NatsConnection::Connected() const {
+  return conn_ != nullptr && natsConnection_Status(conn_) == NATS_CONN_STATUS_CONNECTED;
+}
+
+size_t NatsConnection::MaxPayload() const {
+  int64_t mp = natsConnection_GetMaxPayload(conn_);
+  return mp > 0 ? static_cast<size_t>(mp) : 1024 * 1024;
+}
+
+Result<Unit, std::string> NatsConnection::EnsureStreams(const Config& config) {
+  struct Def {
+    std::string name;
+    std::vector<const char*> subjects;
+    std::chrono::milliseconds max_age;
+  };
+  const Def defs[] = {
+      {config.realtime_stream,
+       {"v1.chats.>", "v1.messages.>", "v1.contacts.>", "v1.connection.>"},
+       config.realtime_max_age},
+      {config.history_stream, {"v1.history.>"}, config.history_max_age},
+      {config.dlq_stream, {"v1.dlq.>"}, config.dlq_max_age},
+  };
+  for (const Def& d : defs) {
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = d.name.c_str();
+    sc.Subjects = const_cast<const char**>(d.subjects.data());
+    sc.SubjectsLen = static_cast<int>(d.subjects.size());
+    sc.Storage = js_FileStorage;
+    sc.Retention = js_LimitsPolicy;
+    sc.MaxAge = d.max_age.count() * kNsPerMs;
+    sc.Replicas = config.stream_replicas;
+    sc.Duplicates = int64_t{120'000} * kNsPerMs;
+    jsStreamInfo* si = nullptr;
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    natsStatus s = js_AddStream(&si, js_, &sc, nullptr, &jerr);
+    if (s != NATS_OK && jerr == JSStreamNameExistErr) {
+      jerr = static_cast<jsErrCode>(0);
+      s = js_UpdateStream(&si, js_, &sc, nullptr, &jerr);
+    }
+    if (si != nullptr) jsStreamInfo_Destroy(si);
+    if (s != NATS_OK) return Err{"cannot create or update stream " + d.name + ": " + StatusText(s, jerr)};
+  }
+  return Unit{};
+}
+
+Result<Unit, std::string> NatsConnection::EnsureConsumer(const ConsumerSpec& spec) {
+  jsConsumerConfig cc;
+  jsConsumerConfig_Init(&cc);
+  cc.Durable = spec.durable.c_str();
+  cc.AckPolicy = js_AckExplicit;
+  cc.DeliverPolicy = js_DeliverAll;
+  cc.AckWait = spec.ack_wait.count() * kNsPerMs;
+  cc.MaxDeliver = spec.max_deliver;
+  cc.MaxAckPending = spec.max_ack_pending;
+  cc.MaxWaiting = 512;
+  if (!spec.filter_subject.empty()) cc.FilterSubject = spec.filter_subject.c_str();
+  jsConsumerInfo* ci = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = js_AddConsumer(&ci, js_, spec.stream.c_str(), &cc, nullptr, &jerr);
+  if (s != NATS_OK && (jerr == JSConsumerNameExistErr || jerr == 10148 /* exists, differs */)) {
+    jerr = static_cast<jsErrCode>(0);
+    s = js_UpdateConsumer(&ci, js_, spec.stream.c_str(), &cc, nullptr, &jerr);
+  }
+  if (ci != nullptr) jsConsumerInfo_Destroy(ci);
+  if (s != NATS_OK) {
+    return Err{"cannot create or update consumer " + spec.durable + " on " + spec.stream + ": " +
+               StatusText(s, jerr)};
+  }
+  return Unit{};
+}
+
+Result<uint64_t, std::string> NatsConnection::Publish(const std::string& subject,
+                                                      std::string_view data,
+                                                      const std::string& msg_id,
+                                                      const HeaderMap& headers) {
+  natsMsg* msg = nullptr;
+  natsStatus s = natsMsg_Create(&msg, subject.c_str(), nullptr, data.data(), static_cast<int>(data.size()));
+  if (s == NATS_OK) s = SetHeaders(msg, headers);
+  jsPubOptions po;
+  jsPubOptions_Init(&po);
+  if (!msg_id.empty()) po.MsgId = msg_id.c_str();
+  jsPubAck* ack = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  if (s == NATS_OK) s = js_PublishMsg(&ack, js_, msg, &po, &jerr);
+  natsMsg_Destroy(msg);
+  if (s != NATS_OK) return Err{"publish to " + subject + " failed: " + StatusText(s, jerr)};
+  uint64_t seq = ack != nullptr ? ack->Sequence : 0;
+  if (ack != nullptr) jsPubAck_Destroy(ack);
+  return seq;
+}
+
+Result<Unit, std::string> NatsConnection::PublishAsync(const std::string& subject,
+                                                       std::string_view data,
+                                                       const std::string& msg_id) {
+  natsMsg* msg = nullptr;
+  natsStatus s = natsMsg_Create(&msg, subject.c_str(), nullptr, data.data(), static_cast<int>(data.size()));
+  jsPubOptions po;
+  jsPubOptions_Init(&po);
+  if (!msg_id.empty()) po.MsgId = msg_id.c_str();
+  if (s == NATS_OK) s = js_PublishMsgAsync(js_, &msg, &po);
+  if (msg != nullptr) natsMsg_Destroy(msg);
+  if (s != NATS_OK) return Err{"async publish to " + subject + " failed: " + StatusText(s)};
+  return Unit{};
+}
+
+Result<Unit, std::string> NatsConnection::PublishAsyncComplete(std::chrono::milliseconds timeout) {
+  jsPubOptions po;
+  jsPubOptions_Init(&po);
+  po.MaxWait = timeout.count();
+  natsStatus s = js_PublishAsyncComplete(js_, &po);
+  if (s != NATS_OK) return Err{"waiting for publish acks: " + StatusText(s)};
+  return Unit{};
+}
+
+void NatsConnection::Drain(std::chrono::milliseconds timeout) {
+  if (conn_ != nullptr) natsConnection_DrainTimeout(conn_, timeout.count());
+}
+
+// ---------------------------------------------------------------------------------------
+
+Result<std::unique_ptr<JetStreamSource>, std::string> JetStreamSource::Bind(
+    std::shared_ptr<NatsConnection> conn, const ConsumerSpec& spec) {
+  std::unique_ptr<JetStreamSource> src(new JetStreamSource());
+  src->conn_ = std::move(conn);
+  src->spec_ = spec;
+  jsSubOptions so;
+  jsSubOptions_Init(&so);
+  so.Stream = src->spec_.stream.c_str();
+  so.Consumer = src->spec_.durable.c_str();
+  so.ManualAck = true;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = js_PullSubscribe(&src->sub_, src->conn_->js(), src->spec_.filter_subject.c_str(),
+                                  src->spec_.durable.c_str(), nullptr, &so, &jerr);
+  if (s != NATS_OK) {
+    return Err{"cannot bind to consumer " + spec.durable + " on " + spec.stream + ": " +
+               StatusText(s, jerr)};
+  }
+  return src;
+}
+
+JetStreamSource::~JetStreamSource() {
+  DestroyPending();
+  if (sub_ != nullptr) natsSubscription_Destroy(sub_);
+}
+
+void JetStreamSource::DestroyPending() {
+  for (natsMsg* m : pending_) natsMsg_Destroy(m);
+  pending_.clear();
+}
+
+Result<std::vector<pipeline::InboundMessage>, std::string> JetStreamSource::Fetch(
+    int max, std::chrono::milliseconds wait) {
+  DestroyPending();
+  natsMsgList list{};
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = natsSubscription_Fetch(&list, sub_, max, wait.count(), &jerr);
+  std::vector<pipeline::InboundMessage> out;
+  if (s == NATS_TIMEOUT) {
+    natsMsgList_Destroy(&list);
+    return out;
+  }
+  if (s != NATS_OK) {
+    natsMsgList_Destroy(&list);
+    return Err{"fetch from " + spec_.durable + " failed: " + StatusText(s, jerr)};
+  }
+  out.reserve(static_cast<size_t>(list.Count));
+  pending_.reserve(static_cast<size_t>(list.Count));
+  for (int i = 0; i < list.Count; ++i) {
+    natsMsg* m = list.Msgs[i];
+    list.Msgs[i] = nullptr;  // ownership moves to pending_
+    pending_.push_back(m);
+    pipeline::InboundMessage in;
+    in.subject = natsMsg_GetSubject(m);
+    const char* data = natsMsg_GetData(m);
+    in.data.assign(data != nullptr ? data : "", static_cast<size_t>(natsMsg_GetDataLength(m)));
+    const char** keys = nullptr;
+    int count = 0;
+    if (natsMsgHeader_Keys(m, &keys, &count) == NATS_OK) {
+      for (int k = 0; k < count; ++k) {
+        const char* v = nullptr;
+        if (natsMsgHeader_Get(m, keys[k], &v) == NATS_OK && v != nullptr) in.headers[keys[k]] = v;
+      }
+      free(static_cast<void*>(keys));
+    }
+    if (auto it = in.headers.find("Nats-Msg-Id"); it != in.headers.end()) in.msg_id = it->second;
+    jsMsgMetaData* meta = nullptr;
+    if (natsMsg_GetMetaData(&meta, m) == NATS_OK && meta != nullptr) {
+      in.stream = meta->Stream != nullptr ? meta->Stream : spec_.stream;
+      in.stream_seq = meta->Sequence.Stream;
+      in.delivered = meta->NumDelivered;
+      in.publish_time_ns = meta->Timestamp;
+      jsMsgMetaData_Destroy(meta);
+    } else {
+      in.stream = spec_.stream;
+    }
+    out.push_back(std::move(in));
+  }
+  natsMsgList_Destroy(&list);
+  return out;
+}
+
+void JetStreamSource::Settle(std::span<const pipeline::Decision> decisions) {
+  for (size_t i = 0; i < pending_.size() && i < decisions.size(); ++i) {
+    natsStatus s = NATS_OK;
+    if (decisions[i].kind == pipeline::Decision::Kind::kAck) {
+      s = natsMsg_Ack(pending_[i], nullptr);
+    } else {
+      s = natsMsg_NakWithDelay(pending_[i], decisions[i].delay.count(), nullptr);
+    }
+    if (s != NATS_OK) {
+      // The message will be redelivered after AckWait; every write is idempotent.
+      observability::LogWarn("ack/nak failed", {{"error", StatusText(s)}});
+    }
+  }
+  DestroyPending();
+}
+
+void JetStreamSource::InProgress() {
+  for (natsMsg* m : pending_) natsMsg_InProgress(m, nullptr);
+}
+
+bool JetStreamSource::Connected() { return conn_->Connected(); }
+
+bool JetStreamSource::Lag(uint64_t* pending, uint64_t* ack_pending) {
+  jsConsumerInfo* ci = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetConsumerInfo(&ci, conn_->js(), spec_.stream.c_str(), spec_.durable.c_str(),
+                                    nullptr, &jerr);
+  if (s != NATS_OK || ci == nullptr) return false;
+  *pending = ci->NumPending;
+  *ack_pending = static_cast<uint64_t>(ci->NumAckPending);
+  jsConsumerInfo_Destroy(ci);
+  return true;
+}
+
+Result<Unit, std::string> JetStreamDeadLetterSink::Publish(const DeadLetter& letter) {
+  auto r = conn_->Publish(routing::DlqSubjectFor(letter.company_id), letter.original, letter.DlqMsgId(),
+                          EncodeDeadLetterHeaders(letter));
+  if (!r.ok()) return Err{r.error()};
+  return Unit{};
+}
+
+}  // namespace evp::nats

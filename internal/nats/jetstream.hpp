@@ -1,0 +1,97 @@
+#pragma once
+// JetStream adapter: connection, streams and consumers, pull fetch, acks and publishing.
+// The only files that include nats.h are in this folder.
+// Thread-safety: a NatsConnection may be shared (nats.c is thread-safe); a JetStreamSource
+// belongs to one consumer loop.
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.hpp"
+#include "pipeline/ports.hpp"
+
+struct __natsConnection;
+struct __jsCtx;
+struct __natsSubscription;
+struct __natsMsg;
+
+namespace evp::nats {
+
+struct ConsumerSpec {
+  std::string stream;
+  std::string durable;
+  std::chrono::milliseconds ack_wait{};
+  int max_deliver = 0;
+  int max_ack_pending = 0;
+  std::string filter_subject;  // empty = the whole stream
+};
+
+class NatsConnection {
+ public:
+  // Connects (reconnecting forever afterwards). Error text names the URL and cause.
+  static Result<std::shared_ptr<NatsConnection>, std::string> Connect(const Config& config,
+                                                                       const std::string& name);
+  ~NatsConnection();
+  NatsConnection(const NatsConnection&) = delete;
+  NatsConnection& operator=(const NatsConnection&) = delete;
+
+  bool Connected() const;
+  size_t MaxPayload() const;
+  // Creates or updates the realtime, history and DLQ streams (SPEC §3).
+  Result<Unit, std::string> EnsureStreams(const Config& config);
+  Result<Unit, std::string> EnsureConsumer(const ConsumerSpec& spec);
+  // Publishes and waits for the PubAck. Returns the stream sequence.
+  Result<uint64_t, std::string> Publish(const std::string& subject, std::string_view data,
+                                        const std::string& msg_id, const HeaderMap& headers);
+  // Fire-and-forget JetStream publish for load generation; failures are counted by
+  // PublishAsyncComplete.
+  Result<Unit, std::string> PublishAsync(const std::string& subject, std::string_view data,
+                                         const std::string& msg_id);
+  Result<Unit, std::string> PublishAsyncComplete(std::chrono::milliseconds timeout);
+  // Drains subscriptions and closes (graceful shutdown).
+  void Drain(std::chrono::milliseconds timeout);
+
+  __natsConnection* raw() { return conn_; }
+  __jsCtx* js() { return js_; }
+
+ private:
+  NatsConnection() = default;
+  __natsConnection* conn_ = nullptr;
+  __jsCtx* js_ = nullptr;
+};
+
+class JetStreamSource final : public pipeline::EventSource {
+ public:
+  // Binds to an existing durable pull consumer (see NatsConnection::EnsureConsumer).
+  static Result<std::unique_ptr<JetStreamSource>, std::string> Bind(
+      std::shared_ptr<NatsConnection> conn, const ConsumerSpec& spec);
+  ~JetStreamSource() override;
+
+  Result<std::vector<pipeline::InboundMessage>, std::string> Fetch(
+      int max, std::chrono::milliseconds wait) override;
+  void Settle(std::span<const pipeline::Decision> decisions) override;
+  void InProgress() override;
+  bool Connected() override;
+  bool Lag(uint64_t* pending, uint64_t* ack_pending) override;
+
+ private:
+  JetStreamSource() = default;
+  void DestroyPending();
+  std::shared_ptr<NatsConnection> conn_;
+  ConsumerSpec spec_;
+  __natsSubscription* sub_ = nullptr;
+  std::vector<__natsMsg*> pending_;
+};
+
+class JetStreamDeadLetterSink final : public pipeline::DeadLetterSink {
+ public:
+  explicit JetStreamDeadLetterSink(std::shared_ptr<NatsConnection> conn) : conn_(std::move(conn)) {}
+  Result<Unit, std::string> Publish(const DeadLetter& letter) override;
+  size_t MaxPayload() const override { return conn_->MaxPayload(); }
+
+ private:
+  std::shared_ptr<NatsConnection> conn_;
+};
+
+}  // namespace evp::nats

@@ -1,0 +1,41 @@
+#pragma once
+// The HTTP endpoints of both binaries: GET /healthz (liveness), GET /readyz (readiness with
+// a JSON detail), GET /metrics (Prometheus text format). Runs its own threads.
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "observability/metrics.hpp"
+
+namespace httplib {
+class Server;
+}
+
+namespace evp::observability {
+
+struct Readiness {
+  bool ready = false;
+  std::string detail_json;  // e.g. {"nats":true,"postgres":false,"consumers":true}
+};
+
+class HttpServer {
+ public:
+  HttpServer(Metrics& metrics, std::function<Readiness()> readiness);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds 0.0.0.0:port (0 = any free port) and serves in a background thread.
+  // Returns the bound port, or -1 when the port cannot be bound.
+  int Start(int port);
+  void Stop();
+
+ private:
+  Metrics& metrics_;
+  std::function<Readiness()> readiness_;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+};
+
+}  // namespace evp::observability

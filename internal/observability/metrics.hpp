@@ -1,0 +1,77 @@
+#pragma once
+// Every Prometheus metric of both binaries, named in one place (prefix evp_, base units,
+// _total counters). No company_id label unless the tenant is in METRICS_TENANTS, so the
+// series count does not grow with the number of tenants. Thread-safe (prometheus-cpp).
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "core/event.hpp"
+
+namespace evp::observability {
+
+// Outcome label of evp_events_total.
+enum class EventOutcome {
+  kApplied,
+  kStale,
+  kNotYetRetried,
+  kTransientRetried,
+  kDeadLettered,
+  kOtherTenant,
+};
+
+class Metrics {
+ public:
+  Metrics(std::string_view binary, std::vector<std::string> labelled_tenants = {});
+
+  prometheus::Registry& registry() { return *registry_; }
+  std::shared_ptr<prometheus::Registry> shared_registry() { return registry_; }
+
+  void CountEvent(std::string_view type, EventOutcome outcome, const std::string& company_id,
+                  double n = 1);
+  void CountDeadLetter(ReasonCode code, ErrorClass cls);
+  void CountExhausted(ReasonCode code, ErrorClass cls);
+  void CountDbError(std::string_view error_class);
+  void CountDlqMessage(std::string_view outcome);
+  void CountRedelivery();
+
+  prometheus::Histogram& batch_duration() { return *batch_duration_; }
+  prometheus::Histogram& batch_size() { return *batch_size_; }
+  prometheus::Histogram& end_to_end_latency() { return *end_to_end_; }
+  prometheus::Histogram& dlq_processing_duration() { return *dlq_processing_; }
+  prometheus::Gauge& ready() { return *ready_; }
+  prometheus::Gauge& ConsumerPending(const std::string& consumer);
+  prometheus::Gauge& ConsumerAckPending(const std::string& consumer);
+  prometheus::Gauge& dlq_busy_workers() { return *dlq_busy_; }
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>* events_;
+  prometheus::Family<prometheus::Counter>* tenant_events_;
+  prometheus::Family<prometheus::Counter>* dead_letters_;
+  prometheus::Family<prometheus::Counter>* exhausted_;
+  prometheus::Family<prometheus::Counter>* db_errors_;
+  prometheus::Family<prometheus::Counter>* dlq_messages_;
+  prometheus::Family<prometheus::Gauge>* pending_;
+  prometheus::Family<prometheus::Gauge>* ack_pending_;
+  prometheus::Counter* redeliveries_;
+  prometheus::Histogram* batch_duration_;
+  prometheus::Histogram* batch_size_;
+  prometheus::Histogram* end_to_end_;
+  prometheus::Histogram* dlq_processing_;
+  prometheus::Gauge* ready_;
+  prometheus::Gauge* dlq_busy_;
+  std::vector<std::string> labelled_tenants_;
+};
+
+// Text exposition format of everything in the registry.
+std::string Serialize(prometheus::Registry& registry);
+
+}  // namespace evp::observability

@@ -1,0 +1,399 @@
+#include "pipeline/batch_processor.hpp"
+
+#include <map>
+#include <optional>
+#include <set>
+
+#include "core/backoff.hpp"
+#include "handlers/mutation.hpp"
+#include "observability/logging.hpp"
+#include "routing/subject.hpp"
+#include "validation/decoder.hpp"
+
+namespace evp::pipeline {
+
+using observability::EventOutcome;
+using observability::LogWarn;
+using std::chrono::milliseconds;
+
+std::chrono::steady_clock::time_point GraceTracker::FirstSeen(
+    const std::string& key, std::chrono::steady_clock::time_point now) {
+  auto [it, inserted] = first_seen_.try_emplace(key, now);
+  if (inserted && first_seen_.size() > 100'000) {
+    // Keys of events that were finally handled elsewhere (another replica) linger; drop the
+    // ones far past any grace window.
+    for (auto i = first_seen_.begin(); i != first_seen_.end();) {
+      i = (now - i->second > horizon_) ? first_seen_.erase(i) : std::next(i);
+    }
+  }
+  return it->second;
+}
+
+// Everything known about the batch while it is processed.
+struct BatchProcessor::Work {
+  struct Item {
+    size_t message;                     // index in the batch
+    std::optional<int64_t> item_index;  // history item index
+  };
+  std::vector<handlers::Mutation> mutations;
+  std::vector<Item> items;  // parallel to mutations
+  std::vector<EventType> types;  // per message (valid when routed)
+  std::vector<std::string> tenants;  // per message
+  std::vector<bool> done;   // decision already final (dead-lettered, skipped)
+};
+
+BatchProcessor::BatchProcessor(const Config& config, const validation::SchemaRegistry& schemas,
+                               EventStore& store, DeadLetterSink& dlq, ExhaustedStore& exhausted,
+                               Clock& clock, observability::Metrics& metrics, uint64_t seed)
+    : config_(config),
+      schemas_(schemas),
+      store_(store),
+      dlq_(dlq),
+      exhausted_(exhausted),
+      clock_(clock),
+      metrics_(metrics),
+      rng_(seed),
+      grace_(config.ordering_grace * 4 + std::chrono::minutes(1)) {}
+
+milliseconds BatchProcessor::NakDelay(uint64_t delivered) {
+  return BackoffDelay(config_.nak_base_delay, config_.nak_max_delay,
+                      static_cast<int>(std::min<uint64_t>(delivered, 30)), rng_);
+}
+
+bool BatchProcessor::SendDeadLetter(DeadLetter letter) {
+  // A dead letter must fit in one NATS message with its headers; larger ones (events between
+  // MAX_EVENT_BYTES and the server's max_payload) are recorded directly.
+  constexpr size_t kHeaderAllowance = 8 * 1024;
+  if (letter.original.size() + kHeaderAllowance > dlq_.MaxPayload()) {
+    auto r = exhausted_.RecordExhausted(letter, letter.reason);
+    if (!r.ok()) {
+      LogWarn("cannot record oversized dead letter", {{"subject", letter.source_subject},
+                                                      {"error", r.error().message}});
+      return false;
+    }
+    if (auto code = letter.Code()) metrics_.CountExhausted(*code, letter.error_class);
+    return true;
+  }
+  auto r = dlq_.Publish(letter);
+  if (!r.ok()) {
+    LogWarn("DLQ publish failed; the event will be redelivered",
+            {{"subject", letter.source_subject}, {"error", r.error()}});
+    return false;
+  }
+  if (auto code = letter.Code()) metrics_.CountDeadLetter(*code, letter.error_class);
+  return true;
+}
+
+void BatchProcessor::DeadLetterMessage(const InboundMessage& msg, const std::string& company_id,
+                                       const Failure& failure, ErrorClass cls,
+                                       Decision& decision) {
+  DeadLetter dl;
+  dl.original = msg.data;
+  dl.source_subject = msg.subject;
+  dl.company_id = company_id;
+  dl.error_class = cls;
+  dl.reason = failure.Reason();
+  dl.attempts = 1;
+  dl.first_failed_ms = dl.last_failed_ms = clock_.UnixMillis();
+  dl.source_stream = msg.stream;
+  dl.stream_seq = msg.stream_seq;
+  dl.orig_msg_id = msg.msg_id;
+  LogWarn("event dead-lettered", {{"company_id", company_id},
+                                  {"subject", msg.subject},
+                                  {"stream_seq", msg.stream_seq},
+                                  {"delivered", msg.delivered},
+                                  {"event_id", msg.msg_id},
+                                  {"reason", dl.reason}});
+  if (SendDeadLetter(std::move(dl))) {
+    decision = Decision::Ack();
+    ++stats_.dead_lettered;
+  } else {
+    decision = Decision::Nak(NakDelay(msg.delivered));
+    ++stats_.retried;
+  }
+}
+
+std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> batch) {
+  stats_ = BatchStats{};
+  std::vector<Decision> decisions(batch.size(), Decision::Ack());
+  Work work;
+  work.types.resize(batch.size(), EventType::kChatsUpsert);
+  work.tenants.resize(batch.size());
+  work.done.assign(batch.size(), false);
+  const int64_t now_unix = clock_.UnixMillis() / 1000;
+
+  // 1. Route, decode and validate every message; build its mutations.
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const InboundMessage& msg = batch[i];
+    if (msg.delivered > 1) metrics_.CountRedelivery();
+    auto route = routing::ParseSubject(msg.subject);
+    if (!route.ok()) {
+      work.done[i] = true;
+      DeadLetterMessage(msg, route.error().raw_tenant, route.error().failure,
+                        ErrorClass::kFatal, decisions[i]);
+      metrics_.CountEvent("unknown", EventOutcome::kDeadLettered, route.error().raw_tenant);
+      continue;
+    }
+    const EventType type = route->type;
+    const std::string& company = route->company_id;
+    work.types[i] = type;
+    work.tenants[i] = company;
+    const std::string_view type_name = EventTypeName(type);
+    auto fail = [&](Failure f) {
+      work.done[i] = true;
+      DeadLetterMessage(msg, company, f, ErrorClass::kFatal, decisions[i]);
+      metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
+    };
+    if (!config_.AllowsTenant(company)) {
+      work.done[i] = true;
+      metrics_.CountEvent(type_name, EventOutcome::kOtherTenant, company);
+      continue;
+    }
+    auto decoded = validation::DecodeEvent(msg.data, static_cast<size_t>(config_.max_event_bytes));
+    if (!decoded.ok()) {
+      fail(decoded.error());
+      continue;
+    }
+    const nlohmann::json& doc = decoded.value();
+    if (auto invalid = validation::ValidateEvent(schemas_, type, doc, now_unix)) {
+      fail(*invalid);
+      continue;
+    }
+    auto mismatch = [&](const nlohmann::json& obj) -> std::optional<Failure> {
+      auto it = obj.find("company_id");
+      if (it != obj.end() && it->is_string() && it->get<std::string>() != company) {
+        return Failure{ReasonCode::kTenantMismatch,
+                       "payload company_id '" + it->get<std::string>() +
+                           "' does not match subject tenant '" + company + "'"};
+      }
+      return std::nullopt;
+    };
+    if (auto f = mismatch(doc)) {
+      fail(*f);
+      continue;
+    }
+    const int64_t publish_seconds = msg.publish_time_ns / 1'000'000'000;
+    if (!IsHistory(type)) {
+      Version v = handlers::EventVersion(type, doc, publish_seconds, Source::kRealtime,
+                                         msg.stream_seq);
+      work.mutations.push_back(handlers::BuildMutation(type, doc, company, v));
+      work.items.push_back({i, std::nullopt});
+      continue;
+    }
+    // History: each item is validated alone; a bad item is dead-lettered by itself.
+    const EventType item_type = HistoryItemType(type);
+    const auto& items = doc.at(std::string(HistoryArrayKey(type)));
+    for (size_t j = 0; j < items.size(); ++j) {
+      const nlohmann::json& item = items[j];
+      std::optional<Failure> f = validation::ValidateEvent(schemas_, item_type, item, now_unix);
+      if (!f) f = mismatch(item);
+      if (f) {
+        DeadLetter dl;
+        dl.original = item.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+        dl.source_subject = msg.subject;
+        dl.company_id = company;
+        dl.error_class = ErrorClass::kFatal;
+        dl.reason = f->Reason();
+        dl.first_failed_ms = dl.last_failed_ms = clock_.UnixMillis();
+        dl.source_stream = msg.stream;
+        dl.stream_seq = msg.stream_seq;
+        dl.orig_msg_id = msg.msg_id;
+        dl.item_index = static_cast<int64_t>(j);
+        LogWarn("history item dead-lettered", {{"company_id", company},
+                                               {"subject", msg.subject},
+                                               {"stream_seq", msg.stream_seq},
+                                               {"item_index", j},
+                                               {"reason", dl.reason}});
+        if (!SendDeadLetter(std::move(dl))) {
+          decisions[i] = Decision::Nak(NakDelay(msg.delivered));
+        } else {
+          ++stats_.dead_lettered;
+        }
+        metrics_.CountEvent(EventTypeName(item_type), EventOutcome::kDeadLettered, company);
+        continue;
+      }
+      Version v = handlers::EventVersion(item_type, item, publish_seconds, Source::kHistory,
+                                         msg.stream_seq);
+      work.mutations.push_back(handlers::BuildMutation(item_type, item, company, v));
+      work.items.push_back({i, static_cast<int64_t>(j)});
+    }
+  }
+
+  // 2. Make sure every tenant of the batch has its schema (cached after the first time).
+  std::set<std::string> tenants;
+  for (const auto& m : work.mutations) tenants.insert(m.company_id);
+  std::set<std::string> unavailable;
+  for (const std::string& t : tenants) {
+    auto r = store_.EnsureTenant(t);
+    if (r.ok()) continue;
+    unavailable.insert(t);
+    if (r.error().kind == StoreErrorKind::kCollision) {
+      for (size_t i = 0; i < batch.size(); ++i) {
+        if (work.done[i] || work.tenants[i] != t) continue;
+        work.done[i] = true;
+        DeadLetterMessage(batch[i], t, {ReasonCode::kInvalidTenant, r.error().message},
+                          ErrorClass::kFatal, decisions[i]);
+        metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kDeadLettered, t);
+      }
+    } else {
+      metrics_.CountDbError(r.error().kind == StoreErrorKind::kTransient ? "transient" : "fatal");
+      stats_.store_unavailable = stats_.store_unavailable ||
+                                 r.error().kind == StoreErrorKind::kTransient;
+      for (size_t i = 0; i < batch.size(); ++i) {
+        if (work.done[i] || work.tenants[i] != t) continue;
+        work.done[i] = true;
+        decisions[i] = Decision::Nak(NakDelay(batch[i].delivered));
+        ++stats_.retried;
+        metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kTransientRetried, t);
+      }
+    }
+  }
+  std::vector<handlers::Mutation> to_apply;
+  std::vector<size_t> origin;  // index into work.items
+  to_apply.reserve(work.mutations.size());
+  for (size_t k = 0; k < work.mutations.size(); ++k) {
+    if (work.done[work.items[k].message]) continue;
+    to_apply.push_back(std::move(work.mutations[k]));
+    origin.push_back(k);
+  }
+  if (to_apply.empty()) return decisions;
+
+  // 3. One write for the whole batch.
+  auto applied = store_.Apply(to_apply);
+  if (!applied.ok()) {
+    const bool transient = applied.error().kind != StoreErrorKind::kFatal;
+    metrics_.CountDbError(transient ? "transient" : "fatal");
+    stats_.store_unavailable = stats_.store_unavailable || transient;
+    LogWarn("batch write failed; messages will be redelivered",
+            {{"error", applied.error().message}, {"messages", batch.size()}});
+    std::set<size_t> seen;
+    for (size_t k : origin) {
+      size_t i = work.items[k].message;
+      if (!seen.insert(i).second) continue;
+      const InboundMessage& msg = batch[i];
+      if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
+        DeadLetterMessage(msg, work.tenants[i],
+                          {ReasonCode::kRetriesExhausted,
+                           "failed " + std::to_string(msg.delivered) +
+                               " deliveries: " + applied.error().message},
+                          ErrorClass::kRetryable, decisions[i]);
+        metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kDeadLettered,
+                            work.tenants[i]);
+      } else {
+        decisions[i] = Decision::Nak(NakDelay(msg.delivered));
+        ++stats_.retried;
+        metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kTransientRetried,
+                            work.tenants[i]);
+      }
+    }
+    return decisions;
+  }
+
+  // 4. Per message: fold the results of its mutations into one decision.
+  const int64_t commit_ms = clock_.UnixMillis();
+  const auto now = clock_.Now();
+  std::vector<std::optional<ApplyResult>> per_message(batch.size());
+  for (size_t n = 0; n < origin.size(); ++n) {
+    const Work::Item& item = work.items[origin[n]];
+    const ApplyResult& r = applied.value()[n];
+    const InboundMessage& msg = batch[item.message];
+    const std::string& company = work.tenants[item.message];
+    const EventType type = work.types[item.message];
+    if (r.outcome == ApplyOutcome::kFatal && item.item_index) {
+      // A history item the database refused: dead-letter that item alone.
+      DeadLetter dl;
+      const auto& arr = nlohmann::json::parse(msg.data, nullptr, false)
+                            .at(std::string(HistoryArrayKey(type)));
+      dl.original = arr.at(static_cast<size_t>(*item.item_index))
+                        .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      dl.source_subject = msg.subject;
+      dl.company_id = company;
+      dl.reason = Failure{ReasonCode::kConstraintViolation, r.message}.Reason();
+      dl.first_failed_ms = dl.last_failed_ms = commit_ms;
+      dl.source_stream = msg.stream;
+      dl.stream_seq = msg.stream_seq;
+      dl.orig_msg_id = msg.msg_id;
+      dl.item_index = item.item_index;
+      if (!SendDeadLetter(std::move(dl))) decisions[item.message] = Decision::Nak(NakDelay(msg.delivered));
+      continue;
+    }
+    auto& slot = per_message[item.message];
+    // Precedence: fatal > not-yet > applied > stale.
+    auto rank = [](ApplyOutcome o) {
+      switch (o) {
+        case ApplyOutcome::kFatal:
+          return 3;
+        case ApplyOutcome::kNotYet:
+          return 2;
+        case ApplyOutcome::kApplied:
+          return 1;
+        case ApplyOutcome::kStale:
+          return 0;
+      }
+      return 0;
+    };
+    if (!slot || rank(r.outcome) > rank(slot->outcome)) slot = r;
+  }
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (!per_message[i]) continue;
+    const InboundMessage& msg = batch[i];
+    const std::string& company = work.tenants[i];
+    const std::string_view type_name = EventTypeName(work.types[i]);
+    const std::string grace_key = msg.stream + ":" + std::to_string(msg.stream_seq);
+    switch (per_message[i]->outcome) {
+      case ApplyOutcome::kApplied:
+      case ApplyOutcome::kStale: {
+        const bool applied_now = per_message[i]->outcome == ApplyOutcome::kApplied;
+        metrics_.CountEvent(type_name, applied_now ? EventOutcome::kApplied : EventOutcome::kStale,
+                            company);
+        applied_now ? ++stats_.applied : ++stats_.stale;
+        if (msg.publish_time_ns > 0) {
+          metrics_.end_to_end_latency().Observe(
+              static_cast<double>(commit_ms - msg.publish_time_ns / 1'000'000) / 1000.0);
+        }
+        grace_.Forget(grace_key);
+        if (decisions[i].kind == Decision::Kind::kAck) decisions[i] = Decision::Ack();
+        break;
+      }
+      case ApplyOutcome::kFatal:
+        DeadLetterMessage(msg, company, {ReasonCode::kConstraintViolation, per_message[i]->message},
+                          ErrorClass::kFatal, decisions[i]);
+        metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
+        break;
+      case ApplyOutcome::kNotYet: {
+        const auto first = grace_.FirstSeen(grace_key, now);
+        const auto waited = std::chrono::duration_cast<milliseconds>(now - first);
+        if (waited >= config_.ordering_grace) {
+          grace_.Forget(grace_key);
+          DeadLetterMessage(msg, company,
+                            {ReasonCode::kNotFoundAfterGrace,
+                             std::string(type_name) + " target row (" +
+                                 per_message[i]->message + ") still missing after " +
+                                 std::to_string(waited.count()) + " ms"},
+                            ErrorClass::kFatal, decisions[i]);
+          metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
+        } else if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
+          // Out of deliveries but still inside the grace: the DLQ worker retries it later.
+          grace_.Forget(grace_key);
+          DeadLetterMessage(msg, company,
+                            {ReasonCode::kRetriesExhausted,
+                             "target row (" + per_message[i]->message + ") missing after " +
+                                 std::to_string(msg.delivered) + " deliveries"},
+                            ErrorClass::kRetryable, decisions[i]);
+          metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
+        } else {
+          const milliseconds remaining = config_.ordering_grace - waited;
+          milliseconds delay = std::min(NakDelay(msg.delivered), remaining);
+          delay = std::max(delay, milliseconds(50));
+          decisions[i] = Decision::Nak(delay);
+          ++stats_.retried;
+          metrics_.CountEvent(type_name, EventOutcome::kNotYetRetried, company);
+        }
+        break;
+      }
+    }
+  }
+  return decisions;
+}
+
+}  // namespace evp::pipeline

@@ -1,0 +1,75 @@
+#pragma once
+// The heart of the processor: one fetched batch in, one decision per message out.
+//   decode -> validate -> route -> tenant checks -> one write for the whole batch -> DLQ
+// Fatal events are published to the DLQ (acknowledged by JetStream) before their message is
+// acked; transient failures become delayed NAKs; "not yet" updates wait inside
+// ORDERING_GRACE. Untrusted input never throws through here. Not thread-safe: one instance
+// per consumer loop.
+#include <chrono>
+#include <random>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "config/config.hpp"
+#include "observability/metrics.hpp"
+#include "pipeline/ports.hpp"
+#include "validation/schema_registry.hpp"
+
+namespace evp::pipeline {
+
+// Remembers when each event was first tried, for ORDERING_GRACE (in memory: a restart only
+// lengthens the window). Bounded: entries older than the horizon are dropped.
+class GraceTracker {
+ public:
+  explicit GraceTracker(std::chrono::milliseconds horizon) : horizon_(horizon) {}
+  std::chrono::steady_clock::time_point FirstSeen(const std::string& key,
+                                                  std::chrono::steady_clock::time_point now);
+  void Forget(const std::string& key) { first_seen_.erase(key); }
+  size_t size() const { return first_seen_.size(); }
+
+ private:
+  std::chrono::milliseconds horizon_;
+  std::unordered_map<std::string, std::chrono::steady_clock::time_point> first_seen_;
+};
+
+struct BatchStats {
+  size_t applied = 0;
+  size_t stale = 0;
+  size_t dead_lettered = 0;
+  size_t retried = 0;
+  bool store_unavailable = false;  // a transient database error happened: pause fetching
+};
+
+class BatchProcessor final : public BatchHandler {
+ public:
+  BatchProcessor(const Config& config, const validation::SchemaRegistry& schemas,
+                 EventStore& store, DeadLetterSink& dlq, ExhaustedStore& exhausted, Clock& clock,
+                 observability::Metrics& metrics, uint64_t seed = std::random_device{}());
+
+  // Decides every message of the batch; decisions[i] belongs to batch[i].
+  std::vector<Decision> Process(std::span<const InboundMessage> batch) override;
+  bool StoreUnavailable() const override { return stats_.store_unavailable; }
+  const BatchStats& last_stats() const { return stats_; }
+
+ private:
+  struct Work;
+  void DeadLetterMessage(const InboundMessage& msg, const std::string& company_id,
+                         const Failure& failure, ErrorClass cls, Decision& decision);
+  bool SendDeadLetter(DeadLetter letter);
+  std::chrono::milliseconds NakDelay(uint64_t delivered);
+
+  const Config& config_;
+  const validation::SchemaRegistry& schemas_;
+  EventStore& store_;
+  DeadLetterSink& dlq_;
+  ExhaustedStore& exhausted_;
+  Clock& clock_;
+  observability::Metrics& metrics_;
+  std::mt19937_64 rng_;
+  GraceTracker grace_;
+  BatchStats stats_;
+};
+
+}  // namespace evp::pipeline

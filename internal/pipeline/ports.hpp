@@ -1,0 +1,140 @@
+#pragma once
+// Ports of the pipeline: what it needs from JetStream, PostgreSQL and the clock. Small pure
+// interfaces with hand-written fakes in tests; adapters live in internal/nats and
+// internal/postgres. Every error says what the caller should do next.
+#include <chrono>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/dead_letter.hpp"
+#include "core/result.hpp"
+#include "handlers/mutation.hpp"
+
+namespace evp::pipeline {
+
+// One JetStream delivery, as plain data.
+struct InboundMessage {
+  std::string subject;
+  std::string data;  // exact bytes
+  std::string msg_id;  // Nats-Msg-Id header, may be empty
+  std::string stream;
+  uint64_t stream_seq = 0;
+  uint64_t delivered = 1;  // NumDelivered, 1 on first delivery
+  int64_t publish_time_ns = 0;
+  HeaderMap headers;
+};
+
+// What to do with a delivery once the batch is done.
+struct Decision {
+  enum class Kind { kAck, kNak };
+  Kind kind = Kind::kAck;
+  std::chrono::milliseconds delay{0};  // for kNak
+  static Decision Ack() { return {Kind::kAck, std::chrono::milliseconds(0)}; }
+  static Decision Nak(std::chrono::milliseconds d) { return {Kind::kNak, d}; }
+};
+
+enum class StoreErrorKind {
+  kTransient,   // database down, connection lost, serialization failure, deadlock: retry later
+  kFatal,       // this data can never be written (constraint or data error)
+  kCollision,   // tenant id collides with a registered id differing only by case
+};
+struct StoreError {
+  StoreErrorKind kind;
+  std::string message;
+};
+
+// Per-mutation result of a write.
+enum class ApplyOutcome { kApplied, kStale, kNotYet, kFatal };
+struct ApplyResult {
+  ApplyOutcome outcome = ApplyOutcome::kApplied;
+  std::string message;  // for kFatal: the database's reason
+};
+
+// The tenant tables. Thread-safe implementations may be shared by threads.
+class EventStore {
+ public:
+  virtual ~EventStore() = default;
+  // Creates the tenant's schema and tables on first sight; idempotent and cheap once known.
+  virtual Result<Unit, StoreError> EnsureTenant(const std::string& company_id) = 0;
+  // Applies the mutations of one or more tenants in one transaction, in order. A fatal error
+  // of one mutation must not fail the others: the store isolates it and reports kFatal for
+  // it alone. A transient error fails the whole call.
+  virtual Result<std::vector<ApplyResult>, StoreError> Apply(
+      std::span<const handlers::Mutation> mutations) = 0;
+  // True when the database answers; used for readiness and to resume after an outage.
+  virtual bool Ping() = 0;
+};
+
+// Publishes dead letters; returns once JetStream has acknowledged (or failed).
+class DeadLetterSink {
+ public:
+  virtual ~DeadLetterSink() = default;
+  virtual Result<Unit, std::string> Publish(const DeadLetter& letter) = 0;
+  // Largest message the server accepts (headers included).
+  virtual size_t MaxPayload() const = 0;
+};
+
+// Stores exhausted events directly (the DLQ worker, and the processor's fallback for dead
+// letters too large for a NATS message). Idempotent on DeadLetter::IdempotencyKey().
+class ExhaustedStore {
+ public:
+  virtual ~ExhaustedStore() = default;
+  // Returns true when a row was inserted, false when it already existed.
+  virtual Result<bool, StoreError> RecordExhausted(const DeadLetter& letter,
+                                                   const std::string& final_reason) = 0;
+};
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual std::chrono::steady_clock::time_point Now() = 0;
+  virtual int64_t UnixMillis() = 0;
+};
+
+class SystemClock final : public Clock {
+ public:
+  std::chrono::steady_clock::time_point Now() override { return std::chrono::steady_clock::now(); }
+  int64_t UnixMillis() override {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+};
+
+}  // namespace evp::pipeline
+
+namespace evp::pipeline {
+
+// A durable pull consumer. Not thread-safe: one per consumer loop.
+class EventSource {
+ public:
+  virtual ~EventSource() = default;
+  // Up to max messages, waiting at most `wait`; an empty vector when none arrived. An error
+  // means the connection or consumer is unusable right now (retry later).
+  virtual Result<std::vector<InboundMessage>, std::string> Fetch(int max,
+                                                                std::chrono::milliseconds wait) = 0;
+  // Acks or NAKs the messages of the last fetch; decisions[i] belongs to message i.
+  virtual void Settle(std::span<const Decision> decisions) = 0;
+  // Tells JetStream the last fetch is still being worked on (extends AckWait).
+  virtual void InProgress() = 0;
+  virtual bool Connected() = 0;
+  // Consumer lag figures for metrics; false when unavailable.
+  virtual bool Lag(uint64_t* pending, uint64_t* ack_pending) = 0;
+};
+
+}  // namespace evp::pipeline
+
+namespace evp::pipeline {
+
+// Turns one fetched batch into one decision per message (the processor, the DLQ worker).
+class BatchHandler {
+ public:
+  virtual ~BatchHandler() = default;
+  virtual std::vector<Decision> Process(std::span<const InboundMessage> batch) = 0;
+  // True when the last batch hit a transient database error: the loop pauses fetching.
+  virtual bool StoreUnavailable() const = 0;
+};
+
+}  // namespace evp::pipeline

@@ -1,0 +1,361 @@
+#include "postgres/pg_store.hpp"
+
+#include <algorithm>
+#include <map>
+
+#include <nlohmann/json.hpp>
+#include <pqxx/pqxx>
+
+#include "core/embedded.hpp"
+#include "core/text.hpp"
+#include "observability/logging.hpp"
+#include "postgres/pg_errors.hpp"
+#include "routing/subject.hpp"
+
+namespace evp::postgres {
+
+using handlers::ColumnType;
+using handlers::Mutation;
+using handlers::WriteKind;
+using pipeline::ApplyOutcome;
+using pipeline::ApplyResult;
+using pipeline::StoreError;
+using pipeline::StoreErrorKind;
+
+namespace {
+
+struct Migration {
+  int version;
+  std::string_view name;
+  std::string_view sql;
+};
+
+// Embedded migrations of one folder ("ops" or "tenant"), ordered by their numeric prefix.
+std::vector<Migration> Migrations(std::string_view folder) {
+  std::vector<Migration> out;
+  for (const EmbeddedFile& f : EmbeddedMigrations()) {
+    if (!f.path.starts_with(std::string(folder) + "/")) continue;
+    std::string_view name = f.path.substr(folder.size() + 1);
+    out.push_back({std::stoi(std::string(name.substr(0, name.find('_')))), name, f.content});
+  }
+  std::sort(out.begin(), out.end(),
+            [](const Migration& a, const Migration& b) { return a.version < b.version; });
+  return out;
+}
+
+int LatestTenantVersion() {
+  auto m = Migrations("tenant");
+  return m.empty() ? 0 : m.back().version;
+}
+
+std::string Cast(ColumnType t, const std::string& param) {
+  switch (t) {
+    case ColumnType::kText:
+      return param + "::text";
+    case ColumnType::kBigint:
+      return param + "::bigint";
+    case ColumnType::kBool:
+      return param + "::boolean";
+    case ColumnType::kJsonb:
+      return param + "::jsonb";
+    case ColumnType::kTextArray:
+      return "ARRAY(SELECT jsonb_array_elements_text(" + param + "::jsonb))";
+  }
+  return param;
+}
+
+std::string Quoted(std::string_view name) { return "\"" + std::string(name) + "\""; }
+
+std::string MetadataJson(const DeadLetter& dl) {
+  nlohmann::json meta = {
+      {"source_stream", SafeUtf8(dl.source_stream)},
+      {"stream_seq", dl.stream_seq},
+      {"orig_msg_id", SafeUtf8(dl.orig_msg_id)},
+      {"dlq_msg_id", SafeUtf8(dl.DlqMsgId())},
+      {"payload_bytes", dl.original.size()},
+      {"payload_valid_utf8", IsValidUtf8(dl.original)},
+  };
+  if (dl.item_index) meta["item_index"] = *dl.item_index;
+  std::string out = meta.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  // jsonb refuses \u0000; SafeUtf8 already removed NULs, this is belt and braces.
+  return out;
+}
+
+}  // namespace
+
+std::string TenantSchemaName(const std::string& prefix, const std::string& company_id) {
+  std::string lower = company_id;
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return prefix + lower;
+}
+
+Result<Unit, std::string> MigrateOps(const std::string& dsn, const std::string& ops_schema) {
+  try {
+    pqxx::connection conn(dsn);
+    pqxx::work tx(conn);
+    const std::string schema = tx.quote_name(ops_schema);
+    tx.exec0("SELECT pg_advisory_xact_lock(hashtext('evp-migrate:' || " + tx.quote(ops_schema) +
+             "))");
+    tx.exec0("CREATE SCHEMA IF NOT EXISTS " + schema);
+    tx.exec0("SET LOCAL search_path TO " + schema);
+    tx.exec0(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text "
+        "NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())");
+    for (const Migration& m : Migrations("ops")) {
+      auto done = tx.exec_params("SELECT 1 FROM schema_migrations WHERE version = $1", m.version);
+      if (!done.empty()) continue;
+      tx.exec0(std::string(m.sql));
+      tx.exec_params0("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version,
+                      std::string(m.name));
+      observability::LogInfo("applied ops migration",
+                             {{"schema", ops_schema}, {"migration", m.name}});
+    }
+    tx.commit();
+    return Unit{};
+  } catch (const std::exception& e) {
+    return Err{std::string("migrating schema ") + ops_schema + ": " + e.what()};
+  }
+}
+
+struct PgStore::Connection {
+  explicit Connection(const std::string& dsn) : conn(dsn) {}
+  pqxx::connection conn;
+};
+
+PgStore::PgStore(std::string dsn, std::string ops_schema, std::string tenant_prefix)
+    : dsn_(std::move(dsn)), ops_schema_(std::move(ops_schema)), tenant_prefix_(std::move(tenant_prefix)) {}
+
+PgStore::~PgStore() = default;
+
+PgStore::Connection& PgStore::Conn() {
+  if (!conn_ || !conn_->conn.is_open()) {
+    conn_.reset();
+    conn_ = std::make_unique<Connection>(dsn_);
+  }
+  return *conn_;
+}
+
+void PgStore::Reset() { conn_.reset(); }
+
+bool PgStore::Ping() {
+  try {
+    pqxx::nontransaction tx(Conn().conn);
+    tx.exec1("SELECT 1");
+    return true;
+  } catch (...) {
+    Reset();
+    return false;
+  }
+}
+
+Result<Unit, StoreError> PgStore::EnsureTenant(const std::string& company_id) {
+  if (known_tenants_.count(company_id)) return Unit{};
+  if (routing::TenantIdError(company_id)) {
+    // Never reached from the pipeline (ids are validated first); guards every other caller.
+    return Err{StoreError{StoreErrorKind::kFatal, "invalid tenant id"}};
+  }
+  const std::string schema_name = TenantSchemaName(tenant_prefix_, company_id);
+  try {
+    pqxx::work tx(Conn().conn);
+    const std::string ops = tx.quote_name(ops_schema_);
+    tx.exec_params0("SELECT pg_advisory_xact_lock(hashtext('evp-tenant:' || $1))", schema_name);
+    auto rows = tx.exec_params(
+        "SELECT company_id, migration_version FROM " + ops +
+            ".tenants WHERE lower(company_id) = lower($1)",
+        company_id);
+    int current = 0;
+    if (!rows.empty()) {
+      const std::string registered = rows[0][0].as<std::string>();
+      if (registered != company_id) {
+        return Err{StoreError{StoreErrorKind::kCollision,
+                              "company_id '" + company_id + "' collides with registered tenant '" +
+                                  registered + "' (ids differing only by case would share schema " +
+                                  schema_name + ")"}};
+      }
+      current = rows[0][1].as<int>();
+    }
+    const int latest = LatestTenantVersion();
+    if (current < latest) {
+      const std::string schema = tx.quote_name(schema_name);
+      tx.exec0("CREATE SCHEMA IF NOT EXISTS " + schema);
+      tx.exec0("SET LOCAL search_path TO " + schema);
+      for (const Migration& m : Migrations("tenant")) {
+        if (m.version <= current) continue;
+        tx.exec0(std::string(m.sql));
+      }
+      tx.exec0("SET LOCAL search_path TO DEFAULT");
+      tx.exec_params0("INSERT INTO " + ops +
+                          ".tenants (company_id, schema_name, migration_version) VALUES ($1, $2, "
+                          "$3) ON CONFLICT (company_id) DO UPDATE SET migration_version = "
+                          "EXCLUDED.migration_version, updated_at = now()",
+                      company_id, schema_name, latest);
+      observability::LogInfo("tenant schema ready", {{"company_id", company_id},
+                                                      {"schema", schema_name},
+                                                      {"migration_version", latest}});
+    }
+    tx.commit();
+    known_tenants_.insert(company_id);
+    return Unit{};
+  } catch (...) {
+    StoreError err = ClassifyCurrentException();
+    if (err.kind == StoreErrorKind::kTransient) Reset();
+    return Err{err};
+  }
+}
+
+namespace {
+
+ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, const Mutation& m) {
+  const handlers::TableDef& def = handlers::Definition(m.table);
+  const std::string table = tx.quote_name(TenantSchemaName(tenant_prefix, m.company_id)) + "." +
+                            Quoted(def.name);
+  std::vector<std::string> params;
+  params.reserve(m.values.size() + 3);
+  for (const auto& v : m.values) params.push_back(v.text);
+  auto param = [&](size_t i) { return "$" + std::to_string(i + 1); };
+  const size_t n = m.values.size();
+  params.push_back(std::to_string(m.version.seconds));
+  params.push_back(std::to_string(static_cast<int>(m.version.source)));
+  params.push_back(std::to_string(m.version.seq));
+  const std::string ver_ts = param(n) + "::bigint";
+  const std::string ver_src = param(n + 1) + "::smallint";
+  const std::string ver_seq = param(n + 2) + "::bigint";
+
+  std::string key_cond;
+  for (size_t i = 0; i < def.key_count; ++i) {
+    if (i) key_cond += " AND ";
+    key_cond += "cur." + Quoted(m.values[i].column->name) + " = " + param(i) + "::text";
+  }
+  std::string sql;
+  if (m.kind == WriteKind::kUpsert) {
+    std::string cols;
+    std::string vals;
+    std::string sets;
+    for (size_t i = 0; i < n; ++i) {
+      const auto& col = *m.values[i].column;
+      cols += Quoted(col.name) + ", ";
+      vals += Cast(col.type, param(i)) + ", ";
+      if (i >= def.key_count) sets += Quoted(col.name) + " = EXCLUDED." + Quoted(col.name) + ", ";
+    }
+    std::string keys;
+    for (size_t i = 0; i < def.key_count; ++i) {
+      keys += (i ? ", " : "") + Quoted(def.columns[i].name);
+    }
+    sql = "INSERT INTO " + table + " AS cur (" + cols + "ver_ts, ver_src, ver_seq) VALUES (" + vals +
+          ver_ts + ", " + ver_src + ", " + ver_seq + ") ON CONFLICT (" + keys + ") DO UPDATE SET " +
+          sets +
+          "ver_ts = EXCLUDED.ver_ts, ver_src = EXCLUDED.ver_src, ver_seq = EXCLUDED.ver_seq, "
+          "updated_at = now() WHERE (cur.ver_ts, cur.ver_src, cur.ver_seq) <= (EXCLUDED.ver_ts, "
+          "EXCLUDED.ver_src, EXCLUDED.ver_seq) RETURNING 1";
+  } else {
+    std::string sets;
+    for (size_t i = def.key_count; i < n; ++i) {
+      const auto& col = *m.values[i].column;
+      sets += Quoted(col.name) + " = " + Cast(col.type, param(i)) + ", ";
+    }
+    sql = "UPDATE " + table + " AS cur SET " + sets + "ver_ts = " + ver_ts + ", ver_src = " +
+          ver_src + ", ver_seq = " + ver_seq + ", updated_at = now() WHERE " + key_cond +
+          " AND (cur.ver_ts, cur.ver_src, cur.ver_seq) <= (" + ver_ts + ", " + ver_src + ", " +
+          ver_seq + ") RETURNING 1";
+  }
+  pqxx::result r = tx.exec_params(sql, pqxx::prepare::make_dynamic_params(params));
+  ApplyResult result{r.empty() ? ApplyOutcome::kStale : ApplyOutcome::kApplied, ""};
+  if (r.empty() && m.kind == WriteKind::kUpdate) {
+    std::vector<std::string> key_params(params.begin(),
+                                        params.begin() + static_cast<long>(def.key_count));
+    auto exists = tx.exec_params("SELECT 1 FROM " + table + " AS cur WHERE " + key_cond,
+                                 pqxx::prepare::make_dynamic_params(key_params));
+    if (exists.empty()) result = {ApplyOutcome::kNotYet, m.KeyText()};
+  }
+  if (m.onboarding) {
+    // First inbound message from an unknown (agent, phone): create the contact with the
+    // lowest possible version, so any real contact event overrides it, and log it once.
+    const auto& ob = *m.onboarding;
+    const std::string schema = tx.quote_name(TenantSchemaName(tenant_prefix, m.company_id));
+    auto created = tx.exec_params(
+        "INSERT INTO " + schema +
+            ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, assigned_to, "
+            "ver_ts, ver_src, ver_seq) VALUES ($1, $2, $3, NULLIF($4, ''), $5, "
+            "ARRAY(SELECT jsonb_array_elements_text($6::jsonb)), NULLIF($7, ''), 0, 0, 0) "
+            "ON CONFLICT (agent_id, phone_number) DO NOTHING RETURNING 1",
+        ob.agent_id, ob.phone_number, m.company_id, ob.chat_id, ob.origin, ob.tags_json,
+        ob.assigned_to);
+    if (!created.empty()) {
+      tx.exec_params0("INSERT INTO " + schema +
+                          ".onboarding_log (agent_id, phone_number, company_id, chat_id, "
+                          "message_id, origin, tags) VALUES ($1, $2, $3, NULLIF($4, ''), $5, $6, "
+                          "ARRAY(SELECT jsonb_array_elements_text($7::jsonb))) ON CONFLICT "
+                          "(agent_id, phone_number) DO NOTHING",
+                      ob.agent_id, ob.phone_number, m.company_id, ob.chat_id, ob.message_id,
+                      ob.origin, ob.tags_json);
+    }
+  }
+  return result;
+}
+
+}  // namespace
+
+Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::span<const Mutation> mutations) {
+  // Fast path: the whole batch in one transaction.
+  try {
+    std::vector<ApplyResult> results;
+    results.reserve(mutations.size());
+    pqxx::work tx(Conn().conn);
+    for (const Mutation& m : mutations) results.push_back(ApplyOne(tx, tenant_prefix_, m));
+    tx.commit();
+    return results;
+  } catch (...) {
+    StoreError err = ClassifyCurrentException();
+    if (err.kind != StoreErrorKind::kFatal) {
+      Reset();
+      return Err{err};
+    }
+  }
+  // A data or constraint error of one mutation aborted the transaction: isolate it by
+  // writing each mutation alone, so its neighbours still commit.
+  std::vector<ApplyResult> results;
+  results.reserve(mutations.size());
+  for (const Mutation& m : mutations) {
+    try {
+      pqxx::work tx(Conn().conn);
+      ApplyResult r = ApplyOne(tx, tenant_prefix_, m);
+      tx.commit();
+      results.push_back(r);
+    } catch (...) {
+      StoreError err = ClassifyCurrentException();
+      if (err.kind != StoreErrorKind::kFatal) {
+        Reset();
+        return Err{err};
+      }
+      results.push_back({ApplyOutcome::kFatal, err.message});
+    }
+  }
+  return results;
+}
+
+Result<bool, StoreError> PgStore::RecordExhausted(const DeadLetter& dl,
+                                                  const std::string& final_reason) {
+  try {
+    pqxx::work tx(Conn().conn);
+    const std::string ops = tx.quote_name(ops_schema_);
+    auto r = tx.exec_params(
+        "INSERT INTO " + ops +
+            ".exhausted_events (idempotency_key, company_id, source_subject, error_class, "
+            "reason, attempts, original_payload, dlq_metadata, first_failed_at, last_failed_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, decode($7, 'hex'), $8::jsonb, "
+            "to_timestamp($9::bigint / 1000.0), to_timestamp($10::bigint / 1000.0)) "
+            "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        SafeUtf8(dl.IdempotencyKey()), SafeUtf8(dl.company_id), SafeUtf8(dl.source_subject),
+        std::string(ErrorClassName(dl.error_class)), SafeUtf8(final_reason), dl.attempts,
+        HexEncode(dl.original), MetadataJson(dl), dl.first_failed_ms, dl.last_failed_ms);
+    tx.commit();
+    return !r.empty();
+  } catch (...) {
+    StoreError err = ClassifyCurrentException();
+    Reset();
+    return Err{err};
+  }
+}
+
+}  // namespace evp::postgres

@@ -1,0 +1,47 @@
+#pragma once
+// PostgreSQL adapter: tenant schemas and migrations, row writes with version guards, and the
+// exhausted-events store. The only files with pqxx in them are in this folder.
+// Thread-safety: one PgStore per thread (it owns one connection); the connection is
+// re-opened after a failure on the next call.
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "config/config.hpp"
+#include "pipeline/ports.hpp"
+
+namespace evp::postgres {
+
+// Applies the embedded migrations of the ops schema (idempotent). Returns an error text.
+Result<Unit, std::string> MigrateOps(const std::string& dsn, const std::string& ops_schema);
+
+std::string TenantSchemaName(const std::string& prefix, const std::string& company_id);
+
+class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedStore {
+ public:
+  PgStore(std::string dsn, std::string ops_schema, std::string tenant_prefix);
+  ~PgStore() override;
+
+  Result<Unit, pipeline::StoreError> EnsureTenant(const std::string& company_id) override;
+  Result<std::vector<pipeline::ApplyResult>, pipeline::StoreError> Apply(
+      std::span<const handlers::Mutation> mutations) override;
+  bool Ping() override;
+  Result<bool, pipeline::StoreError> RecordExhausted(const DeadLetter& letter,
+                                                     const std::string& final_reason) override;
+
+ private:
+  struct Connection;  // wraps pqxx::connection, kept out of this header
+  Connection& Conn();
+  void Reset();
+
+  std::string dsn_;
+  std::string ops_schema_;
+  std::string tenant_prefix_;
+  std::unique_ptr<Connection> conn_;
+  std::set<std::string> known_tenants_;
+};
+
+}  // namespace evp::postgres
