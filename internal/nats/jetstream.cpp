@@ -31,7 +31,8 @@ std::vector<std::string> SplitUrls(const std::string& urls) {
   return out;
 }
 
-void OnDisconnected(natsConnection*, void*) {
+void OnDisconnected(natsConnection* nc, void*) {
+  if (natsConnection_IsClosed(nc)) return;  // an orderly close, not an outage
   observability::LogWarn("NATS disconnected; reconnecting");
 }
 void OnReconnected(natsConnection*, void*) { observability::LogInfo("NATS reconnected"); }

@@ -2,16 +2,12 @@
 
 #include <pqxx/pqxx>
 
+#include "pipeline/error_policy.hpp"
+
 namespace evp::postgres {
 
 using pipeline::StoreError;
 using pipeline::StoreErrorKind;
-
-StoreErrorKind ClassifySqlState(const std::string& sqlstate) {
-  const std::string cls = sqlstate.substr(0, 2);
-  if (cls == "22" || cls == "23") return StoreErrorKind::kFatal;
-  return StoreErrorKind::kTransient;
-}
 
 StoreError ClassifyCurrentException() {
   try {
@@ -24,7 +20,7 @@ StoreError ClassifyCurrentException() {
   } catch (const pqxx::sql_error& e) {
     std::string what = e.what();
     while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
-    return {ClassifySqlState(e.sqlstate()), "SQLSTATE " + e.sqlstate() + ": " + what};
+    return {pipeline::ClassifySqlState(e.sqlstate()), "SQLSTATE " + e.sqlstate() + ": " + what};
   } catch (const std::exception& e) {
     return {StoreErrorKind::kTransient, e.what()};
   }

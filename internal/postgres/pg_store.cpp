@@ -95,7 +95,7 @@ Result<Unit, std::string> MigrateOps(const std::string& dsn, const std::string& 
     pqxx::connection conn(dsn);
     pqxx::work tx(conn);
     const std::string schema = tx.quote_name(ops_schema);
-    tx.exec0("SELECT pg_advisory_xact_lock(hashtext('evp-migrate:' || " + tx.quote(ops_schema) +
+    tx.exec("SELECT pg_advisory_xact_lock(hashtext('evp-migrate:' || " + tx.quote(ops_schema) +
              "))");
     tx.exec0("CREATE SCHEMA IF NOT EXISTS " + schema);
     tx.exec0("SET LOCAL search_path TO " + schema);
@@ -159,7 +159,7 @@ Result<Unit, StoreError> PgStore::EnsureTenant(const std::string& company_id) {
   try {
     pqxx::work tx(Conn().conn);
     const std::string ops = tx.quote_name(ops_schema_);
-    tx.exec_params0("SELECT pg_advisory_xact_lock(hashtext('evp-tenant:' || $1))", schema_name);
+    tx.exec_params("SELECT pg_advisory_xact_lock(hashtext('evp-tenant:' || $1))", schema_name);
     auto rows = tx.exec_params(
         "SELECT company_id, migration_version FROM " + ops +
             ".tenants WHERE lower(company_id) = lower($1)",

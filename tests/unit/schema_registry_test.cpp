@@ -79,6 +79,7 @@ struct Fixture {
 
 std::vector<Fixture> ListFixtures(const fs::path& root) {
   std::vector<Fixture> out;
+  if (!fs::is_directory(root)) return out;  // the fixture-count test reports it
   for (const auto& dir : fs::directory_iterator(root)) {
     if (!dir.is_directory()) continue;
     const std::string type_name = dir.path().filename().string();
@@ -440,11 +441,8 @@ TEST(HistoryEnvelope, RejectsExtraTopLevelKeys) {
 
 TEST(HistoryEnvelope, RejectsTheArrayOfAnotherHistoryType) {
   const Json doc = Json::parse(R"({"chats": []})");
-  auto message = DirectoryRegistry().Validate(EventType::kHistoryMessages, doc);
-  ASSERT_TRUE(message.has_value());
-  EXPECT_TRUE(*message == "/chats: unknown property (additionalProperties is false)" ||
-              *message == "/messages: required property missing")
-      << *message;
+  EXPECT_EQ(DirectoryRegistry().Validate(EventType::kHistoryMessages, doc),
+            "/chats: unknown property (additionalProperties is false)");
 }
 
 TEST(HistoryEnvelope, ItemsAreValidatedAloneAgainstTheUpsertSchema) {
@@ -576,7 +574,7 @@ TEST(SchemaRegistry, AcceptsCompanyIdsOfOneToFortyCharacters) {
         << id;
   }
   for (const std::string& id :
-       std::vector<std::string>{"", "_a", "9a", "a-b", "a b", "a.b", "*", ">", "\xC3\xA4",
+       std::vector<std::string>{"", "_a", "9a", "a-b", "a b", "a.b", "*", ">", "\xC3\xA4", "acme\n",
                                 std::string("Z") + std::string(40, '9')}) {
     EXPECT_EQ(DirectoryRegistry().Validate(EventType::kChatsUpsert, With(kChat, "company_id", id)),
               "/company_id: must match ^[A-Za-z][A-Za-z0-9_]{0,39}$")
