@@ -68,9 +68,9 @@ pg_area() {
     return
   fi
   id postgres >/dev/null 2>&1 || die "OS user 'postgres' missing (run scripts/bootstrap.sh)"
-  mkdir -p "$LOCAL"
+  # .local/ is created world-traversable, so reaching the repository is what matters.
   # shellcheck disable=SC2016 # $1 is expanded by the inner sh.
-  if runuser -u postgres -- sh -c 'cd "$1"' _ "$LOCAL" 2>/dev/null; then
+  if runuser -u postgres -- sh -c 'cd "$1"' _ "$ROOT" 2>/dev/null; then
     echo "$LOCAL/pg"
   else
     local hash
@@ -119,6 +119,7 @@ psql_admin() {
 start_nats() {
   local pid deadline
   mkdir -p "$NATS_STORE" "$LOG_DIR" "$RUN_DIR"
+  chmod 755 "$LOCAL"
   if pid="$(nats_pid)"; then
     log "nats-server already running (pid $pid)"
   else

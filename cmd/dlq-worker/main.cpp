@@ -55,17 +55,20 @@ int main() {
   if (!app::MigrateOpsWhenReachable(config, stop)) return 0;
   conn = app::ConnectNatsWhenReachable(config, "dlq-worker", stop);
   if (!conn) return 0;
-  const nats::ConsumerSpec spec{config.dlq_stream, config.dlq_consumer, config.dlq_ack_wait,
+  const nats::ConsumerSpec spec{config.dlq_stream,
+                                config.dlq_consumer,
+                                config.dlq_ack_wait,
                                 -1,  // never drop a dead letter: it is retried until recorded
-                                std::max(config.dlq_workers * 64, 256), ""};
+                                std::max(config.dlq_workers * 64, 256),
+                                ""};
   std::vector<std::unique_ptr<nats::JetStreamSource>> sources;
   for (int i = 0; i < config.dlq_workers; ++i) {
     auto src = app::BindWhenReady(conn, spec, stop);
     if (!src) return 0;
     sources.push_back(std::move(src));
   }
-  observability::LogInfo("consuming", {{"consumer", config.dlq_consumer},
-                                       {"workers", config.dlq_workers}});
+  observability::LogInfo("consuming",
+                         {{"consumer", config.dlq_consumer}, {"workers", config.dlq_workers}});
   std::vector<std::thread> workers;
   for (int i = 0; i < config.dlq_workers; ++i) {
     workers.emplace_back([&, i] {

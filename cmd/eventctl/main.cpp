@@ -1,6 +1,5 @@
 // eventctl: operator and developer CLI. Wiring of subcommands; logic in internal/.
 #include <CLI/CLI.hpp>
-
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -50,7 +49,8 @@ int Publish(const Config& config, const std::string& type_name, const std::strin
   if (subject.empty()) {
     type = EventTypeFromName(type_name);
     if (!type) {
-      std::fprintf(stderr, "unknown --type '%s'; one of: %s\n", type_name.c_str(), TypeNames().c_str());
+      std::fprintf(stderr, "unknown --type '%s'; one of: %s\n", type_name.c_str(),
+                   TypeNames().c_str());
       return 2;
     }
     subject = routing::SubjectFor(*type, tenant);
@@ -80,7 +80,8 @@ int Publish(const Config& config, const std::string& type_name, const std::strin
       handlers::SampleOptions opts{seed + static_cast<uint64_t>(i), NowUnix(), history_items};
       payload = handlers::SamplePayload(*type, tenant, opts).dump();
     }
-    const std::string id = msg_id.empty() ? RandomId() : (count > 1 ? msg_id + "-" + std::to_string(i) : msg_id);
+    const std::string id =
+        msg_id.empty() ? RandomId() : (count > 1 ? msg_id + "-" + std::to_string(i) : msg_id);
     auto seq = (*conn)->Publish(subject, payload, id, {});
     if (!seq.ok()) {
       std::fprintf(stderr, "%s\n", seq.error().c_str());
@@ -108,7 +109,8 @@ int main(int argc, char** argv) {
   int history_items = 3;
   auto* publish = cli.add_subcommand("publish", "publish a JSON file or a built-in sample event");
   publish->add_option("-t,--type", type_name, "event type: " + TypeNames())->capture_default_str();
-  publish->add_option("-c,--tenant", tenant, "company_id (last subject token)")->capture_default_str();
+  publish->add_option("-c,--tenant", tenant, "company_id (last subject token)")
+      ->capture_default_str();
   publish->add_option("-f,--file", file, "publish this file's exact bytes instead of a sample");
   publish->add_option("-s,--subject", subject, "publish to this exact subject (with --file)");
   publish->add_option("--msg-id", msg_id, "Nats-Msg-Id (default: random)");
@@ -122,7 +124,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> migrate_tenants;
   migrate->add_option("--tenant", migrate_tenants, "also create/upgrade these tenants' schemas");
 
-  auto* config_cmd = cli.add_subcommand("config", "print the effective configuration (secrets masked)");
+  auto* config_cmd =
+      cli.add_subcommand("config", "print the effective configuration (secrets masked)");
 
   CLI11_PARSE(cli, argc, argv);
 

@@ -60,9 +60,12 @@ int main() {
   const nats::ConsumerSpec realtime_spec{config.realtime_stream, config.realtime_consumer,
                                          config.ack_wait,        config.max_deliver,
                                          config.max_ack_pending, ""};
-  const nats::ConsumerSpec history_spec{config.history_stream,   config.history_consumer,
-                                        config.history_ack_wait, config.history_max_deliver,
-                                        std::max(16, config.max_ack_pending / 64), ""};
+  const nats::ConsumerSpec history_spec{config.history_stream,
+                                        config.history_consumer,
+                                        config.history_ack_wait,
+                                        config.history_max_deliver,
+                                        std::max(16, config.max_ack_pending / 64),
+                                        ""};
   auto realtime_src = app::BindWhenReady(conn, realtime_spec, stop);
   auto history_src = app::BindWhenReady(conn, history_spec, stop);
   if (!realtime_src || !history_src) return 0;

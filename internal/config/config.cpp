@@ -113,10 +113,12 @@ std::vector<Key> Keys(Binary binary) {
                            [](Config& c) -> std::string& { return c.nats_url; }));
   keys.push_back(StringKey("NATS_USER", "NATS user name", "", "", "",
                            [](Config& c) -> std::string& { return c.nats_user; }));
-  keys.push_back(StringKey("NATS_PASSWORD", "NATS password (secret)", "", "", "",
-                           [](Config& c) -> std::string& { return c.nats_password; }, true));
-  keys.push_back(StringKey("NATS_TOKEN", "NATS auth token (secret)", "", "", "",
-                           [](Config& c) -> std::string& { return c.nats_token; }, true));
+  keys.push_back(StringKey(
+      "NATS_PASSWORD", "NATS password (secret)", "", "", "",
+      [](Config& c) -> std::string& { return c.nats_password; }, true));
+  keys.push_back(StringKey(
+      "NATS_TOKEN", "NATS auth token (secret)", "", "", "",
+      [](Config& c) -> std::string& { return c.nats_token; }, true));
   keys.push_back(StringKey("NATS_CREDS_FILE", "path of a NATS .creds file", "", "", "",
                            [](Config& c) -> std::string& { return c.nats_creds_file; }));
   keys.push_back(StringKey(
@@ -145,8 +147,8 @@ std::vector<Key> Keys(Binary binary) {
                            "events_ops", kIdentPattern, kIdentRule,
                            [](Config& c) -> std::string& { return c.ops_schema; }));
   {
-    Key k{"TENANTS", "comma-separated tenant allow-list; empty = all tenants", "", false,
-          nullptr, nullptr};
+    Key k{"TENANTS", "comma-separated tenant allow-list; empty = all tenants", "", false, nullptr,
+          nullptr};
     k.apply = [](Config& c, const std::string& v) -> std::string {
       c.tenants = SplitList(v);
       for (const auto& t : c.tenants) {
@@ -161,8 +163,11 @@ std::vector<Key> Keys(Binary binary) {
   }
   {
     Key k{"METRICS_TENANTS",
-          "tenants that get a company_id label on per-tenant metrics (keep it short)", "", false,
-          nullptr, nullptr};
+          "tenants that get a company_id label on per-tenant metrics (keep it short)",
+          "",
+          false,
+          nullptr,
+          nullptr};
     k.apply = [](Config& c, const std::string& v) -> std::string {
       c.metrics_tenants = SplitList(v);
       if (c.metrics_tenants.size() > 20) return "at most 20 tenants (label cardinality)";
@@ -181,9 +186,11 @@ std::vector<Key> Keys(Binary binary) {
   name_key("HISTORY_STREAM", "JetStream stream of v1.history.>", "EVENTS_HISTORY",
            &Config::history_stream);
   name_key("DLQ_STREAM", "JetStream stream of v1.dlq.>", "EVENTS_DLQ", &Config::dlq_stream);
-  name_key("REALTIME_CONSUMER", "durable consumer of the realtime stream (suffixed when TENANTS is set)",
+  name_key("REALTIME_CONSUMER",
+           "durable consumer of the realtime stream (suffixed when TENANTS is set)",
            "events-processor-realtime", &Config::realtime_consumer);
-  name_key("HISTORY_CONSUMER", "durable consumer of the history stream (suffixed when TENANTS is set)",
+  name_key("HISTORY_CONSUMER",
+           "durable consumer of the history stream (suffixed when TENANTS is set)",
            "events-processor-history", &Config::history_consumer);
   name_key("DLQ_CONSUMER", "durable consumer of the DLQ stream (suffixed when TENANTS is set)",
            "dlq-worker", &Config::dlq_consumer);
@@ -230,13 +237,12 @@ std::vector<Key> Keys(Binary binary) {
           kMinute * 10, &Config::nak_base_delay);
   dur_key("NAK_MAX_DELAY", "cap of the redelivery delay", "30s", ms(1), kMinute * 60,
           &Config::nak_max_delay);
-  dur_key("ORDERING_GRACE", "how long an update may wait for its row before it is exhausted",
-          "6s", ms(0), kMinute * 60, &Config::ordering_grace);
+  dur_key("ORDERING_GRACE", "how long an update may wait for its row before it is exhausted", "6s",
+          ms(0), kMinute * 60, &Config::ordering_grace);
   {
     Key k = IntKey(
         "MAX_EVENT_BYTES", "largest accepted event; larger ones are exhausted as too_large",
-        "921600", 1024, 64 * 1024 * 1024,
-        [](Config& c, int64_t v) { c.max_event_bytes = v; },
+        "921600", 1024, 64 * 1024 * 1024, [](Config& c, int64_t v) { c.max_event_bytes = v; },
         [](const Config& c) { return c.max_event_bytes; });
     keys.push_back(std::move(k));
   }
@@ -248,8 +254,7 @@ std::vector<Key> Keys(Binary binary) {
       [](const Config& c) { return c.dlq_workers; }));
   dur_key("DLQ_BASE_DELAY", "first DLQ retry delay", "1s", ms(1), kMinute * 60,
           &Config::dlq_base_delay);
-  dur_key("DLQ_MAX_DELAY", "cap of the DLQ retry delay", "5m", ms(1), kDay,
-          &Config::dlq_max_delay);
+  dur_key("DLQ_MAX_DELAY", "cap of the DLQ retry delay", "5m", ms(1), kDay, &Config::dlq_max_delay);
   keys.push_back(IntKey(
       "DLQ_MAX_ATTEMPTS", "attempts of a retryable event before it is exhausted", "5", 1, 1000,
       [](Config& c, int64_t v) { c.dlq_max_attempts = static_cast<int>(v); },

@@ -27,7 +27,7 @@ std::optional<T> ParseNum(const std::string& s) {
 }  // namespace
 
 std::string DeadLetter::IdempotencyKey() const {
-  std::string key = source_stream + ":" + std::to_string(stream_seq);
+  std::string key = source_stream + ":" + std::to_string(stream_seq) + ":" + std::to_string(published_ns);
   if (item_index) key += ":" + std::to_string(*item_index);
   return key;
 }
@@ -53,6 +53,7 @@ HeaderMap EncodeDeadLetterHeaders(const DeadLetter& dl) {
   out[h::kLastFailedAt] = std::to_string(dl.last_failed_ms);
   out[h::kSourceStream] = Clean(dl.source_stream, 256);
   out[h::kStreamSeq] = std::to_string(dl.stream_seq);
+  out[h::kPublishedAt] = std::to_string(dl.published_ns);
   if (!dl.orig_msg_id.empty()) out[h::kOrigMsgId] = Clean(dl.orig_msg_id, 512);
   if (dl.item_index) out[h::kItemIndex] = std::to_string(*dl.item_index);
   return out;
@@ -91,6 +92,7 @@ Result<DeadLetter, std::string> DecodeDeadLetter(const HeaderMap& headers, std::
   auto seq = ParseNum<uint64_t>(*need(h::kStreamSeq));
   if (!seq) return Err{std::string("bad header ") + h::kStreamSeq};
   dl.stream_seq = *seq;
+  dl.published_ns = ParseNum<int64_t>(get(h::kPublishedAt).value_or("0")).value_or(0);
   dl.orig_msg_id = get(h::kOrigMsgId).value_or("");
   if (auto idx = get(h::kItemIndex)) {
     auto v = ParseNum<int64_t>(*idx);

@@ -17,16 +17,18 @@ struct DeadLetter {
   std::string source_subject;  // where the event was published
   std::string company_id;      // raw tenant token (may be invalid); subject's on mismatch
   ErrorClass error_class = ErrorClass::kFatal;
-  std::string reason;          // "<code>: <message>"
-  int attempts = 1;            // attempts made so far
+  std::string reason;           // "<code>: <message>"
+  int attempts = 1;             // attempts made so far
   int64_t first_failed_ms = 0;  // unix milliseconds
   int64_t last_failed_ms = 0;
   std::string source_stream;
   uint64_t stream_seq = 0;
-  std::string orig_msg_id;     // Nats-Msg-Id of the original, if any
+  int64_t published_ns = 0;    // JetStream publish time of the original (0 when unknown)
+  std::string orig_msg_id;            // Nats-Msg-Id of the original, if any
   std::optional<int64_t> item_index;  // history item index
 
-  // Unique per event (stream, sequence, item): one exhausted row per event.
+  // Unique per event (stream, sequence, publish time, item): one exhausted row per event.
+  // The publish time keeps keys unique when a stream is recreated and sequences restart.
   std::string IdempotencyKey() const;
   // Nats-Msg-Id of this DLQ message: the same event at the same attempt is deduplicated.
   std::string DlqMsgId() const;
@@ -44,6 +46,7 @@ inline constexpr const char* kFirstFailedAt = "Evp-First-Failed-At";
 inline constexpr const char* kLastFailedAt = "Evp-Last-Failed-At";
 inline constexpr const char* kSourceStream = "Evp-Source-Stream";
 inline constexpr const char* kStreamSeq = "Evp-Stream-Seq";
+inline constexpr const char* kPublishedAt = "Evp-Published-At";
 inline constexpr const char* kOrigMsgId = "Evp-Orig-Msg-Id";
 inline constexpr const char* kItemIndex = "Evp-Item-Index";
 inline constexpr const char* kRedriveOf = "Evp-Redrive-Of";

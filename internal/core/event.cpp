@@ -6,15 +6,15 @@ namespace evp {
 namespace {
 
 constexpr std::array<std::string_view, 10> kTypeNames = {
-    "chats.upsert",      "chats.update",    "messages.upsert",  "messages.update",
-    "contacts.upsert",   "contacts.update", "connection.update", "history.chats",
-    "history.messages",  "history.contacts",
+    "chats.upsert",     "chats.update",     "messages.upsert",   "messages.update",
+    "contacts.upsert",  "contacts.update",  "connection.update", "history.chats",
+    "history.messages", "history.contacts",
 };
 
 constexpr std::array<std::string_view, 9> kReasonNames = {
-    "malformed_json",        "schema_violation",      "invalid_tenant",
-    "tenant_mismatch",       "unknown_type",          "too_large",
-    "not_found_after_grace", "constraint_violation",  "retries_exhausted",
+    "malformed_json",        "schema_violation",     "invalid_tenant",
+    "tenant_mismatch",       "unknown_type",         "too_large",
+    "not_found_after_grace", "constraint_violation", "retries_exhausted",
 };
 
 }  // namespace

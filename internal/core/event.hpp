@@ -23,9 +23,9 @@ enum class EventType {
 };
 
 inline constexpr std::array<EventType, 10> kAllEventTypes = {
-    EventType::kChatsUpsert,      EventType::kChatsUpdate,      EventType::kMessagesUpsert,
-    EventType::kMessagesUpdate,   EventType::kContactsUpsert,   EventType::kContactsUpdate,
-    EventType::kConnectionUpdate, EventType::kHistoryChats,     EventType::kHistoryMessages,
+    EventType::kChatsUpsert,      EventType::kChatsUpdate,    EventType::kMessagesUpsert,
+    EventType::kMessagesUpdate,   EventType::kContactsUpsert, EventType::kContactsUpdate,
+    EventType::kConnectionUpdate, EventType::kHistoryChats,   EventType::kHistoryMessages,
     EventType::kHistoryContacts,
 };
 

@@ -1,9 +1,10 @@
 #include "core/signals.hpp"
 
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
 #include <thread>
-#include <unistd.h>
 
 namespace evp {
 

@@ -25,6 +25,7 @@ DeadLetter DeadLetterFromMessage(const InboundMessage& msg, int64_t now_ms) {
   // Keyed by the DLQ message itself: its source is unknown.
   dl.source_stream = msg.stream;
   dl.stream_seq = msg.stream_seq;
+  dl.published_ns = msg.publish_time_ns;
   dl.orig_msg_id = msg.msg_id;
   return dl;
 }
@@ -62,9 +63,8 @@ Decision DlqHandler::HandleOne(const InboundMessage& msg) {
   auto recorded = exhausted_.RecordExhausted(dl, final_reason);
   if (!recorded.ok()) {
     if (recorded.error().kind == pipeline::StoreErrorKind::kTransient) store_unavailable_ = true;
-    metrics_.CountDbError(recorded.error().kind == pipeline::StoreErrorKind::kTransient
-                              ? "transient"
-                              : "fatal");
+    metrics_.CountDbError(
+        recorded.error().kind == pipeline::StoreErrorKind::kTransient ? "transient" : "fatal");
     observability::LogWarn("cannot record exhausted event; will retry",
                            {{"subject", dl.source_subject}, {"error", recorded.error().message}});
     metrics_.CountDlqMessage("store_error");
@@ -82,6 +82,8 @@ Decision DlqHandler::HandleOne(const InboundMessage& msg) {
                                                {"reason", final_reason}});
     metrics_.CountDlqMessage("exhausted");
   } else {
+    observability::LogInfo("dead letter already recorded; acknowledging the duplicate",
+                           {{"subject", dl.source_subject}, {"key", dl.IdempotencyKey()}});
     metrics_.CountDlqMessage("duplicate");
   }
   return Decision::Ack();

@@ -1,13 +1,12 @@
 #pragma once
 // Handlers turn a validated event into row changes (Mutation) for the tenant's tables. Pure:
 // no I/O, thread-safe. Column names come only from the fixed tables below, never from input.
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/event.hpp"
 
@@ -42,10 +41,10 @@ struct Value {
 struct Onboarding {
   std::string agent_id;
   std::string phone_number;
-  std::string chat_id;     // may be empty
+  std::string chat_id;  // may be empty
   std::string message_id;
   std::string origin;
-  std::string tags_json;   // JSON array of strings
+  std::string tags_json;    // JSON array of strings
   std::string assigned_to;  // may be empty
 };
 

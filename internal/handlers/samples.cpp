@@ -20,19 +20,20 @@ nlohmann::json Chat(const std::string& company, uint64_t s, int64_t now) {
 }
 
 nlohmann::json Message(const std::string& company, uint64_t s, int64_t now) {
-  return {{"message_id", Id("msg-", s)},
-          {"company_id", company},
-          {"chat_id", Id("chat-", s % 5000)},
-          {"agent_id", Id("agent-", s % 20)},
-          {"jid", "5511" + std::to_string(900000000 + s % 5000) + "@s.whatsapp.net"},
-          {"flow", s % 2 == 0 ? "IN" : "OUT"},
-          {"from_phone", "+5511" + std::to_string(900000000 + s % 5000)},
-          {"to_phone", "+5511000000" + std::to_string(s % 20)},
-          {"message_type", "text"},
-          {"message_text", "Hello! Is my order #" + std::to_string(s) + " on its way?"},
-          {"key", {{"id", Id("ABCD", s)}, {"from_me", s % 2 == 1}, {"remote_jid", "x@s.whatsapp.net"}}},
-          {"status", "delivered"},
-          {"message_timestamp", now}};
+  return {
+      {"message_id", Id("msg-", s)},
+      {"company_id", company},
+      {"chat_id", Id("chat-", s % 5000)},
+      {"agent_id", Id("agent-", s % 20)},
+      {"jid", "5511" + std::to_string(900000000 + s % 5000) + "@s.whatsapp.net"},
+      {"flow", s % 2 == 0 ? "IN" : "OUT"},
+      {"from_phone", "+5511" + std::to_string(900000000 + s % 5000)},
+      {"to_phone", "+5511000000" + std::to_string(s % 20)},
+      {"message_type", "text"},
+      {"message_text", "Hello! Is my order #" + std::to_string(s) + " on its way?"},
+      {"key", {{"id", Id("ABCD", s)}, {"from_me", s % 2 == 1}, {"remote_jid", "x@s.whatsapp.net"}}},
+      {"status", "delivered"},
+      {"message_timestamp", now}};
 }
 
 nlohmann::json Contact(const std::string& company, uint64_t s) {

@@ -56,7 +56,8 @@ Result<std::shared_ptr<NatsConnection>, std::string> NatsConnection::Connect(
   std::vector<std::string> urls = SplitUrls(config.nats_url);
   std::vector<const char*> url_ptrs;
   for (const auto& u : urls) url_ptrs.push_back(u.c_str());
-  if (s == NATS_OK) s = natsOptions_SetServers(opts, url_ptrs.data(), static_cast<int>(url_ptrs.size()));
+  if (s == NATS_OK)
+    s = natsOptions_SetServers(opts, url_ptrs.data(), static_cast<int>(url_ptrs.size()));
   if (s == NATS_OK) s = natsOptions_SetName(opts, name.c_str());
   if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
   if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 500);
@@ -67,13 +68,15 @@ Result<std::shared_ptr<NatsConnection>, std::string> NatsConnection::Connect(
   if (s == NATS_OK && !config.nats_user.empty()) {
     s = natsOptions_SetUserInfo(opts, config.nats_user.c_str(), config.nats_password.c_str());
   }
-  if (s == NATS_OK && !config.nats_token.empty()) s = natsOptions_SetToken(opts, config.nats_token.c_str());
+  if (s == NATS_OK && !config.nats_token.empty())
+    s = natsOptions_SetToken(opts, config.nats_token.c_str());
   if (s == NATS_OK && !config.nats_creds_file.empty()) {
     s = natsOptions_SetUserCredentialsFromFiles(opts, config.nats_creds_file.c_str(), nullptr);
   }
   if (s == NATS_OK) s = natsConnection_Connect(&c->conn_, opts);
   natsOptions_Destroy(opts);
-  if (s != NATS_OK) return Err{"cannot connect to NATS at " + config.nats_url + ": " + StatusText(s)};
+  if (s != NATS_OK)
+    return Err{"cannot connect to NATS at " + config.nats_url + ": " + StatusText(s)};
   jsOptions jso;
   jsOptions_Init(&jso);
   jso.Wait = 10000;
@@ -131,7 +134,8 @@ Result<Unit, std::string> NatsConnection::EnsureStreams(const Config& config) {
       s = js_UpdateStream(&si, js_, &sc, nullptr, &jerr);
     }
     if (si != nullptr) jsStreamInfo_Destroy(si);
-    if (s != NATS_OK) return Err{"cannot create or update stream " + d.name + ": " + StatusText(s, jerr)};
+    if (s != NATS_OK)
+      return Err{"cannot create or update stream " + d.name + ": " + StatusText(s, jerr)};
   }
   return Unit{};
 }
@@ -167,7 +171,8 @@ Result<uint64_t, std::string> NatsConnection::Publish(const std::string& subject
                                                       const std::string& msg_id,
                                                       const HeaderMap& headers) {
   natsMsg* msg = nullptr;
-  natsStatus s = natsMsg_Create(&msg, subject.c_str(), nullptr, data.data(), static_cast<int>(data.size()));
+  natsStatus s =
+      natsMsg_Create(&msg, subject.c_str(), nullptr, data.data(), static_cast<int>(data.size()));
   if (s == NATS_OK) s = SetHeaders(msg, headers);
   jsPubOptions po;
   jsPubOptions_Init(&po);
@@ -186,7 +191,8 @@ Result<Unit, std::string> NatsConnection::PublishAsync(const std::string& subjec
                                                        std::string_view data,
                                                        const std::string& msg_id) {
   natsMsg* msg = nullptr;
-  natsStatus s = natsMsg_Create(&msg, subject.c_str(), nullptr, data.data(), static_cast<int>(data.size()));
+  natsStatus s =
+      natsMsg_Create(&msg, subject.c_str(), nullptr, data.data(), static_cast<int>(data.size()));
   jsPubOptions po;
   jsPubOptions_Init(&po);
   if (!msg_id.empty()) po.MsgId = msg_id.c_str();
@@ -327,8 +333,8 @@ bool JetStreamSource::Lag(uint64_t* pending, uint64_t* ack_pending) {
 }
 
 Result<Unit, std::string> JetStreamDeadLetterSink::Publish(const DeadLetter& letter) {
-  auto r = conn_->Publish(routing::DlqSubjectFor(letter.company_id), letter.original, letter.DlqMsgId(),
-                          EncodeDeadLetterHeaders(letter));
+  auto r = conn_->Publish(routing::DlqSubjectFor(letter.company_id), letter.original,
+                          letter.DlqMsgId(), EncodeDeadLetterHeaders(letter));
   if (!r.ok()) return Err{r.error()};
   return Unit{};
 }

@@ -31,7 +31,7 @@ class NatsConnection {
  public:
   // Connects (reconnecting forever afterwards). Error text names the URL and cause.
   static Result<std::shared_ptr<NatsConnection>, std::string> Connect(const Config& config,
-                                                                       const std::string& name);
+                                                                      const std::string& name);
   ~NatsConnection();
   NatsConnection(const NatsConnection&) = delete;
   NatsConnection& operator=(const NatsConnection&) = delete;

@@ -5,7 +5,9 @@
 namespace evp::observability {
 
 HttpServer::HttpServer(Metrics& metrics, std::function<Readiness()> readiness)
-    : metrics_(metrics), readiness_(std::move(readiness)), server_(std::make_unique<httplib::Server>()) {
+    : metrics_(metrics),
+      readiness_(std::move(readiness)),
+      server_(std::make_unique<httplib::Server>()) {
   server_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
   });

@@ -1,9 +1,9 @@
 #include "observability/logging.hpp"
 
-#include <atomic>
-
-#include <nlohmann/json.hpp>
 #include <spdlog/sinks/stdout_sinks.h>
+
+#include <atomic>
+#include <nlohmann/json.hpp>
 
 namespace evp::observability {
 namespace {
@@ -19,7 +19,8 @@ void InitLogging(std::string_view binary, std::string_view level, std::string_vi
   auto logger = spdlog::stderr_logger_mt(std::string(binary) + "-log");
   if (g_json) {
     // The JSON object is built by Log(); spdlog only adds the time and level in front.
-    logger->set_pattern(R"({"ts":"%Y-%m-%dT%H:%M:%S.%eZ","level":"%l",%v})", spdlog::pattern_time_type::utc);
+    logger->set_pattern(R"({"ts":"%Y-%m-%dT%H:%M:%S.%eZ","level":"%l",%v})",
+                        spdlog::pattern_time_type::utc);
   } else {
     logger->set_pattern("%H:%M:%S.%e %^%-5l%$ [%n] %v");
   }
@@ -39,7 +40,8 @@ void Log(spdlog::level::level_enum level, std::string_view msg,
     for (const Field& f : fields) obj[std::string(f.key)] = f.value;
     std::string body = obj.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     // Strip the braces: the pattern supplies them around ts and level.
-    spdlog::default_logger_raw()->log(level, "{}", std::string_view(body).substr(1, body.size() - 2));
+    spdlog::default_logger_raw()->log(level, "{}",
+                                      std::string_view(body).substr(1, body.size() - 2));
   } else {
     std::string line(msg);
     for (const Field& f : fields) {

@@ -3,12 +3,12 @@
 // line for local runs (text). Fields: ts, level, msg, then the given fields (company_id,
 // subject, stream_seq, delivered, event_id, ...). Never pass payload bodies at info level.
 // Thread-safe.
+#include <spdlog/spdlog.h>
+
 #include <initializer_list>
 #include <string>
 #include <string_view>
 #include <utility>
-
-#include <spdlog/spdlog.h>
 
 namespace evp::observability {
 
@@ -19,8 +19,8 @@ struct Field {
   Field(std::string_view k, std::string_view v) : key(k), value(v) {}
   Field(std::string_view k, const char* v) : key(k), value(v) {}
   template <typename N>
-    requires std::is_arithmetic_v<N>
-  Field(std::string_view k, N n) : key(k), value(std::to_string(n)) {}
+  requires std::is_arithmetic_v<N> Field(std::string_view k, N n)
+      : key(k), value(std::to_string(n)) {}
 };
 
 // Configures the default logger: binary name, LOG_LEVEL and LOG_FORMAT values.

@@ -1,9 +1,9 @@
 #include "observability/metrics.hpp"
 
+#include <prometheus/text_serializer.h>
+
 #include <algorithm>
 #include <sstream>
-
-#include <prometheus/text_serializer.h>
 
 namespace evp::observability {
 namespace {
@@ -112,13 +112,12 @@ Metrics::Metrics(std::string_view binary, std::vector<std::string> labelled_tena
       .Set(1);
 }
 
-void Metrics::CountEvent(std::string_view type, EventOutcome outcome,
-                         const std::string& company_id, double n) {
+void Metrics::CountEvent(std::string_view type, EventOutcome outcome, const std::string& company_id,
+                         double n) {
   events_->Add({{"type", std::string(type)}, {"outcome", std::string(OutcomeName(outcome))}})
       .Increment(n);
-  if (!labelled_tenants_.empty() &&
-      std::find(labelled_tenants_.begin(), labelled_tenants_.end(), company_id) !=
-          labelled_tenants_.end()) {
+  if (!labelled_tenants_.empty() && std::find(labelled_tenants_.begin(), labelled_tenants_.end(),
+                                              company_id) != labelled_tenants_.end()) {
     tenant_events_
         ->Add({{"company_id", company_id}, {"outcome", std::string(OutcomeName(outcome))}})
         .Increment(n);

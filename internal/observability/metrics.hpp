@@ -2,16 +2,16 @@
 // Every Prometheus metric of both binaries, named in one place (prefix evp_, base units,
 // _total counters). No company_id label unless the tenant is in METRICS_TENANTS, so the
 // series count does not grow with the number of tenants. Thread-safe (prometheus-cpp).
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
 #include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
-
-#include <prometheus/counter.h>
-#include <prometheus/gauge.h>
-#include <prometheus/histogram.h>
-#include <prometheus/registry.h>
 
 #include "core/event.hpp"
 

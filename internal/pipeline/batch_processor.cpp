@@ -36,10 +36,10 @@ struct BatchProcessor::Work {
     std::optional<int64_t> item_index;  // history item index
   };
   std::vector<handlers::Mutation> mutations;
-  std::vector<Item> items;  // parallel to mutations
-  std::vector<EventType> types;  // per message (valid when routed)
+  std::vector<Item> items;           // parallel to mutations
+  std::vector<EventType> types;      // per message (valid when routed)
   std::vector<std::string> tenants;  // per message
-  std::vector<bool> done;   // decision already final (dead-lettered, skipped)
+  std::vector<bool> done;            // decision already final (dead-lettered, skipped)
 };
 
 BatchProcessor::BatchProcessor(const Config& config, const validation::SchemaRegistry& schemas,
@@ -67,8 +67,8 @@ bool BatchProcessor::SendDeadLetter(DeadLetter letter) {
   if (letter.original.size() + kHeaderAllowance > dlq_.MaxPayload()) {
     auto r = exhausted_.RecordExhausted(letter, letter.reason);
     if (!r.ok()) {
-      LogWarn("cannot record oversized dead letter", {{"subject", letter.source_subject},
-                                                      {"error", r.error().message}});
+      LogWarn("cannot record oversized dead letter",
+              {{"subject", letter.source_subject}, {"error", r.error().message}});
       return false;
     }
     if (auto code = letter.Code()) metrics_.CountExhausted(*code, letter.error_class);
@@ -85,8 +85,7 @@ bool BatchProcessor::SendDeadLetter(DeadLetter letter) {
 }
 
 void BatchProcessor::DeadLetterMessage(const InboundMessage& msg, const std::string& company_id,
-                                       const Failure& failure, ErrorClass cls,
-                                       Decision& decision) {
+                                       const Failure& failure, ErrorClass cls, Decision& decision) {
   DeadLetter dl;
   dl.original = msg.data;
   dl.source_subject = msg.subject;
@@ -97,6 +96,7 @@ void BatchProcessor::DeadLetterMessage(const InboundMessage& msg, const std::str
   dl.first_failed_ms = dl.last_failed_ms = clock_.UnixMillis();
   dl.source_stream = msg.stream;
   dl.stream_seq = msg.stream_seq;
+  dl.published_ns = msg.publish_time_ns;
   dl.orig_msg_id = msg.msg_id;
   LogWarn("event dead-lettered", {{"company_id", company_id},
                                   {"subject", msg.subject},
@@ -129,8 +129,8 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
     auto route = routing::ParseSubject(msg.subject);
     if (!route.ok()) {
       work.done[i] = true;
-      DeadLetterMessage(msg, route.error().raw_tenant, route.error().failure,
-                        ErrorClass::kFatal, decisions[i]);
+      DeadLetterMessage(msg, route.error().raw_tenant, route.error().failure, ErrorClass::kFatal,
+                        decisions[i]);
       metrics_.CountEvent("unknown", EventOutcome::kDeadLettered, route.error().raw_tenant);
       continue;
     }
@@ -174,8 +174,8 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
     }
     const int64_t publish_seconds = msg.publish_time_ns / 1'000'000'000;
     if (!IsHistory(type)) {
-      Version v = handlers::EventVersion(type, doc, publish_seconds, Source::kRealtime,
-                                         msg.stream_seq);
+      Version v =
+          handlers::EventVersion(type, doc, publish_seconds, Source::kRealtime, msg.stream_seq);
       work.mutations.push_back(handlers::BuildMutation(type, doc, company, v));
       work.items.push_back({i, std::nullopt});
       continue;
@@ -197,6 +197,7 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
         dl.first_failed_ms = dl.last_failed_ms = clock_.UnixMillis();
         dl.source_stream = msg.stream;
         dl.stream_seq = msg.stream_seq;
+  dl.published_ns = msg.publish_time_ns;
         dl.orig_msg_id = msg.msg_id;
         dl.item_index = static_cast<int64_t>(j);
         LogWarn("history item dead-lettered", {{"company_id", company},
@@ -237,8 +238,8 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
       }
     } else {
       metrics_.CountDbError(r.error().kind == StoreErrorKind::kTransient ? "transient" : "fatal");
-      stats_.store_unavailable = stats_.store_unavailable ||
-                                 r.error().kind == StoreErrorKind::kTransient;
+      stats_.store_unavailable =
+          stats_.store_unavailable || r.error().kind == StoreErrorKind::kTransient;
       for (size_t i = 0; i < batch.size(); ++i) {
         if (work.done[i] || work.tenants[i] != t) continue;
         work.done[i] = true;
@@ -272,11 +273,11 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
       if (!seen.insert(i).second) continue;
       const InboundMessage& msg = batch[i];
       if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
-        DeadLetterMessage(msg, work.tenants[i],
-                          {ReasonCode::kRetriesExhausted,
-                           "failed " + std::to_string(msg.delivered) +
-                               " deliveries: " + applied.error().message},
-                          ErrorClass::kRetryable, decisions[i]);
+        DeadLetterMessage(
+            msg, work.tenants[i],
+            {ReasonCode::kRetriesExhausted,
+             "failed " + std::to_string(msg.delivered) + " deliveries: " + applied.error().message},
+            ErrorClass::kRetryable, decisions[i]);
         metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kDeadLettered,
                             work.tenants[i]);
       } else {
@@ -302,8 +303,8 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
     if (r.outcome == ApplyOutcome::kFatal && item.item_index) {
       // A history item the database refused: dead-letter that item alone.
       DeadLetter dl;
-      const auto& arr = nlohmann::json::parse(msg.data, nullptr, false)
-                            .at(std::string(HistoryArrayKey(type)));
+      const auto& arr =
+          nlohmann::json::parse(msg.data, nullptr, false).at(std::string(HistoryArrayKey(type)));
       dl.original = arr.at(static_cast<size_t>(*item.item_index))
                         .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       dl.source_subject = msg.subject;
@@ -312,9 +313,11 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
       dl.first_failed_ms = dl.last_failed_ms = commit_ms;
       dl.source_stream = msg.stream;
       dl.stream_seq = msg.stream_seq;
+  dl.published_ns = msg.publish_time_ns;
       dl.orig_msg_id = msg.msg_id;
       dl.item_index = item.item_index;
-      if (!SendDeadLetter(std::move(dl))) decisions[item.message] = Decision::Nak(NakDelay(msg.delivered));
+      if (!SendDeadLetter(std::move(dl)))
+        decisions[item.message] = Decision::Nak(NakDelay(msg.delivered));
       continue;
     }
     auto& slot = per_message[item.message];
@@ -367,9 +370,8 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
           grace_.Forget(grace_key);
           DeadLetterMessage(msg, company,
                             {ReasonCode::kNotFoundAfterGrace,
-                             std::string(type_name) + " target row (" +
-                                 per_message[i]->message + ") still missing after " +
-                                 std::to_string(waited.count()) + " ms"},
+                             std::string(type_name) + " target row (" + per_message[i]->message +
+                                 ") still missing after " + std::to_string(waited.count()) + " ms"},
                             ErrorClass::kFatal, decisions[i]);
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {

@@ -44,8 +44,8 @@ struct BatchStats {
 
 class BatchProcessor final : public BatchHandler {
  public:
-  BatchProcessor(const Config& config, const validation::SchemaRegistry& schemas,
-                 EventStore& store, DeadLetterSink& dlq, ExhaustedStore& exhausted, Clock& clock,
+  BatchProcessor(const Config& config, const validation::SchemaRegistry& schemas, EventStore& store,
+                 DeadLetterSink& dlq, ExhaustedStore& exhausted, Clock& clock,
                  observability::Metrics& metrics, uint64_t seed = std::random_device{}());
 
   // Decides every message of the batch; decisions[i] belongs to batch[i].

@@ -15,8 +15,8 @@ void SleepUnlessStopped(milliseconds d, const std::atomic<bool>& stop) {
   const auto until = steady_clock::now() + d;
   while (!stop.load() && steady_clock::now() < until) {
     std::this_thread::sleep_for(std::min<milliseconds>(
-        milliseconds(50), std::chrono::duration_cast<milliseconds>(until - steady_clock::now()) +
-                              milliseconds(1)));
+        milliseconds(50),
+        std::chrono::duration_cast<milliseconds>(until - steady_clock::now()) + milliseconds(1)));
   }
 }
 
@@ -81,7 +81,8 @@ void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& s
     auto fetched = source.Fetch(options.batch_size, options.max_wait);
     if (!fetched.ok()) {
       health.source_ok = false;
-      observability::LogWarn("fetch failed", {{"consumer", options.name}, {"error", fetched.error()}});
+      observability::LogWarn("fetch failed",
+                             {{"consumer", options.name}, {"error", fetched.error()}});
       SleepUnlessStopped(milliseconds(500), stop);
       continue;
     }

@@ -17,7 +17,7 @@ namespace evp::pipeline {
 // One JetStream delivery, as plain data.
 struct InboundMessage {
   std::string subject;
-  std::string data;  // exact bytes
+  std::string data;    // exact bytes
   std::string msg_id;  // Nats-Msg-Id header, may be empty
   std::string stream;
   uint64_t stream_seq = 0;
@@ -36,9 +36,9 @@ struct Decision {
 };
 
 enum class StoreErrorKind {
-  kTransient,   // database down, connection lost, serialization failure, deadlock: retry later
-  kFatal,       // this data can never be written (constraint or data error)
-  kCollision,   // tenant id collides with a registered id differing only by case
+  kTransient,  // database down, connection lost, serialization failure, deadlock: retry later
+  kFatal,      // this data can never be written (constraint or data error)
+  kCollision,  // tenant id collides with a registered id differing only by case
 };
 struct StoreError {
   StoreErrorKind kind;
@@ -113,8 +113,8 @@ class EventSource {
   virtual ~EventSource() = default;
   // Up to max messages, waiting at most `wait`; an empty vector when none arrived. An error
   // means the connection or consumer is unusable right now (retry later).
-  virtual Result<std::vector<InboundMessage>, std::string> Fetch(int max,
-                                                                std::chrono::milliseconds wait) = 0;
+  virtual Result<std::vector<InboundMessage>, std::string> Fetch(
+      int max, std::chrono::milliseconds wait) = 0;
   // Acks or NAKs the messages of the last fetch; decisions[i] belongs to message i.
   virtual void Settle(std::span<const Decision> decisions) = 0;
   // Tells JetStream the last fetch is still being worked on (extends AckWait).

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <map>
-
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
 
@@ -70,6 +69,7 @@ std::string MetadataJson(const DeadLetter& dl) {
   nlohmann::json meta = {
       {"source_stream", SafeUtf8(dl.source_stream)},
       {"stream_seq", dl.stream_seq},
+      {"published_ns", dl.published_ns},
       {"orig_msg_id", SafeUtf8(dl.orig_msg_id)},
       {"dlq_msg_id", SafeUtf8(dl.DlqMsgId())},
       {"payload_bytes", dl.original.size()},
@@ -96,7 +96,7 @@ Result<Unit, std::string> MigrateOps(const std::string& dsn, const std::string& 
     pqxx::work tx(conn);
     const std::string schema = tx.quote_name(ops_schema);
     tx.exec("SELECT pg_advisory_xact_lock(hashtext('evp-migrate:' || " + tx.quote(ops_schema) +
-             "))");
+            "))");
     tx.exec0("CREATE SCHEMA IF NOT EXISTS " + schema);
     tx.exec0("SET LOCAL search_path TO " + schema);
     tx.exec0(
@@ -124,7 +124,9 @@ struct PgStore::Connection {
 };
 
 PgStore::PgStore(std::string dsn, std::string ops_schema, std::string tenant_prefix)
-    : dsn_(std::move(dsn)), ops_schema_(std::move(ops_schema)), tenant_prefix_(std::move(tenant_prefix)) {}
+    : dsn_(std::move(dsn)),
+      ops_schema_(std::move(ops_schema)),
+      tenant_prefix_(std::move(tenant_prefix)) {}
 
 PgStore::~PgStore() = default;
 
@@ -160,10 +162,9 @@ Result<Unit, StoreError> PgStore::EnsureTenant(const std::string& company_id) {
     pqxx::work tx(Conn().conn);
     const std::string ops = tx.quote_name(ops_schema_);
     tx.exec_params("SELECT pg_advisory_xact_lock(hashtext('evp-tenant:' || $1))", schema_name);
-    auto rows = tx.exec_params(
-        "SELECT company_id, migration_version FROM " + ops +
-            ".tenants WHERE lower(company_id) = lower($1)",
-        company_id);
+    auto rows = tx.exec_params("SELECT company_id, migration_version FROM " + ops +
+                                   ".tenants WHERE lower(company_id) = lower($1)",
+                               company_id);
     int current = 0;
     if (!rows.empty()) {
       const std::string registered = rows[0][0].as<std::string>();
@@ -190,9 +191,9 @@ Result<Unit, StoreError> PgStore::EnsureTenant(const std::string& company_id) {
                           "$3) ON CONFLICT (company_id) DO UPDATE SET migration_version = "
                           "EXCLUDED.migration_version, updated_at = now()",
                       company_id, schema_name, latest);
-      observability::LogInfo("tenant schema ready", {{"company_id", company_id},
-                                                      {"schema", schema_name},
-                                                      {"migration_version", latest}});
+      observability::LogInfo(
+          "tenant schema ready",
+          {{"company_id", company_id}, {"schema", schema_name}, {"migration_version", latest}});
     }
     tx.commit();
     known_tenants_.insert(company_id);
@@ -208,8 +209,8 @@ namespace {
 
 ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, const Mutation& m) {
   const handlers::TableDef& def = handlers::Definition(m.table);
-  const std::string table = tx.quote_name(TenantSchemaName(tenant_prefix, m.company_id)) + "." +
-                            Quoted(def.name);
+  const std::string table =
+      tx.quote_name(TenantSchemaName(tenant_prefix, m.company_id)) + "." + Quoted(def.name);
   std::vector<std::string> params;
   params.reserve(m.values.size() + 3);
   for (const auto& v : m.values) params.push_back(v.text);
@@ -242,9 +243,9 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
     for (size_t i = 0; i < def.key_count; ++i) {
       keys += (i ? ", " : "") + Quoted(def.columns[i].name);
     }
-    sql = "INSERT INTO " + table + " AS cur (" + cols + "ver_ts, ver_src, ver_seq) VALUES (" + vals +
-          ver_ts + ", " + ver_src + ", " + ver_seq + ") ON CONFLICT (" + keys + ") DO UPDATE SET " +
-          sets +
+    sql = "INSERT INTO " + table + " AS cur (" + cols + "ver_ts, ver_src, ver_seq) VALUES (" +
+          vals + ver_ts + ", " + ver_src + ", " + ver_seq + ") ON CONFLICT (" + keys +
+          ") DO UPDATE SET " + sets +
           "ver_ts = EXCLUDED.ver_ts, ver_src = EXCLUDED.ver_src, ver_seq = EXCLUDED.ver_seq, "
           "updated_at = now() WHERE (cur.ver_ts, cur.ver_src, cur.ver_seq) <= (EXCLUDED.ver_ts, "
           "EXCLUDED.ver_src, EXCLUDED.ver_seq) RETURNING 1";
@@ -254,10 +255,10 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
       const auto& col = *m.values[i].column;
       sets += Quoted(col.name) + " = " + Cast(col.type, param(i)) + ", ";
     }
-    sql = "UPDATE " + table + " AS cur SET " + sets + "ver_ts = " + ver_ts + ", ver_src = " +
-          ver_src + ", ver_seq = " + ver_seq + ", updated_at = now() WHERE " + key_cond +
-          " AND (cur.ver_ts, cur.ver_src, cur.ver_seq) <= (" + ver_ts + ", " + ver_src + ", " +
-          ver_seq + ") RETURNING 1";
+    sql = "UPDATE " + table + " AS cur SET " + sets + "ver_ts = " + ver_ts +
+          ", ver_src = " + ver_src + ", ver_seq = " + ver_seq + ", updated_at = now() WHERE " +
+          key_cond + " AND (cur.ver_ts, cur.ver_src, cur.ver_seq) <= (" + ver_ts + ", " + ver_src +
+          ", " + ver_seq + ") RETURNING 1";
   }
   pqxx::result r = tx.exec_params(sql, pqxx::prepare::make_dynamic_params(params));
   ApplyResult result{r.empty() ? ApplyOutcome::kStale : ApplyOutcome::kApplied, ""};

@@ -496,19 +496,28 @@ std::string NatsServer::Log() const { return process_ ? process_->Log() : last_l
 
 // ---------------------------------------------------------------------------------------------
 
+namespace {
+PostgresServer* g_shared_postgres = nullptr;
+}  // namespace
+
 PostgresServer& PostgresServer::Shared() {
   static std::mutex mu;
-  static std::unique_ptr<PostgresServer> instance;
   std::lock_guard lock(mu);
-  if (!instance) {
+  if (g_shared_postgres == nullptr) {
     const char* admin = std::getenv("EVP_TEST_POSTGRES_ADMIN_DSN");
     if (admin != nullptr && *admin != '\0') {
-      instance.reset(new PostgresServer(std::string(admin)));
+      g_shared_postgres = new PostgresServer(std::string(admin));
     } else {
-      instance.reset(new PostgresServer(OwnedTag{}));
+      g_shared_postgres = new PostgresServer(OwnedTag{});
     }
+    // Registered after the constructor used libpqxx, so this runs before libpqxx's own
+    // static objects are destroyed at exit (atexit and static destructors run in reverse).
+    std::atexit([] {
+      delete g_shared_postgres;
+      g_shared_postgres = nullptr;
+    });
   }
-  return *instance;
+  return *g_shared_postgres;
 }
 
 std::unique_ptr<PostgresServer> StartPrivatePostgres() {

@@ -1,0 +1,200 @@
+// Every fatal reason ends in events_ops.exhausted_events with the exact original bytes,
+// through the DLQ stream and the dlq-worker, and nothing is written to any tenant.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "integration/stack.hpp"
+
+namespace evp::testing {
+namespace {
+
+using nlohmann::json;
+
+struct Row {
+  std::string company_id;
+  std::string subject;
+  std::string error_class;
+  std::string reason;
+  std::string payload;
+  int64_t attempts = 0;
+};
+
+// Waits for the single exhausted row of `subject` and returns it.
+Row ExhaustedRow(Stack& stack, const std::string& subject) {
+  const std::string where =
+      " FROM events_ops.exhausted_events WHERE source_subject = '" + subject + "'";
+  EXPECT_TRUE(stack.WaitCount("SELECT count(*)" + where, 1)) << subject;
+  Row r;
+  r.company_id = QueryString(stack.Dsn(), "SELECT company_id" + where).value_or("?");
+  r.subject = subject;
+  r.error_class = QueryString(stack.Dsn(), "SELECT error_class" + where).value_or("?");
+  r.reason = QueryString(stack.Dsn(), "SELECT reason" + where).value_or("?");
+  r.payload = QueryBytes(stack.Dsn(), "SELECT original_payload" + where).value_or("?");
+  r.attempts = TryQueryInt(stack.Dsn(), "SELECT attempts" + where).value_or(-1);
+  return r;
+}
+
+TEST(FatalPath, EachFatalReasonEndsInExhaustedEventsWithTheOriginalBytes) {
+  Stack stack(std::map<std::string, std::string>{{"MAX_EVENT_BYTES", "4096"}});
+  const std::string t = UniqueName("fatal");
+  struct Case {
+    std::string subject;
+    std::string body;
+    std::string code;
+    std::string company;
+  };
+  const std::string other = UniqueName("other");
+  std::vector<Case> cases = {
+      {"v1.chats.upsert." + t, "{\"chat_id\": ", "malformed_json", t},
+      {"v1.chats.update." + t, "   \n ", "malformed_json", t},
+      {"v1.messages.update." + t, std::string("{\"message_id\":\"\xff\xfe\"}"), "malformed_json",
+       t},
+      {"v1.contacts.upsert." + t, json{{"phone_number", "+1"}}.dump(), "schema_violation", t},
+      {"v1.contacts.update." + t, "[]", "schema_violation", t},
+      {"v1.chats.upsert." + t,
+       json{{"chat_id", "c"}, {"jid", "j"}, {"phone_number", "+1"}, {"surprise", 1}}.dump(),
+       "schema_violation", t},
+      {"v1.connection.update." + t, json{{"agent_id", "a"}, {"company_id", other}}.dump(),
+       "tenant_mismatch", t},
+      {"v1.chats.delete." + t, json{{"chat_id", "c"}}.dump(), "unknown_type", t},
+      {"v1.chats.upsert.x." + t, json{{"chat_id", "c"}}.dump(), "unknown_type", t},
+      {"v1.messages.upsert.9starts_with_digit", json{{"message_id", "m"}}.dump(), "invalid_tenant",
+       "9starts_with_digit"},
+      {"v1.messages.upsert." + t,
+       json{{"message_id", "m"},
+            {"chat_id", "c"},
+            {"jid", "j"},
+            {"flow", "IN"},
+            {"message_text", std::string(5000, 'a')}}
+           .dump(),
+       "too_large", t},
+  };
+  // Subjects repeat across cases; give each a distinct subject where possible by checking
+  // rows by (subject, reason) below.
+  for (const Case& c : cases) ASSERT_TRUE(stack.Publish(c.subject, c.body).ok) << c.subject;
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM events_ops.exhausted_events",
+                              static_cast<int64_t>(cases.size())))
+      << "exhausted rows: " << stack.Count("SELECT count(*) FROM events_ops.exhausted_events");
+  for (const Case& c : cases) {
+    const std::string where = " FROM events_ops.exhausted_events WHERE source_subject = '" +
+                              c.subject + "' AND reason LIKE '" + c.code +
+                              ": %' AND original_payload = decode('" +
+                              [&] {
+                                std::string hex;
+                                static const char* k = "0123456789abcdef";
+                                for (unsigned char ch : c.body) {
+                                  hex += k[ch >> 4];
+                                  hex += k[ch & 15];
+                                }
+                                return hex;
+                              }() +
+                              "', 'hex')";
+    EXPECT_EQ(stack.Count("SELECT count(*)" + where), 1) << c.subject << " " << c.code;
+    EXPECT_EQ(QueryString(stack.Dsn(), "SELECT company_id" + where), c.company) << c.code;
+    EXPECT_EQ(QueryString(stack.Dsn(), "SELECT error_class" + where), "fatal") << c.code;
+    EXPECT_EQ(TryQueryInt(stack.Dsn(), "SELECT attempts" + where), 1) << c.code;
+  }
+  // Nothing was written for any of them.
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.tenants"), 0);
+}
+
+TEST(FatalPath, TenantMismatchWritesNothingToEitherTenant) {
+  Stack stack;
+  const std::string a = UniqueName("ta");
+  const std::string b = UniqueName("tb");
+  // Both tenants exist.
+  for (const auto& t : {a, b}) {
+    ASSERT_TRUE(stack
+                    .Publish("v1.chats.upsert." + t,
+                             json{{"chat_id", "seed"}, {"jid", "j"}, {"phone_number", "+1"}}.dump())
+                    .ok);
+    ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM tenant_" + t + ".chats", 1));
+  }
+  const std::string body =
+      json{{"chat_id", "stolen"}, {"jid", "j"}, {"phone_number", "+1"}, {"company_id", b}}.dump();
+  ASSERT_TRUE(stack.Publish("v1.chats.upsert." + a, body).ok);
+  Row r = ExhaustedRow(stack, "v1.chats.upsert." + a);
+  EXPECT_EQ(r.company_id, a);
+  EXPECT_EQ(r.reason.rfind("tenant_mismatch: ", 0), 0u) << r.reason;
+  EXPECT_EQ(r.payload, body);
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM tenant_" + a + ".chats WHERE chat_id = 'stolen'"), 0);
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM tenant_" + b + ".chats WHERE chat_id = 'stolen'"), 0);
+}
+
+TEST(FatalPath, IdsDifferingOnlyByCaseNeverShareASchema) {
+  Stack stack;
+  const std::string lower = UniqueName("case");
+  std::string upper = lower;
+  upper[0] = static_cast<char>(std::toupper(upper[0]));
+  ASSERT_TRUE(stack
+                  .Publish("v1.chats.upsert." + lower,
+                           json{{"chat_id", "c"}, {"jid", "j"}, {"phone_number", "+1"}}.dump())
+                  .ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM tenant_" + lower + ".chats", 1));
+  ASSERT_TRUE(stack
+                  .Publish("v1.chats.upsert." + upper,
+                           json{{"chat_id", "x"}, {"jid", "j"}, {"phone_number", "+1"}}.dump())
+                  .ok);
+  Row r = ExhaustedRow(stack, "v1.chats.upsert." + upper);
+  EXPECT_EQ(r.reason.rfind("invalid_tenant: ", 0), 0u) << r.reason;
+  EXPECT_NE(r.reason.find("collides"), std::string::npos) << r.reason;
+  EXPECT_EQ(r.company_id, upper);
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM tenant_" + lower + ".chats"), 1);
+}
+
+TEST(FatalPath, InvalidTenantGoesToTheInvalidDlqSubjectAndKeepsTheRawToken) {
+  Stack stack;
+  ASSERT_TRUE(stack.Publish("v1.chats.upsert.has-dash", json{{"chat_id", "c"}}.dump()).ok);
+  Row r = ExhaustedRow(stack, "v1.chats.upsert.has-dash");
+  EXPECT_EQ(r.company_id, "has-dash");
+  EXPECT_EQ(r.reason.rfind("invalid_tenant: ", 0), 0u) << r.reason;
+  EXPECT_NE(QueryString(stack.Dsn(), "SELECT dlq_metadata::text FROM events_ops.exhausted_events"),
+            std::nullopt);
+}
+
+TEST(FatalPath, DataTheDatabaseRefusesIsIsolatedAsConstraintViolation) {
+  Stack stack;
+  const std::string t = UniqueName("cons");
+  const std::string s = "tenant_" + t;
+  auto msg = [](const std::string& id, const std::string& text) {
+    return json{{"message_id", id}, {"chat_id", "c"}, {"jid", "j"}, {"flow", "OUT"},
+                {"message_text", text}}
+        .dump();
+  };
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, msg("seed", "hi")).ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 1));
+  // A rule of the database that the schema does not know: only the event breaking it fails.
+  Exec(stack.Dsn(), "ALTER TABLE " + s + ".messages ADD CONSTRAINT no_poison CHECK (message_text <> 'poison')");
+  const std::string poison = msg("p", "poison");
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, msg("before", "ok")).ok);
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, poison).ok);
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, msg("after", "ok")).ok);
+  Row r = ExhaustedRow(stack, "v1.messages.upsert." + t);
+  EXPECT_EQ(r.reason.rfind("constraint_violation: ", 0), 0u) << r.reason;
+  EXPECT_NE(r.reason.find("no_poison"), std::string::npos) << r.reason;
+  EXPECT_EQ(r.payload, poison);
+  EXPECT_EQ(r.error_class, "fatal");
+  EXPECT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 3));
+}
+
+TEST(FatalPath, HistoryBatchStoresValidItemsAndExhaustsEachInvalidItemAlone) {
+  Stack stack;
+  const std::string t = UniqueName("hist");
+  json items = json::array();
+  items.push_back(json{{"chat_id", "h1"}, {"jid", "j"}, {"phone_number", "+1"}});
+  items.push_back(json{{"chat_id", "h2"}, {"jid", "j"}});  // phone_number missing
+  items.push_back(json{{"chat_id", "h3"}, {"jid", "j"}, {"phone_number", "+3"}});
+  ASSERT_TRUE(stack.Publish("v1.history.chats." + t, json{{"chats", items}}.dump()).ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM tenant_" + t + ".chats", 2));
+  Row r = ExhaustedRow(stack, "v1.history.chats." + t);
+  EXPECT_EQ(json::parse(r.payload), items[1]);
+  EXPECT_EQ(r.reason.rfind("schema_violation: ", 0), 0u) << r.reason;
+  EXPECT_NE(r.reason.find("phone_number"), std::string::npos) << r.reason;
+  EXPECT_EQ(QueryString(stack.Dsn(),
+                        "SELECT dlq_metadata->>'item_index' FROM events_ops.exhausted_events WHERE company_id = '" + t + "'"),
+            "1");
+}
+
+}  // namespace
+}  // namespace evp::testing
