@@ -11,6 +11,7 @@
 #include "observability/logging.hpp"
 #include "pipeline/consumer_loop.hpp"
 #include "postgres/pg_store.hpp"
+#include "validation/schema_registry.hpp"
 
 using namespace evp;
 
@@ -19,7 +20,14 @@ int main() {
   observability::InitLogging("dlq-worker", config.log_level, config.log_format);
   std::atomic<bool> stop{false};
   InstallStopSignals(stop);
+  app::BoundDatabaseConnectTimeout();
+  app::DatabaseProbe db_probe(config, std::chrono::milliseconds(1000));
 
+  auto schemas = validation::SchemaRegistry::LoadEmbedded();
+  if (!schemas.ok()) {
+    observability::LogError("cannot load JSON schemas", {{"error", schemas.error()}});
+    return 1;
+  }
   observability::Metrics metrics("dlq-worker", config.metrics_tenants);
   std::shared_ptr<nats::NatsConnection> conn;
   std::atomic<bool> started{false};
@@ -30,7 +38,7 @@ int main() {
 
   observability::HttpServer http(metrics, [&] {
     const bool nats_up = conn != nullptr && conn->Connected();
-    bool pg = started.load();
+    bool pg = started.load() && db_probe.ok();
     bool running = started.load();
     for (const auto& h : health) {
       pg = pg && h->store_ok;
@@ -74,7 +82,8 @@ int main() {
     workers.emplace_back([&, i] {
       postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix);
       pipeline::SystemClock clock;
-      dlq::DlqHandler handler(config, store, clock, metrics);
+      nats::JetStreamDeadLetterSink sink(conn);
+      dlq::DlqHandler handler(config, schemas.value(), store, store, sink, clock, metrics);
       pipeline::RunConsumerLoop(*sources[static_cast<size_t>(i)], handler, store, metrics,
                                 {config.dlq_consumer, 32, std::chrono::milliseconds(500),
                                  std::chrono::milliseconds(0), std::chrono::milliseconds(5000)},

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "app/startup.hpp"
+#include "exhausted.hpp"
 #include "handlers/samples.hpp"
 #include "observability/logging.hpp"
 #include "postgres/pg_store.hpp"
@@ -96,7 +97,8 @@ int Publish(const Config& config, const std::string& type_name, const std::strin
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App cli{"eventctl: operate the events processor (publish, migrate, config)"};
+  CLI::App cli{
+      "eventctl: operate the events processor (publish, load, migrate, exhausted, config)"};
   cli.require_subcommand(1);
 
   std::string type_name = "messages.upsert";
@@ -127,6 +129,8 @@ int main(int argc, char** argv) {
   auto* config_cmd =
       cli.add_subcommand("config", "print the effective configuration (secrets masked)");
 
+  auto run_exhausted = eventctl::AddExhaustedCommands(cli);
+
   CLI11_PARSE(cli, argc, argv);
 
   const Config config = app::LoadConfigOrExit(Binary::kCli, "eventctl");
@@ -139,6 +143,7 @@ int main(int argc, char** argv) {
   if (*publish) {
     return Publish(config, type_name, tenant, file, subject, msg_id, count, seed, history_items);
   }
+  if (cli.got_subcommand("exhausted")) return run_exhausted(config);
   if (*migrate) {
     if (config.postgres_dsn.empty()) {
       std::fprintf(stderr, "POSTGRES_DSN is required for migrate\n");

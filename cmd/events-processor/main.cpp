@@ -19,6 +19,8 @@ int main() {
   observability::InitLogging("events-processor", config.log_level, config.log_format);
   std::atomic<bool> stop{false};
   InstallStopSignals(stop);
+  app::BoundDatabaseConnectTimeout();
+  app::DatabaseProbe db_probe(config, std::chrono::milliseconds(1000));
 
   auto schemas = validation::SchemaRegistry::LoadEmbedded();
   if (!schemas.ok()) {
@@ -34,7 +36,7 @@ int main() {
 
   observability::HttpServer http(metrics, [&] {
     const bool nats_up = conn != nullptr && conn->Connected();
-    const bool pg = realtime_health.store_ok && history_health.store_ok && nats_ok;
+    const bool pg = db_probe.ok() && realtime_health.store_ok && history_health.store_ok;
     const bool bound = consumers_bound && realtime_health.running && history_health.running;
     const bool ready = nats_up && pg && bound && !stop;
     metrics.ready().Set(ready ? 1 : 0);

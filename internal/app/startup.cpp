@@ -67,3 +67,25 @@ std::unique_ptr<nats::JetStreamSource> BindWhenReady(std::shared_ptr<nats::NatsC
 }
 
 }  // namespace evp::app
+
+namespace evp::app {
+
+DatabaseProbe::DatabaseProbe(const Config& config, std::chrono::milliseconds interval) {
+  thread_ = std::thread([this, dsn = config.postgres_dsn, ops = config.ops_schema,
+                         prefix = config.tenant_schema_prefix, interval] {
+    postgres::PgStore store(dsn, ops, prefix);
+    while (!stop_.load()) {
+      ok_ = store.Ping();
+      pipeline::SleepUnlessStopped(interval, stop_);
+    }
+  });
+}
+
+DatabaseProbe::~DatabaseProbe() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+void BoundDatabaseConnectTimeout() { setenv("PGCONNECT_TIMEOUT", "5", /*overwrite=*/0); }
+
+}  // namespace evp::app

@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "config/config.hpp"
 #include "nats/jetstream.hpp"
@@ -26,5 +27,29 @@ std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(const Config& con
 std::unique_ptr<nats::JetStreamSource> BindWhenReady(std::shared_ptr<nats::NatsConnection> conn,
                                                      const nats::ConsumerSpec& spec,
                                                      const std::atomic<bool>& stop);
+
+}  // namespace evp::app
+
+namespace evp::app {
+
+// Pings PostgreSQL every interval on its own connection, for /readyz: a database outage
+// shows even when no batch needs it. Thread-safe.
+class DatabaseProbe {
+ public:
+  DatabaseProbe(const Config& config, std::chrono::milliseconds interval);
+  ~DatabaseProbe();
+  DatabaseProbe(const DatabaseProbe&) = delete;
+  DatabaseProbe& operator=(const DatabaseProbe&) = delete;
+  bool ok() const { return ok_.load(); }
+
+ private:
+  std::atomic<bool> ok_{false};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// libpq waits for the OS TCP timeout on an unreachable host; bound it unless the operator
+// chose a value (PGCONNECT_TIMEOUT or connect_timeout in the DSN).
+void BoundDatabaseConnectTimeout();
 
 }  // namespace evp::app

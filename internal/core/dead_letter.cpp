@@ -27,7 +27,8 @@ std::optional<T> ParseNum(const std::string& s) {
 }  // namespace
 
 std::string DeadLetter::IdempotencyKey() const {
-  std::string key = source_stream + ":" + std::to_string(stream_seq) + ":" + std::to_string(published_ns);
+  std::string key =
+      source_stream + ":" + std::to_string(stream_seq) + ":" + std::to_string(published_ns);
   if (item_index) key += ":" + std::to_string(*item_index);
   return key;
 }
@@ -56,6 +57,7 @@ HeaderMap EncodeDeadLetterHeaders(const DeadLetter& dl) {
   out[h::kPublishedAt] = std::to_string(dl.published_ns);
   if (!dl.orig_msg_id.empty()) out[h::kOrigMsgId] = Clean(dl.orig_msg_id, 512);
   if (dl.item_index) out[h::kItemIndex] = std::to_string(*dl.item_index);
+  if (dl.not_before_ms > 0) out[h::kNotBefore] = std::to_string(dl.not_before_ms);
   return out;
 }
 
@@ -94,6 +96,7 @@ Result<DeadLetter, std::string> DecodeDeadLetter(const HeaderMap& headers, std::
   dl.stream_seq = *seq;
   dl.published_ns = ParseNum<int64_t>(get(h::kPublishedAt).value_or("0")).value_or(0);
   dl.orig_msg_id = get(h::kOrigMsgId).value_or("");
+  dl.not_before_ms = ParseNum<int64_t>(get(h::kNotBefore).value_or("0")).value_or(0);
   if (auto idx = get(h::kItemIndex)) {
     auto v = ParseNum<int64_t>(*idx);
     if (!v) return Err{std::string("bad header ") + h::kItemIndex};

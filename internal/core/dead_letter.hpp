@@ -23,9 +23,10 @@ struct DeadLetter {
   int64_t last_failed_ms = 0;
   std::string source_stream;
   uint64_t stream_seq = 0;
-  int64_t published_ns = 0;    // JetStream publish time of the original (0 when unknown)
+  int64_t published_ns = 0;           // JetStream publish time of the original (0 when unknown)
   std::string orig_msg_id;            // Nats-Msg-Id of the original, if any
   std::optional<int64_t> item_index;  // history item index
+  int64_t not_before_ms = 0;          // the DLQ worker retries it no earlier than this (unix ms)
 
   // Unique per event (stream, sequence, publish time, item): one exhausted row per event.
   // The publish time keeps keys unique when a stream is recreated and sequences restart.
@@ -50,6 +51,7 @@ inline constexpr const char* kPublishedAt = "Evp-Published-At";
 inline constexpr const char* kOrigMsgId = "Evp-Orig-Msg-Id";
 inline constexpr const char* kItemIndex = "Evp-Item-Index";
 inline constexpr const char* kRedriveOf = "Evp-Redrive-Of";
+inline constexpr const char* kNotBefore = "Evp-Not-Before";
 }  // namespace dlq_headers
 
 using HeaderMap = std::map<std::string, std::string>;

@@ -1,12 +1,43 @@
 #include "dlq/dlq_handler.hpp"
 
+#include <algorithm>
+#include <limits>
+
 #include "core/backoff.hpp"
 #include "observability/logging.hpp"
+#include "pipeline/batch_processor.hpp"
 
 namespace evp::dlq {
 
 using pipeline::Decision;
 using pipeline::InboundMessage;
+using std::chrono::milliseconds;
+
+namespace {
+
+// Captures the dead letters of a re-applied event instead of publishing them: the worker
+// records them itself, with the right attempt count.
+class CapturingSink final : public pipeline::DeadLetterSink {
+ public:
+  Result<Unit, std::string> Publish(const DeadLetter& letter) override {
+    letters.push_back(letter);
+    return Unit{};
+  }
+  size_t MaxPayload() const override { return std::numeric_limits<size_t>::max(); }
+  std::vector<DeadLetter> letters;
+};
+
+// The exhausted store must never be used directly by the inner processor (the capturing
+// sink accepts every size); this guards that.
+class RefusingExhaustedStore final : public pipeline::ExhaustedStore {
+ public:
+  Result<bool, pipeline::StoreError> RecordExhausted(const DeadLetter&,
+                                                     const std::string&) override {
+    return Err{pipeline::StoreError{pipeline::StoreErrorKind::kTransient, "unexpected"}};
+  }
+};
+
+}  // namespace
 
 DeadLetter DeadLetterFromMessage(const InboundMessage& msg, int64_t now_ms) {
   auto decoded = DecodeDeadLetter(msg.headers, msg.data);
@@ -30,9 +61,18 @@ DeadLetter DeadLetterFromMessage(const InboundMessage& msg, int64_t now_ms) {
   return dl;
 }
 
-DlqHandler::DlqHandler(const Config& config, pipeline::ExhaustedStore& exhausted,
-                       pipeline::Clock& clock, observability::Metrics& metrics, uint64_t seed)
-    : config_(config), exhausted_(exhausted), clock_(clock), metrics_(metrics), rng_(seed) {}
+DlqHandler::DlqHandler(const Config& config, const validation::SchemaRegistry& schemas,
+                       pipeline::EventStore& store, pipeline::ExhaustedStore& exhausted,
+                       pipeline::DeadLetterSink& dlq, pipeline::Clock& clock,
+                       observability::Metrics& metrics, uint64_t seed)
+    : config_(config),
+      schemas_(schemas),
+      store_(store),
+      exhausted_(exhausted),
+      dlq_(dlq),
+      clock_(clock),
+      metrics_(metrics),
+      rng_(seed) {}
 
 std::vector<Decision> DlqHandler::Process(std::span<const InboundMessage> batch) {
   store_unavailable_ = false;
@@ -54,17 +94,13 @@ std::vector<Decision> DlqHandler::Process(std::span<const InboundMessage> batch)
   return out;
 }
 
-Decision DlqHandler::HandleOne(const InboundMessage& msg) {
-  DeadLetter dl = DeadLetterFromMessage(msg, clock_.UnixMillis());
-  std::string final_reason = dl.reason;
-  if (dl.error_class == ErrorClass::kRetryable && !dl.Code()) {
-    final_reason = Failure{ReasonCode::kRetriesExhausted, dl.reason}.Reason();
-  }
+Decision DlqHandler::Record(const InboundMessage& msg, const DeadLetter& dl,
+                            const std::string& final_reason) {
   auto recorded = exhausted_.RecordExhausted(dl, final_reason);
   if (!recorded.ok()) {
-    if (recorded.error().kind == pipeline::StoreErrorKind::kTransient) store_unavailable_ = true;
-    metrics_.CountDbError(
-        recorded.error().kind == pipeline::StoreErrorKind::kTransient ? "transient" : "fatal");
+    const bool transient = recorded.error().kind == pipeline::StoreErrorKind::kTransient;
+    store_unavailable_ = store_unavailable_ || transient;
+    metrics_.CountDbError(transient ? "transient" : "fatal");
     observability::LogWarn("cannot record exhausted event; will retry",
                            {{"subject", dl.source_subject}, {"error", recorded.error().message}});
     metrics_.CountDlqMessage("store_error");
@@ -76,9 +112,11 @@ Decision DlqHandler::HandleOne(const InboundMessage& msg) {
     if (auto code = ReasonCodeFromName(final_reason.substr(0, final_reason.find(':')))) {
       metrics_.CountExhausted(*code, dl.error_class);
     }
-    observability::LogInfo("event exhausted", {{"company_id", dl.company_id},
+    observability::LogWarn("event exhausted", {{"company_id", dl.company_id},
                                                {"subject", dl.source_subject},
                                                {"stream_seq", dl.stream_seq},
+                                               {"attempts", dl.attempts},
+                                               {"class", ErrorClassName(dl.error_class)},
                                                {"reason", final_reason}});
     metrics_.CountDlqMessage("exhausted");
   } else {
@@ -86,6 +124,92 @@ Decision DlqHandler::HandleOne(const InboundMessage& msg) {
                            {{"subject", dl.source_subject}, {"key", dl.IdempotencyKey()}});
     metrics_.CountDlqMessage("duplicate");
   }
+  return Decision::Ack();
+}
+
+Decision DlqHandler::HandleOne(const InboundMessage& msg) {
+  DeadLetter dl = DeadLetterFromMessage(msg, clock_.UnixMillis());
+  if (dl.error_class == ErrorClass::kFatal) return Record(msg, dl, dl.reason);
+  return Retry(msg, std::move(dl));
+}
+
+Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
+  const int64_t now_ms = clock_.UnixMillis();
+  if (dl.not_before_ms > now_ms) {
+    // Not due yet: wait without counting an attempt.
+    metrics_.CountDlqMessage("deferred");
+    return Decision::Nak(milliseconds(dl.not_before_ms - now_ms));
+  }
+  const int attempt = dl.attempts + 1;
+  // Re-apply through the same pipeline as the processor, as a first delivery.
+  InboundMessage replay;
+  replay.subject = dl.source_subject;
+  replay.data = dl.original;
+  replay.msg_id = dl.orig_msg_id;
+  replay.stream = dl.source_stream;
+  replay.stream_seq = dl.stream_seq;
+  replay.delivered = 1;
+  replay.publish_time_ns = dl.published_ns;
+  CapturingSink sink;
+  RefusingExhaustedStore no_direct_writes;
+  pipeline::BatchProcessor processor(config_, schemas_, store_, sink, no_direct_writes, clock_,
+                                     metrics_, rng_());
+  const std::vector<Decision> decisions = processor.Process(std::span(&replay, 1));
+  const pipeline::BatchStats& stats = processor.last_stats();
+
+  if (!sink.letters.empty()) {
+    // The event (or one of its history items) failed for good: record each with the
+    // attempts made so far.
+    Decision result = Decision::Ack();
+    for (DeadLetter& letter : sink.letters) {
+      letter.attempts = attempt;
+      letter.first_failed_ms = dl.first_failed_ms;
+      Decision d = Record(msg, letter, letter.reason);
+      if (d.kind != Decision::Kind::kAck) result = d;
+    }
+    return result;
+  }
+  if (decisions[0].kind == Decision::Kind::kAck) {
+    metrics_.CountDlqMessage("applied_on_retry");
+    observability::LogInfo("event applied on retry", {{"company_id", dl.company_id},
+                                                      {"subject", dl.source_subject},
+                                                      {"stream_seq", dl.stream_seq},
+                                                      {"attempts", attempt}});
+    return Decision::Ack();
+  }
+  // A transient failure. When the database itself is unreachable this is an outage, not an
+  // attempt of this event: wait (not ready) and keep the count.
+  if (stats.store_unavailable && !store_.Ping()) {
+    store_unavailable_ = true;
+    metrics_.CountDlqMessage("deferred");
+    return Decision::Nak(config_.dlq_base_delay);
+  }
+  const std::string last_error = stats.last_error.empty() ? "still failing" : stats.last_error;
+  dl.attempts = attempt;
+  dl.last_failed_ms = now_ms;
+  if (attempt >= config_.dlq_max_attempts) {
+    dl.error_class = ErrorClass::kRetryable;
+    return Record(msg, dl,
+                  Failure{ReasonCode::kRetriesExhausted, "failed " + std::to_string(attempt) +
+                                                             " attempts; last error: " + last_error}
+                      .Reason());
+  }
+  // Schedule the next attempt: the republished letter carries the count; the old one is
+  // acked only after JetStream stored the new one.
+  dl.not_before_ms =
+      now_ms + BackoffDelay(config_.dlq_base_delay, config_.dlq_max_delay, attempt, rng_).count();
+  auto published = dlq_.Publish(dl);
+  if (!published.ok()) {
+    observability::LogWarn("cannot reschedule dead letter; will retry",
+                           {{"subject", dl.source_subject}, {"error", published.error()}});
+    return Decision::Nak(config_.dlq_base_delay);
+  }
+  metrics_.CountDlqMessage("retry_scheduled");
+  observability::LogInfo("retry failed; rescheduled", {{"company_id", dl.company_id},
+                                                       {"subject", dl.source_subject},
+                                                       {"stream_seq", dl.stream_seq},
+                                                       {"attempts", attempt},
+                                                       {"error", last_error}});
   return Decision::Ack();
 }
 

@@ -1,7 +1,15 @@
 #pragma once
-// The DLQ worker's decision for each dead letter. A dead letter is acknowledged only after
-// its outcome is durable: fatal ones are recorded in exhausted_events at once; undecodable
-// DLQ messages are still recorded with their bytes. Not thread-safe: one per worker loop.
+// The DLQ worker's decision for each dead letter. Nothing is acknowledged before its outcome
+// is durable:
+//  - fatal dead letters are recorded in exhausted_events at once (one attempt);
+//  - retryable ones are re-applied through the same pipeline as the processor, after an
+//    exponential backoff with jitter. The attempt count travels in the message headers: a
+//    failed attempt republishes the dead letter with attempts+1 and a not-before time (the
+//    PubAck comes before the ack of the old one), so counts survive redeliveries and worker
+//    restarts, and a database outage (the store does not answer) burns no attempt;
+//  - at DLQ_MAX_ATTEMPTS the event is exhausted as retries_exhausted;
+//  - a DLQ message that cannot be decoded is still recorded, with its bytes.
+// Not thread-safe: one per worker loop.
 #include <random>
 #include <span>
 #include <vector>
@@ -9,22 +17,31 @@
 #include "config/config.hpp"
 #include "observability/metrics.hpp"
 #include "pipeline/ports.hpp"
+#include "validation/schema_registry.hpp"
 
 namespace evp::dlq {
 
 class DlqHandler final : public pipeline::BatchHandler {
  public:
-  DlqHandler(const Config& config, pipeline::ExhaustedStore& exhausted, pipeline::Clock& clock,
-             observability::Metrics& metrics, uint64_t seed = std::random_device{}());
+  DlqHandler(const Config& config, const validation::SchemaRegistry& schemas,
+             pipeline::EventStore& store, pipeline::ExhaustedStore& exhausted,
+             pipeline::DeadLetterSink& dlq, pipeline::Clock& clock, observability::Metrics& metrics,
+             uint64_t seed = std::random_device{}());
 
   std::vector<pipeline::Decision> Process(std::span<const pipeline::InboundMessage> batch) override;
   bool StoreUnavailable() const override { return store_unavailable_; }
 
  private:
   pipeline::Decision HandleOne(const pipeline::InboundMessage& msg);
+  pipeline::Decision Retry(const pipeline::InboundMessage& msg, DeadLetter dl);
+  pipeline::Decision Record(const pipeline::InboundMessage& msg, const DeadLetter& dl,
+                            const std::string& final_reason);
 
   const Config& config_;
+  const validation::SchemaRegistry& schemas_;
+  pipeline::EventStore& store_;
   pipeline::ExhaustedStore& exhausted_;
+  pipeline::DeadLetterSink& dlq_;
   pipeline::Clock& clock_;
   observability::Metrics& metrics_;
   std::mt19937_64 rng_;

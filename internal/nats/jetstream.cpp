@@ -37,6 +37,12 @@ void OnDisconnected(natsConnection* nc, void*) {
 }
 void OnReconnected(natsConnection*, void*) { observability::LogInfo("NATS reconnected"); }
 
+void OnPublishAckError(jsCtx*, jsPubAckErr* pae, void* closure) {
+  static_cast<std::atomic<int64_t>*>(closure)->fetch_add(1);
+  observability::LogWarn("async publish failed",
+                         {{"error", pae->ErrText != nullptr ? pae->ErrText : ""}});
+}
+
 // Fills the message's headers from a map (values are already free of CR/LF).
 natsStatus SetHeaders(natsMsg* msg, const HeaderMap& headers) {
   for (const auto& [k, v] : headers) {
@@ -80,6 +86,10 @@ Result<std::shared_ptr<NatsConnection>, std::string> NatsConnection::Connect(
   jsOptions jso;
   jsOptions_Init(&jso);
   jso.Wait = 10000;
+  jso.PublishAsync.ErrHandler = OnPublishAckError;
+  jso.PublishAsync.ErrHandlerClosure = &c->async_errors_;
+  jso.PublishAsync.MaxPending = 4096;
+  jso.PublishAsync.StallWait = 5000;
   s = natsConnection_JetStream(&c->js_, c->conn_, &jso);
   if (s != NATS_OK) return Err{"cannot open JetStream context: " + StatusText(s)};
   return c;
@@ -189,10 +199,12 @@ Result<uint64_t, std::string> NatsConnection::Publish(const std::string& subject
 
 Result<Unit, std::string> NatsConnection::PublishAsync(const std::string& subject,
                                                        std::string_view data,
-                                                       const std::string& msg_id) {
+                                                       const std::string& msg_id,
+                                                       const HeaderMap& headers) {
   natsMsg* msg = nullptr;
   natsStatus s =
       natsMsg_Create(&msg, subject.c_str(), nullptr, data.data(), static_cast<int>(data.size()));
+  if (s == NATS_OK) s = SetHeaders(msg, headers);
   jsPubOptions po;
   jsPubOptions_Init(&po);
   if (!msg_id.empty()) po.MsgId = msg_id.c_str();
@@ -210,6 +222,8 @@ Result<Unit, std::string> NatsConnection::PublishAsyncComplete(std::chrono::mill
   if (s != NATS_OK) return Err{"waiting for publish acks: " + StatusText(s)};
   return Unit{};
 }
+
+int64_t NatsConnection::TakeAsyncErrors() { return async_errors_.exchange(0); }
 
 void NatsConnection::Drain(std::chrono::milliseconds timeout) {
   if (conn_ != nullptr) natsConnection_DrainTimeout(conn_, timeout.count());

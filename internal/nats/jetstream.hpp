@@ -47,7 +47,9 @@ class NatsConnection {
   // Fire-and-forget JetStream publish for load generation; failures are counted by
   // PublishAsyncComplete.
   Result<Unit, std::string> PublishAsync(const std::string& subject, std::string_view data,
-                                         const std::string& msg_id);
+                                         const std::string& msg_id, const HeaderMap& headers = {});
+  // Async publishes that failed so far (JetStream error or timeout); reset by the call.
+  int64_t TakeAsyncErrors();
   Result<Unit, std::string> PublishAsyncComplete(std::chrono::milliseconds timeout);
   // Drains subscriptions and closes (graceful shutdown).
   void Drain(std::chrono::milliseconds timeout);
@@ -57,6 +59,7 @@ class NatsConnection {
 
  private:
   NatsConnection() = default;
+  std::atomic<int64_t> async_errors_{0};
   __natsConnection* conn_ = nullptr;
   __jsCtx* js_ = nullptr;
 };

@@ -197,7 +197,7 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
         dl.first_failed_ms = dl.last_failed_ms = clock_.UnixMillis();
         dl.source_stream = msg.stream;
         dl.stream_seq = msg.stream_seq;
-  dl.published_ns = msg.publish_time_ns;
+        dl.published_ns = msg.publish_time_ns;
         dl.orig_msg_id = msg.msg_id;
         dl.item_index = static_cast<int64_t>(j);
         LogWarn("history item dead-lettered", {{"company_id", company},
@@ -237,6 +237,7 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
         metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kDeadLettered, t);
       }
     } else {
+      stats_.last_error = r.error().message;
       metrics_.CountDbError(r.error().kind == StoreErrorKind::kTransient ? "transient" : "fatal");
       stats_.store_unavailable =
           stats_.store_unavailable || r.error().kind == StoreErrorKind::kTransient;
@@ -263,6 +264,7 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
   auto applied = store_.Apply(to_apply);
   if (!applied.ok()) {
     const bool transient = applied.error().kind != StoreErrorKind::kFatal;
+    stats_.last_error = applied.error().message;
     metrics_.CountDbError(transient ? "transient" : "fatal");
     stats_.store_unavailable = stats_.store_unavailable || transient;
     LogWarn("batch write failed; messages will be redelivered",
@@ -313,7 +315,7 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
       dl.first_failed_ms = dl.last_failed_ms = commit_ms;
       dl.source_stream = msg.stream;
       dl.stream_seq = msg.stream_seq;
-  dl.published_ns = msg.publish_time_ns;
+      dl.published_ns = msg.publish_time_ns;
       dl.orig_msg_id = msg.msg_id;
       dl.item_index = item.item_index;
       if (!SendDeadLetter(std::move(dl)))
@@ -321,10 +323,12 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
       continue;
     }
     auto& slot = per_message[item.message];
-    // Precedence: fatal > not-yet > applied > stale.
+    // Precedence: fatal > retry > not-yet > applied > stale.
     auto rank = [](ApplyOutcome o) {
       switch (o) {
         case ApplyOutcome::kFatal:
+          return 4;
+        case ApplyOutcome::kRetry:
           return 3;
         case ApplyOutcome::kNotYet:
           return 2;
@@ -362,6 +366,22 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
         DeadLetterMessage(msg, company, {ReasonCode::kConstraintViolation, per_message[i]->message},
                           ErrorClass::kFatal, decisions[i]);
         metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
+        break;
+      case ApplyOutcome::kRetry:
+        stats_.last_error = per_message[i]->message;
+        metrics_.CountDbError("transient");
+        if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
+          DeadLetterMessage(
+              msg, company,
+              {ReasonCode::kRetriesExhausted, "failed " + std::to_string(msg.delivered) +
+                                                  " deliveries: " + per_message[i]->message},
+              ErrorClass::kRetryable, decisions[i]);
+          metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
+        } else {
+          decisions[i] = Decision::Nak(NakDelay(msg.delivered));
+          ++stats_.retried;
+          metrics_.CountEvent(type_name, EventOutcome::kTransientRetried, company);
+        }
         break;
       case ApplyOutcome::kNotYet: {
         const auto first = grace_.FirstSeen(grace_key, now);

@@ -40,6 +40,7 @@ struct BatchStats {
   size_t dead_lettered = 0;
   size_t retried = 0;
   bool store_unavailable = false;  // a transient database error happened: pause fetching
+  std::string last_error;          // text of the last transient database error
 };
 
 class BatchProcessor final : public BatchHandler {

@@ -46,10 +46,12 @@ struct StoreError {
 };
 
 // Per-mutation result of a write.
-enum class ApplyOutcome { kApplied, kStale, kNotYet, kFatal };
+// kRetry: this mutation hit a transient error of its own (deadlock, serialization failure,
+// missing table) while the database stays reachable; its neighbours are unaffected.
+enum class ApplyOutcome { kApplied, kStale, kNotYet, kRetry, kFatal };
 struct ApplyResult {
   ApplyOutcome outcome = ApplyOutcome::kApplied;
-  std::string message;  // for kFatal: the database's reason
+  std::string message;  // for kFatal and kRetry: the database's reason
 };
 
 // The tenant tables. Thread-safe implementations may be shared by threads.
@@ -58,9 +60,9 @@ class EventStore {
   virtual ~EventStore() = default;
   // Creates the tenant's schema and tables on first sight; idempotent and cheap once known.
   virtual Result<Unit, StoreError> EnsureTenant(const std::string& company_id) = 0;
-  // Applies the mutations of one or more tenants in one transaction, in order. A fatal error
-  // of one mutation must not fail the others: the store isolates it and reports kFatal for
-  // it alone. A transient error fails the whole call.
+  // Applies the mutations of one or more tenants in one transaction, in order. An error of
+  // one mutation must not fail the others: the store isolates it and reports kFatal or
+  // kRetry for it alone. Losing the database (connection, shutdown) fails the whole call.
   virtual Result<std::vector<ApplyResult>, StoreError> Apply(
       std::span<const handlers::Mutation> mutations) = 0;
   // True when the database answers; used for readiness and to resume after an outage.

@@ -308,13 +308,14 @@ Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::span<const Muta
     return results;
   } catch (...) {
     StoreError err = ClassifyCurrentException();
-    if (err.kind != StoreErrorKind::kFatal) {
+    if (!conn_ || !conn_->conn.is_open() ||
+        (err.kind == StoreErrorKind::kTransient && LostConnection())) {
       Reset();
       return Err{err};
     }
   }
-  // A data or constraint error of one mutation aborted the transaction: isolate it by
-  // writing each mutation alone, so its neighbours still commit.
+  // One mutation's error aborted the transaction while the database is still there: write
+  // each mutation alone, so its neighbours still commit and only it fails.
   std::vector<ApplyResult> results;
   results.reserve(mutations.size());
   for (const Mutation& m : mutations) {
@@ -325,14 +326,28 @@ Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::span<const Muta
       results.push_back(r);
     } catch (...) {
       StoreError err = ClassifyCurrentException();
-      if (err.kind != StoreErrorKind::kFatal) {
+      if (err.kind == StoreErrorKind::kFatal) {
+        results.push_back({ApplyOutcome::kFatal, err.message});
+      } else if (LostConnection()) {
         Reset();
         return Err{err};
+      } else {
+        results.push_back({ApplyOutcome::kRetry, err.message});
       }
-      results.push_back({ApplyOutcome::kFatal, err.message});
     }
   }
   return results;
+}
+
+bool PgStore::LostConnection() {
+  if (!conn_ || !conn_->conn.is_open()) return true;
+  try {
+    pqxx::nontransaction tx(conn_->conn);
+    tx.exec1("SELECT 1");
+    return false;
+  } catch (...) {
+    return true;
+  }
 }
 
 Result<bool, StoreError> PgStore::RecordExhausted(const DeadLetter& dl,

@@ -36,6 +36,9 @@ class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedSto
   struct Connection;  // wraps pqxx::connection, kept out of this header
   Connection& Conn();
   void Reset();
+  // True when the connection is gone or the database does not answer (an outage, as
+  // opposed to an error of one statement).
+  bool LostConnection();
 
   std::string dsn_;
   std::string ops_schema_;

@@ -158,14 +158,15 @@ TEST(FatalPath, DataTheDatabaseRefusesIsIsolatedAsConstraintViolation) {
   const std::string t = UniqueName("cons");
   const std::string s = "tenant_" + t;
   auto msg = [](const std::string& id, const std::string& text) {
-    return json{{"message_id", id}, {"chat_id", "c"}, {"jid", "j"}, {"flow", "OUT"},
-                {"message_text", text}}
+    return json{
+        {"message_id", id}, {"chat_id", "c"}, {"jid", "j"}, {"flow", "OUT"}, {"message_text", text}}
         .dump();
   };
   ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, msg("seed", "hi")).ok);
   ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 1));
   // A rule of the database that the schema does not know: only the event breaking it fails.
-  Exec(stack.Dsn(), "ALTER TABLE " + s + ".messages ADD CONSTRAINT no_poison CHECK (message_text <> 'poison')");
+  Exec(stack.Dsn(),
+       "ALTER TABLE " + s + ".messages ADD CONSTRAINT no_poison CHECK (message_text <> 'poison')");
   const std::string poison = msg("p", "poison");
   ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, msg("before", "ok")).ok);
   ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, poison).ok);
@@ -192,7 +193,9 @@ TEST(FatalPath, HistoryBatchStoresValidItemsAndExhaustsEachInvalidItemAlone) {
   EXPECT_EQ(r.reason.rfind("schema_violation: ", 0), 0u) << r.reason;
   EXPECT_NE(r.reason.find("phone_number"), std::string::npos) << r.reason;
   EXPECT_EQ(QueryString(stack.Dsn(),
-                        "SELECT dlq_metadata->>'item_index' FROM events_ops.exhausted_events WHERE company_id = '" + t + "'"),
+                        "SELECT dlq_metadata->>'item_index' FROM events_ops.exhausted_events WHERE "
+                        "company_id = '" +
+                            t + "'"),
             "1");
 }
 

@@ -18,12 +18,18 @@ namespace evp::testing {
 
 class Stack {
  public:
-  // extra_env overrides the defaults below for both binaries.
-  explicit Stack(std::map<std::string, std::string> extra_env = {}) {
-    env_ = {{"NATS_URL", nats_.Url()},  {"POSTGRES_DSN", PostgresServer::Shared().Dsn()},
-            {"LOG_FORMAT", "text"},     {"LOG_LEVEL", "info"},
-            {"BATCH_MAX_WAIT", "20ms"}, {"NAK_BASE_DELAY", "100ms"},
-            {"NAK_MAX_DELAY", "1s"},    {"ORDERING_GRACE", "3s"},
+  // extra_env overrides the defaults below for both binaries. With private_postgres the
+  // stack gets its own PostgreSQL cluster (to stop and start it).
+  explicit Stack(std::map<std::string, std::string> extra_env = {}, bool private_postgres = false) {
+    if (private_postgres) private_pg_ = StartPrivatePostgres();
+    env_ = {{"NATS_URL", nats_.Url()},
+            {"POSTGRES_DSN", private_pg_ ? private_pg_->Dsn() : PostgresServer::Shared().Dsn()},
+            {"LOG_FORMAT", "text"},
+            {"LOG_LEVEL", "info"},
+            {"BATCH_MAX_WAIT", "20ms"},
+            {"NAK_BASE_DELAY", "100ms"},
+            {"NAK_MAX_DELAY", "1s"},
+            {"ORDERING_GRACE", "3s"},
             {"DLQ_BASE_DELAY", "100ms"}};
     for (auto& [k, v] : extra_env) env_[k] = v;
     processor_port_ = FreeTcpPort();
@@ -51,9 +57,21 @@ class Stack {
     if (::testing::Test::HasFailure()) {
       std::cerr << "---- events-processor log ----\n"
                 << processor_->Log() << "\n---- dlq-worker log ----\n"
-                << worker_->Log() << "\n";
+                << WorkerLogs() << "\n";
     }
   }
+
+  // Starts (or restarts) the DLQ worker on the same port.
+  void StartWorker() {
+    auto wenv = env_;
+    wenv["HTTP_PORT"] = std::to_string(worker_port_);
+    if (worker_) old_worker_logs_ += worker_->Log();
+    worker_.reset();
+    worker_ =
+        std::make_unique<ChildProcess>(BinaryPath("dlq-worker"), std::vector<std::string>{}, wenv);
+  }
+  std::string WorkerLogs() const { return old_worker_logs_ + worker_->Log(); }
+  PostgresServer* PrivatePostgres() { return private_pg_.get(); }
 
   PubResult Publish(const std::string& subject, std::string_view bytes,
                     const std::string& msg_id = "") {
@@ -80,7 +98,9 @@ class Stack {
   static std::string HttpGet(int port, const std::string& path, int* status = nullptr);
 
  private:
+  std::unique_ptr<PostgresServer> private_pg_;
   NatsServer nats_;
+  std::string old_worker_logs_;
   std::map<std::string, std::string> env_;
   int processor_port_ = 0;
   int worker_port_ = 0;

@@ -137,6 +137,12 @@ TEST(Decoder, AcceptsWellFormedUtf8FromEveryPlane) {
   EXPECT_EQ(FindInvalidUtf8(result->at("t").get<std::string>()), std::nullopt);
 }
 
+TEST(Decoder, IgnoresALeadingByteOrderMark) {  // RFC 8259 §8.1 lets parsers ignore it
+  auto result = DecodeEvent("\xEF\xBB\xBF{\"chat_id\":\"c1\"}", kMaxEventBytes);
+  ASSERT_TRUE(result.ok()) << result.error().Reason();
+  EXPECT_EQ(result->at("chat_id"), "c1");
+}
+
 TEST(Decoder, RejectsEscapedLoneSurrogatesAsMalformedJson) {
   ExpectDecodeFailure(R"({"a":"\ud800"})", ReasonCode::kMalformedJson, "invalid JSON");
 }
@@ -369,6 +375,15 @@ TEST(ValidateEvent, ReportsSchemaViolationsWithTheMachineCode) {
 
 // ---------------------------------------------------------------------------------------
 // UTF-8 helpers.
+
+TEST(Utf8, FindsTheFirstInvalidByteAtAnyOffset) {
+  for (size_t offset = 0; offset < 24; ++offset) {
+    const std::string prefix(offset, 'a');
+    EXPECT_EQ(FindInvalidUtf8(prefix + "\xFF" + std::string(12, 'b')), offset);
+    EXPECT_EQ(FindInvalidUtf8(prefix + "\xE2\x82\xAC" + std::string(12, 'b')), std::nullopt);
+    EXPECT_EQ(FindInvalidUtf8(prefix + "\xE2\x82"), offset);  // cut at the end
+  }
+}
 
 TEST(Utf8, SanitizeKeepsShortTextAndCutsLongTextAtCharacterBoundaries) {
   EXPECT_EQ(SanitizeUtf8("hello", 10), "hello");

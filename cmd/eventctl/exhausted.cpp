@@ -1,0 +1,249 @@
+#include "exhausted.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "core/dead_letter.hpp"
+#include "core/text.hpp"
+#include "nats/jetstream.hpp"
+#include "postgres/exhausted_repo.hpp"
+
+namespace evp::eventctl {
+namespace {
+
+struct Options {
+  postgres::ExhaustedFilter filter;
+  bool all = false;  // include resolved rows
+  bool only_resolved = false;
+  bool json = false;
+  bool dry_run = false;
+  std::vector<int64_t> ids;
+  int64_t id = 0;
+  std::string note;
+};
+
+std::string Truncate(const std::string& s, size_t n) {
+  return s.size() <= n ? s : s.substr(0, n - 3) + "...";
+}
+
+nlohmann::json RowJson(const postgres::ExhaustedRow& r, bool with_payload) {
+  nlohmann::json j = {{"id", r.id},
+                      {"company_id", r.company_id},
+                      {"source_subject", r.source_subject},
+                      {"error_class", r.error_class},
+                      {"reason", r.reason},
+                      {"attempts", r.attempts},
+                      {"first_failed_at", r.first_failed_at},
+                      {"last_failed_at", r.last_failed_at},
+                      {"resolved", r.resolved},
+                      {"resolved_at", r.resolved_at},
+                      {"notes", r.notes},
+                      {"dlq_metadata", nlohmann::json::parse(r.metadata_json, nullptr, false)}};
+  if (with_payload) {
+    if (IsValidUtf8(r.payload)) {
+      j["payload"] = r.payload;
+    } else {
+      j["payload_hex"] = HexEncode(r.payload);
+    }
+  }
+  return j;
+}
+
+postgres::ExhaustedFilter FilterOf(const Options& o) {
+  postgres::ExhaustedFilter f = o.filter;
+  f.ids = o.ids;
+  if (o.all) f.resolved = std::nullopt;
+  if (o.only_resolved) f.resolved = true;
+  return f;
+}
+
+int List(const Config& config, const Options& o) {
+  postgres::ExhaustedRepository repo(config.postgres_dsn, config.ops_schema);
+  auto rows = repo.List(FilterOf(o), false);
+  if (!rows.ok()) {
+    std::fprintf(stderr, "%s\n", rows.error().c_str());
+    return 1;
+  }
+  if (o.json) {
+    for (const auto& r : *rows) std::cout << RowJson(r, false).dump() << "\n";
+    return 0;
+  }
+  std::printf("%-8s %-20s %-34s %-9s %-3s %-19s %-3s %s\n", "ID", "TENANT", "SUBJECT", "CLASS",
+              "ATT", "LAST FAILED (UTC)", "RES", "REASON");
+  for (const auto& r : *rows) {
+    std::printf("%-8lld %-20s %-34s %-9s %-3lld %-19s %-3s %s\n", static_cast<long long>(r.id),
+                Truncate(r.company_id, 20).c_str(), Truncate(r.source_subject, 34).c_str(),
+                r.error_class.c_str(), static_cast<long long>(r.attempts),
+                r.last_failed_at.substr(0, 19).c_str(), r.resolved ? "yes" : "no",
+                Truncate(r.reason, 100).c_str());
+  }
+  std::printf(
+      "%zu row(s)%s\n", rows->size(),
+      static_cast<int64_t>(rows->size()) == o.filter.limit ? " (limit reached: --limit)" : "");
+  return 0;
+}
+
+int Show(const Config& config, const Options& o) {
+  postgres::ExhaustedRepository repo(config.postgres_dsn, config.ops_schema);
+  auto row = repo.Get(o.id);
+  if (!row.ok()) {
+    std::fprintf(stderr, "%s\n", row.error().c_str());
+    return 1;
+  }
+  if (!row->has_value()) {
+    std::fprintf(stderr, "no exhausted event with id %lld\n", static_cast<long long>(o.id));
+    return 1;
+  }
+  std::cout << RowJson(**row, true).dump(2) << "\n";
+  return 0;
+}
+
+// Body to republish: the original bytes; a history item is wrapped back into its envelope.
+std::string RedriveBody(const postgres::ExhaustedRow& r) {
+  auto meta = nlohmann::json::parse(r.metadata_json, nullptr, false);
+  const bool item = meta.is_object() && meta.contains("item_index");
+  const std::string prefix = "v1.history.";
+  if (!item || r.source_subject.rfind(prefix, 0) != 0) return r.payload;
+  const std::string rest = r.source_subject.substr(prefix.size());
+  const std::string key = rest.substr(0, rest.find('.'));
+  auto parsed = nlohmann::json::parse(r.payload, nullptr, false);
+  if (parsed.is_discarded()) return r.payload;
+  return nlohmann::json{{key, nlohmann::json::array({parsed})}}.dump();
+}
+
+int Redrive(const Config& config, const Options& o) {
+  postgres::ExhaustedRepository repo(config.postgres_dsn, config.ops_schema);
+  auto filter = FilterOf(o);
+  if (filter.ids.empty() && filter.company_id.empty() && filter.subject.empty() &&
+      filter.reason.empty() && filter.error_class.empty() && filter.since.empty() &&
+      filter.until.empty()) {
+    std::fprintf(stderr,
+                 "redrive needs --id or at least one filter (use --subject '%%' for all)\n");
+    return 2;
+  }
+  auto rows = repo.List(filter, true);
+  if (!rows.ok()) {
+    std::fprintf(stderr, "%s\n", rows.error().c_str());
+    return 1;
+  }
+  if (o.dry_run) {
+    for (const auto& r : *rows) {
+      std::printf("would redrive %lld %s (%zu bytes) %s\n", static_cast<long long>(r.id),
+                  r.source_subject.c_str(), r.payload.size(), Truncate(r.reason, 80).c_str());
+    }
+    std::printf("%zu event(s) would be redriven\n", rows->size());
+    return 0;
+  }
+  auto conn = nats::NatsConnection::Connect(config, "eventctl-redrive");
+  if (!conn.ok()) {
+    std::fprintf(stderr, "%s\n", conn.error().c_str());
+    return 1;
+  }
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<int64_t> done;
+  size_t n = 0;
+  int failures = 0;
+  for (const auto& r : *rows) {
+    // A fresh id per exhausted row: never deduplicated against the original, while running the
+    // same redrive twice within the dedup window publishes once.
+    const std::string msg_id = "redrive:" + config.ops_schema + ":" + std::to_string(r.id);
+    auto p = (*conn)->PublishAsync(r.source_subject, RedriveBody(r), msg_id,
+                                   {{dlq_headers::kRedriveOf, std::to_string(r.id)}});
+    if (!p.ok()) {
+      std::fprintf(stderr, "\nid %lld: %s\n", static_cast<long long>(r.id), p.error().c_str());
+      ++failures;
+      continue;
+    }
+    done.push_back(r.id);
+    if (++n % 1000 == 0) {
+      std::fprintf(stderr, "\rredriving: %zu/%zu", n, rows->size());
+    }
+  }
+  auto complete = (*conn)->PublishAsyncComplete(std::chrono::seconds(30));
+  const int64_t async_errors = (*conn)->TakeAsyncErrors();
+  if (!complete.ok() || async_errors > 0) {
+    std::fprintf(
+        stderr, "\nnot every publish was acknowledged (%s, %lld failed); nothing marked resolved\n",
+        complete.ok() ? "ok" : complete.error().c_str(), static_cast<long long>(async_errors));
+    return 1;
+  }
+  const std::string note =
+      "redriven by eventctl" + (o.note.empty() ? std::string() : ": " + o.note);
+  auto resolved = repo.Resolve(done, note);
+  if (!resolved.ok()) {
+    std::fprintf(stderr, "\n%s\n", resolved.error().c_str());
+    return 1;
+  }
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::fprintf(stderr, "\r");
+  std::printf("redriven %zu event(s) in %.2f s (%.0f events/s), %d failed, %lld marked resolved\n",
+              done.size(), secs, secs > 0 ? static_cast<double>(done.size()) / secs : 0.0, failures,
+              static_cast<long long>(resolved.value()));
+  return failures == 0 ? 0 : 1;
+}
+
+int Resolve(const Config& config, const Options& o) {
+  postgres::ExhaustedRepository repo(config.postgres_dsn, config.ops_schema);
+  auto r = repo.Resolve(o.ids, o.note);
+  if (!r.ok()) {
+    std::fprintf(stderr, "%s\n", r.error().c_str());
+    return 1;
+  }
+  std::printf("%lld event(s) marked resolved\n", static_cast<long long>(r.value()));
+  return 0;
+}
+
+void AddFilters(CLI::App* cmd, Options& o) {
+  cmd->add_option("--tenant", o.filter.company_id, "company_id (exact)");
+  cmd->add_option("--subject", o.filter.subject, "source subject, SQL LIKE pattern ('%' wildcard)");
+  cmd->add_option("--reason", o.filter.reason, "reason code, e.g. schema_violation");
+  cmd->add_option("--class", o.filter.error_class, "fatal or retryable")
+      ->check(CLI::IsMember({"fatal", "retryable"}));
+  cmd->add_option("--since", o.filter.since, "last failure at or after (e.g. '2026-11-25 10:00Z')");
+  cmd->add_option("--until", o.filter.until, "last failure before");
+  cmd->add_flag("--all", o.all, "include resolved events");
+  cmd->add_flag("--resolved", o.only_resolved, "only resolved events");
+  cmd->add_option("--limit", o.filter.limit, "at most this many rows")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{10'000'000}));
+}
+
+}  // namespace
+
+std::function<int(const Config&)> AddExhaustedCommands(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  auto* ex = app.add_subcommand("exhausted", "list, show, redrive and resolve exhausted events");
+  ex->require_subcommand(1);
+  auto* list = ex->add_subcommand("list", "list exhausted events (unresolved by default)");
+  AddFilters(list, *o);
+  list->add_flag("--json", o->json, "one JSON object per line");
+  auto* show = ex->add_subcommand("show", "show one exhausted event with its payload");
+  show->add_option("id", o->id, "exhausted event id")->required();
+  auto* redrive = ex->add_subcommand(
+      "redrive", "republish the original bytes to the source subject and mark them resolved");
+  redrive->add_option("--id", o->ids, "exhausted event id (repeatable)");
+  AddFilters(redrive, *o);
+  redrive->add_flag("--dry-run", o->dry_run, "print what would be redriven");
+  redrive->add_option("--note", o->note, "note appended to the resolved rows");
+  auto* resolve = ex->add_subcommand("resolve", "mark exhausted events resolved without redriving");
+  resolve->add_option("id", o->ids, "exhausted event id(s)")->required();
+  resolve->add_option("--note", o->note, "why it is resolved")->required();
+  o->filter.limit = 1000;
+
+  return [o, list, show, redrive, resolve](const Config& config) -> int {
+    if (config.postgres_dsn.empty()) {
+      std::fprintf(stderr, "POSTGRES_DSN is required\n");
+      return 2;
+    }
+    if (*list) return List(config, *o);
+    if (*show) return Show(config, *o);
+    if (*redrive) return Redrive(config, *o);
+    if (*resolve) return Resolve(config, *o);
+    return 2;
+  };
+}
+
+}  // namespace evp::eventctl

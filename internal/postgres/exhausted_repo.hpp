@@ -1,0 +1,61 @@
+#pragma once
+// Operator queries over <OPS_SCHEMA>.exhausted_events: list with filters, show one, mark
+// resolved. Values always go as parameters. One repository per thread.
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/result.hpp"
+
+namespace evp::postgres {
+
+struct ExhaustedFilter {
+  std::vector<int64_t> ids;  // when set, only these rows (other filters still apply)
+  std::string company_id;    // exact
+  std::string subject;       // SQL LIKE pattern on source_subject ('%' wildcards)
+  std::string reason;        // reason code, e.g. schema_violation
+  std::string error_class;   // fatal | retryable
+  std::string since;         // timestamptz text, on last_failed_at
+  std::string until;
+  std::optional<bool> resolved = false;  // nullopt = both
+  int64_t limit = 100;
+};
+
+struct ExhaustedRow {
+  int64_t id = 0;
+  std::string company_id;
+  std::string source_subject;
+  std::string error_class;
+  std::string reason;
+  int64_t attempts = 0;
+  std::string first_failed_at;
+  std::string last_failed_at;
+  bool resolved = false;
+  std::string resolved_at;
+  std::string notes;
+  std::string metadata_json;
+  std::string payload;  // exact original bytes
+};
+
+class ExhaustedRepository {
+ public:
+  ExhaustedRepository(std::string dsn, std::string ops_schema);
+  ~ExhaustedRepository();
+
+  // Rows matching the filter, oldest first; payloads included when with_payload.
+  Result<std::vector<ExhaustedRow>, std::string> List(const ExhaustedFilter& filter,
+                                                      bool with_payload);
+  Result<std::optional<ExhaustedRow>, std::string> Get(int64_t id);
+  // Marks rows resolved with a note appended; returns how many changed.
+  Result<int64_t, std::string> Resolve(const std::vector<int64_t>& ids, const std::string& note);
+
+ private:
+  struct Connection;
+  std::string dsn_;
+  std::string ops_schema_;
+  std::unique_ptr<Connection> conn_;
+};
+
+}  // namespace evp::postgres
