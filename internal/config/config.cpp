@@ -363,8 +363,11 @@ std::vector<std::string> Config::Describe() const {
   std::vector<std::string> out;
   for (const Key& key : Keys(Binary::kProcessor)) {
     std::string v = key.show(*this);
-    if (key.name == "POSTGRES_DSN") {
-      v = MaskDsn(v);
+    if (key.name == "POSTGRES_DSN" || key.name == "NATS_URL") {
+      // Both may carry user:password@ (nats://user:pass@host, one or more URLs).
+      std::string masked;
+      for (const auto& part : SplitList(v)) masked += (masked.empty() ? "" : ",") + MaskDsn(part);
+      v = key.name == "NATS_URL" ? masked : MaskDsn(v);
     } else if (key.secret && !v.empty()) {
       v = "****";
     }

@@ -228,19 +228,23 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
     auto r = store_.EnsureTenant(t);
     if (r.ok()) continue;
     unavailable.insert(t);
-    if (r.error().kind == StoreErrorKind::kCollision) {
+    if (r.error().kind != StoreErrorKind::kTransient) {
+      // A case collision is an invalid tenant; any other refusal to create the schema can
+      // never succeed either.
+      const ReasonCode code = r.error().kind == StoreErrorKind::kCollision
+                                  ? ReasonCode::kInvalidTenant
+                                  : ReasonCode::kConstraintViolation;
       for (size_t i = 0; i < batch.size(); ++i) {
         if (work.done[i] || work.tenants[i] != t) continue;
         work.done[i] = true;
-        DeadLetterMessage(batch[i], t, {ReasonCode::kInvalidTenant, r.error().message},
-                          ErrorClass::kFatal, decisions[i]);
+        DeadLetterMessage(batch[i], t, {code, r.error().message}, ErrorClass::kFatal,
+                          decisions[i]);
         metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kDeadLettered, t);
       }
     } else {
       stats_.last_error = r.error().message;
-      metrics_.CountDbError(r.error().kind == StoreErrorKind::kTransient ? "transient" : "fatal");
-      stats_.store_unavailable =
-          stats_.store_unavailable || r.error().kind == StoreErrorKind::kTransient;
+      metrics_.CountDbError("transient");
+      stats_.store_unavailable = true;
       for (size_t i = 0; i < batch.size(); ++i) {
         if (work.done[i] || work.tenants[i] != t) continue;
         work.done[i] = true;
@@ -305,8 +309,8 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
     if (r.outcome == ApplyOutcome::kFatal && item.item_index) {
       // A history item the database refused: dead-letter that item alone.
       DeadLetter dl;
-      const auto& arr =
-          nlohmann::json::parse(msg.data, nullptr, false).at(std::string(HistoryArrayKey(type)));
+      const nlohmann::json envelope = nlohmann::json::parse(msg.data, nullptr, false);
+      const nlohmann::json& arr = envelope.at(std::string(HistoryArrayKey(type)));
       dl.original = arr.at(static_cast<size_t>(*item.item_index))
                         .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       dl.source_subject = msg.subject;

@@ -107,17 +107,9 @@ are printed as integers (Helm reads numbers as float64, which would print 1e+06)
 {{- toYaml $out -}}
 {{- end -}}
 
-{{/* Pod-level settings shared by both Deployments and the Job. */}}
-{{- define "evp.imagePullSecrets" -}}
-{{- with .Values.imagePullSecrets }}
-imagePullSecrets:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- end -}}
-
 {{/* Volume of the NATS .creds file, when configured. */}}
 {{- define "evp.natsCredsVolume" -}}
-{{- if .Values.natsCreds.secretName }}
+{{- if .Values.natsCreds.secretName -}}
 - name: nats-creds
   secret:
     secretName: {{ .Values.natsCreds.secretName }}
@@ -129,7 +121,7 @@ imagePullSecrets:
 {{- end -}}
 
 {{- define "evp.natsCredsMount" -}}
-{{- if .Values.natsCreds.secretName }}
+{{- if .Values.natsCreds.secretName -}}
 - name: nats-creds
   mountPath: /var/run/secrets/nats
   readOnly: true
@@ -137,7 +129,7 @@ imagePullSecrets:
 {{- end -}}
 
 {{- define "evp.natsCredsEnv" -}}
-{{- if .Values.natsCreds.secretName }}
+{{- if .Values.natsCreds.secretName -}}
 - name: NATS_CREDS_FILE
   value: {{ printf "/var/run/secrets/nats/%s" .Values.natsCreds.key | quote }}
 {{- end }}

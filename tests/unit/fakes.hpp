@@ -1,0 +1,266 @@
+#pragma once
+// Hand-written fakes of the pipeline ports (pipeline/ports.hpp) for unit tests. Small and
+// honest: the event store applies last-writer-wins with Version exactly as SPEC §11 says,
+// reports "not yet" for updates of missing rows, and keeps everything in memory. Not
+// thread-safe: one test, one thread.
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "core/dead_letter.hpp"
+#include "handlers/mutation.hpp"
+#include "pipeline/ports.hpp"
+
+namespace evp::testing {
+
+// One stored row: column -> text, plus the version of the last event applied to it.
+struct FakeRow {
+  std::map<std::string, std::string> columns;
+  Version version;
+  bool operator==(const FakeRow& o) const { return columns == o.columns && version == o.version; }
+};
+
+class InMemoryEventStore final : public pipeline::EventStore {
+ public:
+  using TableRows = std::map<std::string, FakeRow>;  // KeyText() -> row
+
+  // --- knobs ---
+  // Every call fails transiently (database down). Tenants already registered stay known
+  // (a real store caches them), so EnsureTenant of a known tenant still succeeds.
+  bool fail_transiently = false;
+  // Apply reports kFatal (with this message) for mutations of this tenant and key text.
+  std::optional<std::pair<std::string, std::string>> fatal_key;
+  std::string fatal_message = "23505: duplicate key value violates unique constraint";
+  // Apply reports kRetry (a transient error of that mutation alone, e.g. a deadlock) for
+  // mutations of this tenant and key text; the database stays reachable.
+  std::optional<std::pair<std::string, std::string>> retry_key;
+  std::string retry_message = "40P01: deadlock detected";
+
+  // --- EventStore ---
+  Result<Unit, pipeline::StoreError> EnsureTenant(const std::string& company_id) override {
+    ++ensure_calls;
+    if (tenants_.count(company_id)) return Unit{};
+    if (fail_transiently) {
+      return Err{pipeline::StoreError{pipeline::StoreErrorKind::kTransient, "connection refused"}};
+    }
+    for (const auto& known : tenants_) {
+      if (Lower(known) == Lower(company_id)) {
+        return Err{
+            pipeline::StoreError{pipeline::StoreErrorKind::kCollision,
+                                 "company_id '" + company_id + "' collides with '" + known + "'"}};
+      }
+    }
+    tenants_.insert(company_id);
+    return Unit{};
+  }
+
+  Result<std::vector<pipeline::ApplyResult>, pipeline::StoreError> Apply(
+      std::span<const handlers::Mutation> mutations) override {
+    ++apply_calls;
+    if (fail_transiently) {
+      return Err{
+          pipeline::StoreError{pipeline::StoreErrorKind::kTransient, "08006: connection failure"}};
+    }
+    std::vector<pipeline::ApplyResult> out;
+    out.reserve(mutations.size());
+    for (const auto& m : mutations) out.push_back(ApplyOne(m));
+    return out;
+  }
+
+  bool Ping() override { return !fail_transiently; }
+
+  // --- inspection ---
+  // Registers a tenant as if an earlier run had created it.
+  void AddTenant(const std::string& company_id) { tenants_.insert(company_id); }
+  bool HasTenant(const std::string& company_id) const { return tenants_.count(company_id) > 0; }
+
+  const FakeRow* Row(const std::string& company_id, handlers::Table table,
+                     const std::string& key_text) const {
+    auto t = data_.find(company_id);
+    if (t == data_.end()) return nullptr;
+    auto tb = t->second.find(table);
+    if (tb == t->second.end()) return nullptr;
+    auto r = tb->second.find(key_text);
+    return r == tb->second.end() ? nullptr : &r->second;
+  }
+  // Column text of a row, or nullopt when the row or column is missing.
+  std::optional<std::string> Column(const std::string& company_id, handlers::Table table,
+                                    const std::string& key_text, const std::string& column) const {
+    const FakeRow* row = Row(company_id, table, key_text);
+    if (row == nullptr) return std::nullopt;
+    auto c = row->columns.find(column);
+    if (c == row->columns.end()) return std::nullopt;
+    return c->second;
+  }
+  size_t RowCount(const std::string& company_id, handlers::Table table) const {
+    auto t = data_.find(company_id);
+    if (t == data_.end()) return 0;
+    auto tb = t->second.find(table);
+    return tb == t->second.end() ? 0 : tb->second.size();
+  }
+  size_t TotalRows() const {
+    size_t n = 0;
+    for (const auto& [tenant, tables] : data_) {
+      for (const auto& [table, rows] : tables) n += rows.size();
+    }
+    return n + onboarding_log_.size();
+  }
+  // (company, agent, phone) of every onboarding_log row.
+  const std::set<std::tuple<std::string, std::string, std::string>>& OnboardingLog() const {
+    return onboarding_log_;
+  }
+
+  int ensure_calls = 0;
+  int apply_calls = 0;
+
+ private:
+  static std::string Lower(std::string s) {
+    std::transform(s.begin(), s.end(), s.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return s;
+  }
+
+  pipeline::ApplyResult ApplyOne(const handlers::Mutation& m) {
+    const std::string key = m.KeyText();
+    if (fatal_key && fatal_key->first == m.company_id && fatal_key->second == key) {
+      return {pipeline::ApplyOutcome::kFatal, fatal_message};
+    }
+    if (retry_key && retry_key->first == m.company_id && retry_key->second == key) {
+      return {pipeline::ApplyOutcome::kRetry, retry_message};
+    }
+    if (!tenants_.count(m.company_id)) {
+      // The pipeline must call EnsureTenant first; a real store would fail on the schema.
+      return {pipeline::ApplyOutcome::kFatal, "3F000: schema does not exist"};
+    }
+    TableRows& rows = data_[m.company_id][m.table];
+    auto it = rows.find(key);
+    if (it == rows.end()) {
+      if (m.kind == handlers::WriteKind::kUpdate) {
+        return {pipeline::ApplyOutcome::kNotYet, key};
+      }
+      FakeRow row;
+      row.version = m.version;
+      for (const auto& v : m.values) row.columns[std::string(v.column->name)] = v.text;
+      rows.emplace(key, std::move(row));
+      Onboard(m);
+      return {pipeline::ApplyOutcome::kApplied, ""};
+    }
+    // Last writer wins (SPEC §11): an event older than the row's version never overwrites it.
+    if (m.version < it->second.version) return {pipeline::ApplyOutcome::kStale, ""};
+    for (const auto& v : m.values) it->second.columns[std::string(v.column->name)] = v.text;
+    it->second.version = m.version;
+    Onboard(m);
+    return {pipeline::ApplyOutcome::kApplied, ""};
+  }
+
+  // The first inbound message from an unknown (agent, phone) creates the contact and one log
+  // row, in the same "transaction" as the message.
+  void Onboard(const handlers::Mutation& m) {
+    if (!m.onboarding) return;
+    const auto& ob = *m.onboarding;
+    TableRows& contacts = data_[m.company_id][handlers::Table::kContacts];
+    const std::string key = "agent_id=" + ob.agent_id + ",phone_number=" + ob.phone_number;
+    if (contacts.count(key)) return;
+    FakeRow row;
+    row.version = m.version;
+    row.columns = {{"agent_id", ob.agent_id},
+                   {"phone_number", ob.phone_number},
+                   {"company_id", m.company_id},
+                   {"origin", ob.origin},
+                   {"tags", ob.tags_json}};
+    if (!ob.chat_id.empty()) row.columns["chat_id"] = ob.chat_id;
+    if (!ob.assigned_to.empty()) row.columns["assigned_to"] = ob.assigned_to;
+    contacts.emplace(key, std::move(row));
+    onboarding_log_.insert({m.company_id, ob.agent_id, ob.phone_number});
+  }
+
+  std::set<std::string> tenants_;
+  std::map<std::string, std::map<handlers::Table, TableRows>> data_;
+  std::set<std::tuple<std::string, std::string, std::string>> onboarding_log_;
+};
+
+// Records every dead letter it is asked to publish.
+class RecordingDeadLetterSink final : public pipeline::DeadLetterSink {
+ public:
+  explicit RecordingDeadLetterSink(size_t max_payload = 1024 * 1024) : max_payload_(max_payload) {}
+
+  bool fail = false;  // Publish fails (NATS unavailable, no PubAck)
+  std::vector<DeadLetter> published;
+  int publish_calls = 0;
+
+  Result<Unit, std::string> Publish(const DeadLetter& letter) override {
+    ++publish_calls;
+    if (fail) return Err{std::string("nats: timeout waiting for PubAck")};
+    published.push_back(letter);
+    return Unit{};
+  }
+  size_t MaxPayload() const override { return max_payload_; }
+
+ private:
+  size_t max_payload_;
+};
+
+// exhausted_events in memory, unique on DeadLetter::IdempotencyKey().
+class InMemoryExhaustedStore final : public pipeline::ExhaustedStore {
+ public:
+  struct Row {
+    DeadLetter letter;
+    std::string reason;  // final reason
+  };
+
+  bool fail_transiently = false;
+  int calls = 0;
+
+  Result<bool, pipeline::StoreError> RecordExhausted(const DeadLetter& letter,
+                                                     const std::string& final_reason) override {
+    ++calls;
+    if (fail_transiently) {
+      return Err{pipeline::StoreError{pipeline::StoreErrorKind::kTransient,
+                                      "57P01: terminating connection"}};
+    }
+    auto [it, inserted] = rows_.try_emplace(letter.IdempotencyKey(), Row{letter, final_reason});
+    if (inserted) order_.push_back(it->first);
+    return inserted;
+  }
+
+  size_t size() const { return rows_.size(); }
+  // Rows in insertion order.
+  std::vector<Row> Rows() const {
+    std::vector<Row> out;
+    for (const auto& k : order_) out.push_back(rows_.at(k));
+    return out;
+  }
+
+ private:
+  std::map<std::string, Row> rows_;
+  std::vector<std::string> order_;
+};
+
+// Time that moves only when the test says so.
+class FakeClock final : public pipeline::Clock {
+ public:
+  explicit FakeClock(int64_t unix_ms = 1'700'000'000'000) : unix_ms_(unix_ms) {}
+
+  std::chrono::steady_clock::time_point Now() override { return steady_; }
+  int64_t UnixMillis() override { return unix_ms_; }
+
+  void Advance(std::chrono::milliseconds d) {
+    steady_ += d;
+    unix_ms_ += d.count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point steady_{std::chrono::hours(1000)};
+  int64_t unix_ms_;
+};
+
+}  // namespace evp::testing
