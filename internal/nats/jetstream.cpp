@@ -82,7 +82,7 @@ Result<std::shared_ptr<NatsConnection>, std::string> NatsConnection::Connect(
   if (s == NATS_OK) s = natsConnection_Connect(&c->conn_, opts);
   natsOptions_Destroy(opts);
   if (s != NATS_OK)
-    return Err{"cannot connect to NATS at " + config.nats_url + ": " + StatusText(s)};
+    return Err{"cannot connect to NATS at " + MaskDsn(config.nats_url) + ": " + StatusText(s)};
   jsOptions jso;
   jsOptions_Init(&jso);
   jso.Wait = 10000;
