@@ -6,7 +6,7 @@ JOBS ?= 2
 FORMAT_FILES = $(shell find cmd internal tests -type f \( -name '*.cpp' -o -name '*.hpp' \) 2>/dev/null | sort)
 
 .PHONY: help bootstrap build release run test test-asan format format-check stack-start \
-        stack-stop stack-status clean
+        stack-stop stack-status clean check-deploy check-metrics
 
 help: ## Show the targets
 	@echo "Targets:"
@@ -39,6 +39,12 @@ format: ## Reformat C++ sources in cmd/ internal/ tests/ with clang-format
 format-check: ## Fail if any C++ source is not clang-formatted
 	@files="$(FORMAT_FILES)"; [[ -z "$$files" ]] || clang-format --dry-run --Werror $$files
 	@echo "format-check: ok"
+
+check-deploy: ## Offline checks of Dockerfile, compose, Helm chart, alert rules, dashboard
+	scripts/check-deploy.sh
+
+check-metrics: ## promtool check metrics on a live endpoint: make check-metrics URL=http://127.0.0.1:8080/metrics
+	scripts/check-metrics.sh $(URL)
 
 stack-start: ## Start the local NATS + PostgreSQL stack (data kept in .local/)
 	scripts/local-stack.sh start

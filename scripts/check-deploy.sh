@@ -18,6 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 CHART=helm/events-processor
 export DEBIAN_FRONTEND=noninteractive
+export PYTHONDONTWRITEBYTECODE=1
 
 # --- packages ------------------------------------------------------------------------------
 required=(docker-compose prometheus python3 python3-yaml yamllint)

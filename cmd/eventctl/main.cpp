@@ -10,6 +10,7 @@
 #include "app/startup.hpp"
 #include "exhausted.hpp"
 #include "handlers/samples.hpp"
+#include "load.hpp"
 #include "observability/logging.hpp"
 #include "postgres/pg_store.hpp"
 #include "routing/subject.hpp"
@@ -130,6 +131,7 @@ int main(int argc, char** argv) {
       cli.add_subcommand("config", "print the effective configuration (secrets masked)");
 
   auto run_exhausted = eventctl::AddExhaustedCommands(cli);
+  auto run_load = eventctl::AddLoadCommand(cli);
 
   CLI11_PARSE(cli, argc, argv);
 
@@ -144,6 +146,7 @@ int main(int argc, char** argv) {
     return Publish(config, type_name, tenant, file, subject, msg_id, count, seed, history_items);
   }
   if (cli.got_subcommand("exhausted")) return run_exhausted(config);
+  if (cli.got_subcommand("load")) return run_load(config);
   if (*migrate) {
     if (config.postgres_dsn.empty()) {
       std::fprintf(stderr, "POSTGRES_DSN is required for migrate\n");

@@ -237,8 +237,7 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
       for (size_t i = 0; i < batch.size(); ++i) {
         if (work.done[i] || work.tenants[i] != t) continue;
         work.done[i] = true;
-        DeadLetterMessage(batch[i], t, {code, r.error().message}, ErrorClass::kFatal,
-                          decisions[i]);
+        DeadLetterMessage(batch[i], t, {code, r.error().message}, ErrorClass::kFatal, decisions[i]);
         metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kDeadLettered, t);
       }
     } else {

@@ -126,7 +126,8 @@ struct PgStore::Connection {
 PgStore::PgStore(std::string dsn, std::string ops_schema, std::string tenant_prefix)
     : dsn_(std::move(dsn)),
       ops_schema_(std::move(ops_schema)),
-      tenant_prefix_(std::move(tenant_prefix)) {}
+      tenant_prefix_(std::move(tenant_prefix)),
+      writer_(tenant_prefix_) {}
 
 PgStore::~PgStore() = default;
 
@@ -138,7 +139,10 @@ PgStore::Connection& PgStore::Conn() {
   return *conn_;
 }
 
-void PgStore::Reset() { conn_.reset(); }
+void PgStore::Reset() {
+  conn_.reset();
+  writer_.ConnectionReset();
+}
 
 bool PgStore::Ping() {
   try {
@@ -298,12 +302,10 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
 }  // namespace
 
 Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::span<const Mutation> mutations) {
-  // Fast path: the whole batch in one transaction.
+  // Fast path: the whole batch in one transaction, set-based.
   try {
-    std::vector<ApplyResult> results;
-    results.reserve(mutations.size());
     pqxx::work tx(Conn().conn);
-    for (const Mutation& m : mutations) results.push_back(ApplyOne(tx, tenant_prefix_, m));
+    std::vector<ApplyResult> results = writer_.Write(tx, mutations);
     tx.commit();
     return results;
   } catch (...) {

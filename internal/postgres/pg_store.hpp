@@ -12,6 +12,7 @@
 
 #include "config/config.hpp"
 #include "pipeline/ports.hpp"
+#include "postgres/set_writer.hpp"
 
 namespace evp::postgres {
 
@@ -44,6 +45,7 @@ class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedSto
   std::string ops_schema_;
   std::string tenant_prefix_;
   std::unique_ptr<Connection> conn_;
+  SetWriter writer_;
   std::set<std::string> known_tenants_;
 };
 

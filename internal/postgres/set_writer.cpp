@@ -1,0 +1,278 @@
+#include "postgres/set_writer.hpp"
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <pqxx/pqxx>
+#include <unordered_map>
+
+#include "postgres/pg_store.hpp"
+
+namespace evp::postgres {
+
+using handlers::ColumnType;
+using handlers::Mutation;
+using handlers::TableDef;
+using handlers::WriteKind;
+using pipeline::ApplyOutcome;
+using pipeline::ApplyResult;
+
+namespace {
+
+std::string Quoted(std::string_view name) { return "\"" + std::string(name) + "\""; }
+
+std::string RecordType(ColumnType t) {
+  switch (t) {
+    case ColumnType::kText:
+      return "text";
+    case ColumnType::kBigint:
+      return "bigint";
+    case ColumnType::kBool:
+      return "boolean";
+    case ColumnType::kJsonb:
+    case ColumnType::kTextArray:
+      return "jsonb";
+  }
+  return "text";
+}
+
+// Value of staged column `c` as stored: absent (NULL) stays NULL.
+std::string Staged(const handlers::Column& c) {
+  const std::string v = "r." + Quoted(c.name);
+  if (c.type == ColumnType::kTextArray) {
+    return "CASE WHEN " + v + " IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(" +
+           v + ")) END";
+  }
+  if (c.name == "is_deleted") return "COALESCE(" + v + ", false)";
+  return v;
+}
+
+std::string RecordDefinition(const TableDef& def) {
+  std::string out = "idx integer";
+  for (const auto& c : def.columns) out += ", " + Quoted(c.name) + " " + RecordType(c.type);
+  return out + ", ver_ts bigint, ver_src smallint, ver_seq bigint";
+}
+
+// 'u' upsert, 'p' update, 'x' existence check of update keys.
+std::string BuildSql(const std::string& table, const TableDef& def, char op) {
+  const std::string from =
+      " FROM jsonb_to_recordset($1::jsonb) AS r(" + RecordDefinition(def) + ")";
+  std::string keys;
+  std::string key_match;
+  for (size_t i = 0; i < def.key_count; ++i) {
+    const std::string k = Quoted(def.columns[i].name);
+    keys += (i ? ", " : "") + k;
+    key_match += (i ? " AND " : "") + ("cur." + k + " = r." + k);
+  }
+  const std::string guard_new = op == 'u' ? "EXCLUDED" : "r";
+  const std::string guard = "(cur.ver_ts, cur.ver_src, cur.ver_seq) <= (" + guard_new +
+                            ".ver_ts, " + guard_new + ".ver_src, " + guard_new + ".ver_seq)";
+  if (op == 'u') {
+    std::string cols;
+    std::string vals;
+    std::string sets;
+    for (size_t i = 0; i < def.columns.size(); ++i) {
+      const auto& c = def.columns[i];
+      cols += Quoted(c.name) + ", ";
+      vals += Staged(c) + ", ";
+      // Absent fields keep the stored value; is_deleted is never carried by an upsert.
+      if (i >= def.key_count && c.name != "is_deleted") {
+        sets += Quoted(c.name) + " = COALESCE(EXCLUDED." + Quoted(c.name) + ", cur." +
+                Quoted(c.name) + "), ";
+      }
+    }
+    return "INSERT INTO " + table + " AS cur (" + cols + "ver_ts, ver_src, ver_seq) SELECT " +
+           vals + "r.ver_ts, r.ver_src, r.ver_seq" + from + " ON CONFLICT (" + keys +
+           ") DO UPDATE SET " + sets +
+           "ver_ts = EXCLUDED.ver_ts, ver_src = EXCLUDED.ver_src, ver_seq = EXCLUDED.ver_seq, "
+           "updated_at = now() WHERE " +
+           guard + " RETURNING " + keys;
+  }
+  if (op == 'p') {
+    std::string sets;
+    for (size_t i = def.key_count; i < def.columns.size(); ++i) {
+      const auto& c = def.columns[i];
+      if (c.name == "company_id") continue;
+      std::string v = Staged(c);
+      if (c.name == "is_deleted") v = "r.is_deleted";
+      sets += Quoted(c.name) + " = COALESCE(" + v + ", cur." + Quoted(c.name) + "), ";
+    }
+    return "UPDATE " + table + " AS cur SET " + sets +
+           "ver_ts = r.ver_ts, ver_src = r.ver_src, ver_seq = r.ver_seq, updated_at = now()" +
+           from + " WHERE " + key_match + " AND " + guard + " RETURNING r.idx";
+  }
+  return "SELECT r.idx" + from + " WHERE NOT EXISTS (SELECT 1 FROM " + table + " AS cur WHERE " +
+         key_match + ")";
+}
+
+void AppendJsonString(std::string& out, const std::string& s) {
+  out += nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// One record of jsonb_to_recordset: idx, the mutation's values, its version.
+void AppendRecord(std::string& out, size_t idx, const Mutation& m) {
+  out += "{\"idx\":";
+  out += std::to_string(idx);
+  for (const auto& v : m.values) {
+    out += ",\"";
+    out += v.column->name;
+    out += "\":";
+    switch (v.column->type) {
+      case ColumnType::kText:
+        AppendJsonString(out, v.text);
+        break;
+      case ColumnType::kBigint:
+      case ColumnType::kBool:
+      case ColumnType::kJsonb:
+      case ColumnType::kTextArray:
+        out += v.text;  // already JSON text
+        break;
+    }
+  }
+  out += ",\"ver_ts\":" + std::to_string(m.version.seconds);
+  out += ",\"ver_src\":" + std::to_string(static_cast<int>(m.version.source));
+  out += ",\"ver_seq\":" + std::to_string(m.version.seq) + "}";
+}
+
+std::string KeyOf(const Mutation& m, size_t key_count) {
+  std::string k;
+  for (size_t i = 0; i < key_count && i < m.values.size(); ++i) {
+    k += m.values[i].text;
+    k += '\x1f';
+  }
+  return k;
+}
+
+}  // namespace
+
+const std::string& SetWriter::Prepare(pqxx::dbtransaction& tx, const std::string& schema,
+                                      const TableDef& def, char op) {
+  // Statement names stay short (identifiers are cut at 63 bytes): a counter, not the schema.
+  auto [it, inserted] = prepared_.try_emplace(schema + "." + std::string(def.name) + "/" + op);
+  if (inserted) {
+    it->second = "evp_w" + std::to_string(prepared_.size());
+    const std::string table = tx.quote_name(schema) + "." + Quoted(def.name);
+    tx.conn().prepare(it->second, BuildSql(table, def, op));
+  }
+  return it->second;
+}
+
+void SetWriter::WriteGroup(pqxx::dbtransaction& tx, std::span<const Mutation> all,
+                           const std::vector<size_t>& indices, std::vector<ApplyResult>& out) {
+  const Mutation& first = all[indices.front()];
+  const TableDef& def = handlers::Definition(first.table);
+  const std::string schema = TenantSchemaName(tenant_prefix_, first.company_id);
+  // Rounds: the k-th mutation of each key goes to round k.
+  std::vector<std::vector<size_t>> rounds;
+  std::unordered_map<std::string, size_t> seen;
+  for (size_t i : indices) {
+    size_t r = seen[KeyOf(all[i], def.key_count)]++;
+    if (rounds.size() <= r) rounds.emplace_back();
+    rounds[r].push_back(i);
+  }
+  for (const auto& round : rounds) {
+    std::string upserts = "[";
+    std::string updates = "[";
+    std::map<std::string, size_t> upsert_by_key;
+    std::vector<size_t> update_indices;
+    for (size_t i : round) {
+      const Mutation& m = all[i];
+      if (m.kind == WriteKind::kUpsert) {
+        if (upserts.size() > 1) upserts += ',';
+        AppendRecord(upserts, i, m);
+        upsert_by_key[KeyOf(m, def.key_count)] = i;
+        out[i] = {ApplyOutcome::kStale, ""};
+      } else {
+        if (updates.size() > 1) updates += ',';
+        AppendRecord(updates, i, m);
+        update_indices.push_back(i);
+        out[i] = {ApplyOutcome::kStale, ""};
+      }
+    }
+    upserts += "]";
+    updates += "]";
+    if (!upsert_by_key.empty()) {
+      pqxx::result r = tx.exec_prepared(Prepare(tx, schema, def, 'u'), upserts);
+      for (const auto& row : r) {
+        std::string k;
+        for (size_t c = 0; c < def.key_count; ++c) {
+          k += row[static_cast<int>(c)].as<std::string>();
+          k += '\x1f';
+        }
+        if (auto it = upsert_by_key.find(k); it != upsert_by_key.end()) {
+          out[it->second] = {ApplyOutcome::kApplied, ""};
+        }
+      }
+    }
+    if (!update_indices.empty()) {
+      pqxx::result r = tx.exec_prepared(Prepare(tx, schema, def, 'p'), updates);
+      size_t applied = 0;
+      for (const auto& row : r) {
+        out[row[0].as<size_t>()] = {ApplyOutcome::kApplied, ""};
+        ++applied;
+      }
+      if (applied < update_indices.size()) {
+        pqxx::result missing = tx.exec_prepared(Prepare(tx, schema, def, 'x'), updates);
+        for (const auto& row : missing) {
+          const size_t i = row[0].as<size_t>();
+          out[i] = {ApplyOutcome::kNotYet, all[i].KeyText()};
+        }
+      }
+    }
+  }
+}
+
+std::vector<ApplyResult> SetWriter::Write(pqxx::dbtransaction& tx,
+                                          std::span<const Mutation> mutations) {
+  std::vector<ApplyResult> out(mutations.size());
+  // Groups by (tenant, table), in order of first appearance.
+  std::vector<std::vector<size_t>> groups;
+  std::map<std::pair<std::string, int>, size_t> group_of;
+  for (size_t i = 0; i < mutations.size(); ++i) {
+    auto key = std::make_pair(mutations[i].company_id, static_cast<int>(mutations[i].table));
+    auto [it, inserted] = group_of.try_emplace(key, groups.size());
+    if (inserted) groups.emplace_back();
+    groups[it->second].push_back(i);
+  }
+  for (const auto& g : groups) WriteGroup(tx, mutations, g, out);
+
+  // Onboarding of first inbound messages, per tenant: contacts created with the lowest
+  // version (any real contact event overrides them) and one log row per new contact.
+  std::map<std::string, std::string> onboard;  // tenant -> json array
+  for (size_t i = 0; i < mutations.size(); ++i) {
+    if (!mutations[i].onboarding) continue;
+    const auto& ob = *mutations[i].onboarding;
+    std::string& arr = onboard[mutations[i].company_id];
+    arr += arr.empty() ? "[" : ",";
+    arr +=
+        nlohmann::json{
+            {"agent_id", ob.agent_id},      {"phone_number", ob.phone_number},
+            {"chat_id", ob.chat_id},        {"message_id", ob.message_id},
+            {"origin", ob.origin},          {"tags", nlohmann::json::parse(ob.tags_json)},
+            {"assigned_to", ob.assigned_to}}
+            .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+  for (auto& [tenant, arr] : onboard) {
+    arr += "]";
+    const std::string s = tx.quote_name(TenantSchemaName(tenant_prefix_, tenant));
+    tx.exec_params(
+        "WITH r AS (SELECT DISTINCT ON (agent_id, phone_number) * FROM "
+        "jsonb_to_recordset($1::jsonb) "
+        "AS x(agent_id text, phone_number text, chat_id text, message_id text, origin text, "
+        "tags jsonb, assigned_to text)), created AS (INSERT INTO " +
+            s +
+            ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, assigned_to, "
+            "ver_ts, ver_src, ver_seq) SELECT agent_id, phone_number, $2, NULLIF(chat_id, ''), "
+            "origin, ARRAY(SELECT jsonb_array_elements_text(r.tags)), NULLIF(assigned_to, ''), 0, "
+            "0, 0 FROM r ON CONFLICT (agent_id, phone_number) DO NOTHING RETURNING agent_id, "
+            "phone_number) INSERT INTO " +
+            s +
+            ".onboarding_log (agent_id, phone_number, company_id, chat_id, message_id, origin, "
+            "tags) SELECT r.agent_id, r.phone_number, $2, NULLIF(r.chat_id, ''), r.message_id, "
+            "r.origin, ARRAY(SELECT jsonb_array_elements_text(r.tags)) FROM r JOIN created c "
+            "USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO NOTHING",
+        arr, tenant);
+  }
+  return out;
+}
+
+}  // namespace evp::postgres
