@@ -315,6 +315,8 @@ Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::span<const Muta
       Reset();
       return Err{err};
     }
+    observability::LogWarn("batch write failed; isolating the failing events",
+                           {{"error", err.message}, {"mutations", mutations.size()}});
   }
   // One mutation's error aborted the transaction while the database is still there: write
   // each mutation alone, so its neighbours still commit and only it fails.
