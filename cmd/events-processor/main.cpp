@@ -76,24 +76,29 @@ int main() {
                                        {"history_consumer", config.history_consumer},
                                        {"batch_size", config.batch_size}});
 
-  auto run = [&](pipeline::EventSource& src, pipeline::LoopHealth& health,
-                 pipeline::LoopOptions options) {
-    postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix);
+  std::thread realtime([&] {
+    postgres::PgWriterPool store(config, config.db_pool_size);
     nats::JetStreamDeadLetterSink dlq(conn);
     pipeline::SystemClock clock;
     pipeline::BatchProcessor processor(config, schemas.value(), store, dlq, store, clock, metrics);
-    pipeline::RunConsumerLoop(src, processor, store, metrics, options, stop, health);
-  };
-  std::thread realtime([&] {
-    run(*realtime_src, realtime_health,
-        {config.realtime_consumer, config.batch_size, config.batch_max_wait,
-         std::chrono::milliseconds(0), std::chrono::milliseconds(5000)});
+    pipeline::RunPipelinedLoop(*realtime_src, processor, store, metrics,
+                               {config.realtime_consumer, config.batch_size, config.batch_max_wait,
+                                std::chrono::milliseconds(0), std::chrono::milliseconds(5000)},
+                               stop, realtime_health);
   });
   std::thread history([&] {
     // History batches carry thousands of items each: fetch few, keep them alive while written.
-    run(*history_src, history_health,
-        {config.history_consumer, 4, config.batch_max_wait, config.history_ack_wait / 3,
-         std::chrono::milliseconds(5000)});
+    postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix);
+    nats::JetStreamDeadLetterSink dlq(conn);
+    pipeline::SystemClock clock;
+    Config history_config = config;
+    history_config.max_deliver = config.history_max_deliver;
+    pipeline::BatchProcessor processor(history_config, schemas.value(), store, dlq, store, clock,
+                                       metrics);
+    pipeline::RunConsumerLoop(*history_src, processor, store, metrics,
+                              {config.history_consumer, 4, config.batch_max_wait,
+                               config.history_ack_wait / 3, std::chrono::milliseconds(5000)},
+                              stop, history_health);
   });
   realtime.join();
   history.join();

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <sstream>
+#include <thread>
 
 #include "observability/logging.hpp"
 #include "routing/subject.hpp"
@@ -226,7 +227,14 @@ Result<Unit, std::string> NatsConnection::PublishAsyncComplete(std::chrono::mill
 int64_t NatsConnection::TakeAsyncErrors() { return async_errors_.exchange(0); }
 
 void NatsConnection::Drain(std::chrono::milliseconds timeout) {
-  if (conn_ != nullptr) natsConnection_DrainTimeout(conn_, timeout.count());
+  if (conn_ == nullptr) return;
+  // Draining runs in the background; wait for it to close the connection, so nothing of
+  // nats.c is still working when the connection is destroyed.
+  if (natsConnection_DrainTimeout(conn_, timeout.count()) != NATS_OK) return;
+  const auto deadline = std::chrono::steady_clock::now() + timeout + std::chrono::seconds(1);
+  while (!natsConnection_IsClosed(conn_) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -252,36 +260,35 @@ Result<std::unique_ptr<JetStreamSource>, std::string> JetStreamSource::Bind(
 }
 
 JetStreamSource::~JetStreamSource() {
-  DestroyPending();
+  // Unsettled messages are redelivered after AckWait.
+  for (auto& [token, msgs] : pending_) {
+    for (natsMsg* m : msgs) natsMsg_Destroy(m);
+  }
   if (sub_ != nullptr) natsSubscription_Destroy(sub_);
 }
 
-void JetStreamSource::DestroyPending() {
-  for (natsMsg* m : pending_) natsMsg_Destroy(m);
-  pending_.clear();
-}
-
-Result<std::vector<pipeline::InboundMessage>, std::string> JetStreamSource::Fetch(
-    int max, std::chrono::milliseconds wait) {
-  DestroyPending();
+Result<pipeline::FetchedBatch, std::string> JetStreamSource::Fetch(int max,
+                                                                   std::chrono::milliseconds wait) {
   natsMsgList list{};
   jsErrCode jerr = static_cast<jsErrCode>(0);
   natsStatus s = natsSubscription_Fetch(&list, sub_, max, wait.count(), &jerr);
-  std::vector<pipeline::InboundMessage> out;
+  pipeline::FetchedBatch batch;
+  std::vector<pipeline::InboundMessage>& out = batch.messages;
   if (s == NATS_TIMEOUT) {
     natsMsgList_Destroy(&list);
-    return out;
+    return batch;
   }
   if (s != NATS_OK) {
     natsMsgList_Destroy(&list);
     return Err{"fetch from " + spec_.durable + " failed: " + StatusText(s, jerr)};
   }
   out.reserve(static_cast<size_t>(list.Count));
-  pending_.reserve(static_cast<size_t>(list.Count));
+  std::vector<natsMsg*> owned;
+  owned.reserve(static_cast<size_t>(list.Count));
   for (int i = 0; i < list.Count; ++i) {
     natsMsg* m = list.Msgs[i];
     list.Msgs[i] = nullptr;  // ownership moves to pending_
-    pending_.push_back(m);
+    owned.push_back(m);
     pipeline::InboundMessage in;
     in.subject = natsMsg_GetSubject(m);
     const char* data = natsMsg_GetData(m);
@@ -309,27 +316,41 @@ Result<std::vector<pipeline::InboundMessage>, std::string> JetStreamSource::Fetc
     out.push_back(std::move(in));
   }
   natsMsgList_Destroy(&list);
-  return out;
+  std::lock_guard lock(mu_);
+  batch.token = next_token_++;
+  pending_[batch.token] = std::move(owned);
+  return batch;
 }
 
-void JetStreamSource::Settle(std::span<const pipeline::Decision> decisions) {
-  for (size_t i = 0; i < pending_.size() && i < decisions.size(); ++i) {
+void JetStreamSource::Settle(uint64_t token, std::span<const pipeline::Decision> decisions) {
+  std::vector<natsMsg*> msgs;
+  {
+    std::lock_guard lock(mu_);
+    auto it = pending_.find(token);
+    if (it == pending_.end()) return;
+    msgs = std::move(it->second);
+    pending_.erase(it);
+  }
+  for (size_t i = 0; i < msgs.size() && i < decisions.size(); ++i) {
     natsStatus s = NATS_OK;
     if (decisions[i].kind == pipeline::Decision::Kind::kAck) {
-      s = natsMsg_Ack(pending_[i], nullptr);
+      s = natsMsg_Ack(msgs[i], nullptr);
     } else {
-      s = natsMsg_NakWithDelay(pending_[i], decisions[i].delay.count(), nullptr);
+      s = natsMsg_NakWithDelay(msgs[i], decisions[i].delay.count(), nullptr);
     }
     if (s != NATS_OK) {
       // The message will be redelivered after AckWait; every write is idempotent.
       observability::LogWarn("ack/nak failed", {{"error", StatusText(s)}});
     }
   }
-  DestroyPending();
+  for (natsMsg* m : msgs) natsMsg_Destroy(m);
 }
 
-void JetStreamSource::InProgress() {
-  for (natsMsg* m : pending_) natsMsg_InProgress(m, nullptr);
+void JetStreamSource::InProgress(uint64_t token) {
+  std::lock_guard lock(mu_);
+  auto it = pending_.find(token);
+  if (it == pending_.end()) return;
+  for (natsMsg* m : it->second) natsMsg_InProgress(m, nullptr);
 }
 
 bool JetStreamSource::Connected() { return conn_->Connected(); }

@@ -4,7 +4,9 @@
 // Thread-safety: a NatsConnection may be shared (nats.c is thread-safe); a JetStreamSource
 // belongs to one consumer loop.
 #include <atomic>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -71,20 +73,21 @@ class JetStreamSource final : public pipeline::EventSource {
       std::shared_ptr<NatsConnection> conn, const ConsumerSpec& spec);
   ~JetStreamSource() override;
 
-  Result<std::vector<pipeline::InboundMessage>, std::string> Fetch(
-      int max, std::chrono::milliseconds wait) override;
-  void Settle(std::span<const pipeline::Decision> decisions) override;
-  void InProgress() override;
+  Result<pipeline::FetchedBatch, std::string> Fetch(int max,
+                                                    std::chrono::milliseconds wait) override;
+  void Settle(uint64_t token, std::span<const pipeline::Decision> decisions) override;
+  void InProgress(uint64_t token) override;
   bool Connected() override;
   bool Lag(uint64_t* pending, uint64_t* ack_pending) override;
 
  private:
   JetStreamSource() = default;
-  void DestroyPending();
   std::shared_ptr<NatsConnection> conn_;
   ConsumerSpec spec_;
   __natsSubscription* sub_ = nullptr;
-  std::vector<__natsMsg*> pending_;
+  std::mutex mu_;  // guards pending_ (InProgress comes from a heartbeat thread)
+  uint64_t next_token_ = 1;
+  std::map<uint64_t, std::vector<__natsMsg*>> pending_;
 };
 
 class JetStreamDeadLetterSink final : public pipeline::DeadLetterSink {

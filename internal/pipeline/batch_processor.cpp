@@ -29,19 +29,6 @@ std::chrono::steady_clock::time_point GraceTracker::FirstSeen(
   return it->second;
 }
 
-// Everything known about the batch while it is processed.
-struct BatchProcessor::Work {
-  struct Item {
-    size_t message;                     // index in the batch
-    std::optional<int64_t> item_index;  // history item index
-  };
-  std::vector<handlers::Mutation> mutations;
-  std::vector<Item> items;           // parallel to mutations
-  std::vector<EventType> types;      // per message (valid when routed)
-  std::vector<std::string> tenants;  // per message
-  std::vector<bool> done;            // decision already final (dead-lettered, skipped)
-};
-
 BatchProcessor::BatchProcessor(const Config& config, const validation::SchemaRegistry& schemas,
                                EventStore& store, DeadLetterSink& dlq, ExhaustedStore& exhausted,
                                Clock& clock, observability::Metrics& metrics, uint64_t seed)
@@ -56,6 +43,7 @@ BatchProcessor::BatchProcessor(const Config& config, const validation::SchemaReg
       grace_(config.ordering_grace * 4 + std::chrono::minutes(1)) {}
 
 milliseconds BatchProcessor::NakDelay(uint64_t delivered) {
+  std::lock_guard lock(rng_mu_);  // Prepare and Complete may run at once
   return BackoffDelay(config_.nak_base_delay, config_.nak_max_delay,
                       static_cast<int>(std::min<uint64_t>(delivered, 30)), rng_);
 }
@@ -85,7 +73,8 @@ bool BatchProcessor::SendDeadLetter(DeadLetter letter) {
 }
 
 void BatchProcessor::DeadLetterMessage(const InboundMessage& msg, const std::string& company_id,
-                                       const Failure& failure, ErrorClass cls, Decision& decision) {
+                                       const Failure& failure, ErrorClass cls, Decision& decision,
+                                       BatchStats& stats) {
   DeadLetter dl;
   dl.original = msg.data;
   dl.source_subject = msg.subject;
@@ -106,17 +95,23 @@ void BatchProcessor::DeadLetterMessage(const InboundMessage& msg, const std::str
                                   {"reason", dl.reason}});
   if (SendDeadLetter(std::move(dl))) {
     decision = Decision::Ack();
-    ++stats_.dead_lettered;
+    ++stats.dead_lettered;
   } else {
     decision = Decision::Nak(NakDelay(msg.delivered));
-    ++stats_.retried;
+    ++stats.retried;
   }
 }
 
 std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> batch) {
-  stats_ = BatchStats{};
-  std::vector<Decision> decisions(batch.size(), Decision::Ack());
-  Work work;
+  auto prepared = Prepare(batch);
+  return Complete(batch, *prepared);
+}
+
+std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMessage> batch) {
+  auto owned = std::make_unique<PreparedBatch>();
+  PreparedBatch& work = *owned;
+  work.decisions.assign(batch.size(), Decision::Ack());
+  std::vector<Decision>& decisions = work.decisions;
   work.types.resize(batch.size(), EventType::kChatsUpsert);
   work.tenants.resize(batch.size());
   work.done.assign(batch.size(), false);
@@ -130,7 +125,7 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
     if (!route.ok()) {
       work.done[i] = true;
       DeadLetterMessage(msg, route.error().raw_tenant, route.error().failure, ErrorClass::kFatal,
-                        decisions[i]);
+                        decisions[i], work.stats);
       metrics_.CountEvent("unknown", EventOutcome::kDeadLettered, route.error().raw_tenant);
       continue;
     }
@@ -141,7 +136,7 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
     const std::string_view type_name = EventTypeName(type);
     auto fail = [&](Failure f) {
       work.done[i] = true;
-      DeadLetterMessage(msg, company, f, ErrorClass::kFatal, decisions[i]);
+      DeadLetterMessage(msg, company, f, ErrorClass::kFatal, decisions[i], work.stats);
       metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
     };
     if (!config_.AllowsTenant(company)) {
@@ -208,7 +203,7 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
         if (!SendDeadLetter(std::move(dl))) {
           decisions[i] = Decision::Nak(NakDelay(msg.delivered));
         } else {
-          ++stats_.dead_lettered;
+          ++work.stats.dead_lettered;
         }
         metrics_.CountEvent(EventTypeName(item_type), EventOutcome::kDeadLettered, company);
         continue;
@@ -219,7 +214,12 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
       work.items.push_back({i, static_cast<int64_t>(j)});
     }
   }
+  return owned;
+}
 
+std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> batch,
+                                               PreparedBatch& work) {
+  std::vector<Decision>& decisions = work.decisions;
   // 2. Make sure every tenant of the batch has its schema (cached after the first time).
   std::set<std::string> tenants;
   for (const auto& m : work.mutations) tenants.insert(m.company_id);
@@ -237,18 +237,19 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
       for (size_t i = 0; i < batch.size(); ++i) {
         if (work.done[i] || work.tenants[i] != t) continue;
         work.done[i] = true;
-        DeadLetterMessage(batch[i], t, {code, r.error().message}, ErrorClass::kFatal, decisions[i]);
+        DeadLetterMessage(batch[i], t, {code, r.error().message}, ErrorClass::kFatal, decisions[i],
+                          work.stats);
         metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kDeadLettered, t);
       }
     } else {
-      stats_.last_error = r.error().message;
+      work.stats.last_error = r.error().message;
       metrics_.CountDbError("transient");
-      stats_.store_unavailable = true;
+      work.stats.store_unavailable = true;
       for (size_t i = 0; i < batch.size(); ++i) {
         if (work.done[i] || work.tenants[i] != t) continue;
         work.done[i] = true;
         decisions[i] = Decision::Nak(NakDelay(batch[i].delivered));
-        ++stats_.retried;
+        ++work.stats.retried;
         metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kTransientRetried, t);
       }
     }
@@ -261,15 +262,15 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
     to_apply.push_back(std::move(work.mutations[k]));
     origin.push_back(k);
   }
-  if (to_apply.empty()) return decisions;
+  if (to_apply.empty()) return Finish(work);
 
   // 3. One write for the whole batch.
   auto applied = store_.Apply(to_apply);
   if (!applied.ok()) {
     const bool transient = applied.error().kind != StoreErrorKind::kFatal;
-    stats_.last_error = applied.error().message;
+    work.stats.last_error = applied.error().message;
     metrics_.CountDbError(transient ? "transient" : "fatal");
-    stats_.store_unavailable = stats_.store_unavailable || transient;
+    work.stats.store_unavailable = work.stats.store_unavailable || transient;
     LogWarn("batch write failed; messages will be redelivered",
             {{"error", applied.error().message}, {"messages", batch.size()}});
     std::set<size_t> seen;
@@ -282,17 +283,17 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
             msg, work.tenants[i],
             {ReasonCode::kRetriesExhausted,
              "failed " + std::to_string(msg.delivered) + " deliveries: " + applied.error().message},
-            ErrorClass::kRetryable, decisions[i]);
+            ErrorClass::kRetryable, decisions[i], work.stats);
         metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kDeadLettered,
                             work.tenants[i]);
       } else {
         decisions[i] = Decision::Nak(NakDelay(msg.delivered));
-        ++stats_.retried;
+        ++work.stats.retried;
         metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kTransientRetried,
                             work.tenants[i]);
       }
     }
-    return decisions;
+    return Finish(work);
   }
 
   // 4. Per message: fold the results of its mutations into one decision.
@@ -300,7 +301,7 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
   const auto now = clock_.Now();
   std::vector<std::optional<ApplyResult>> per_message(batch.size());
   for (size_t n = 0; n < origin.size(); ++n) {
-    const Work::Item& item = work.items[origin[n]];
+    const PreparedBatch::Item& item = work.items[origin[n]];
     const ApplyResult& r = applied.value()[n];
     const InboundMessage& msg = batch[item.message];
     const std::string& company = work.tenants[item.message];
@@ -356,7 +357,7 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
         const bool applied_now = per_message[i]->outcome == ApplyOutcome::kApplied;
         metrics_.CountEvent(type_name, applied_now ? EventOutcome::kApplied : EventOutcome::kStale,
                             company);
-        applied_now ? ++stats_.applied : ++stats_.stale;
+        applied_now ? ++work.stats.applied : ++work.stats.stale;
         if (msg.publish_time_ns > 0) {
           metrics_.end_to_end_latency().Observe(
               static_cast<double>(commit_ms - msg.publish_time_ns / 1'000'000) / 1000.0);
@@ -367,22 +368,22 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
       }
       case ApplyOutcome::kFatal:
         DeadLetterMessage(msg, company, {ReasonCode::kConstraintViolation, per_message[i]->message},
-                          ErrorClass::kFatal, decisions[i]);
+                          ErrorClass::kFatal, decisions[i], work.stats);
         metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         break;
       case ApplyOutcome::kRetry:
-        stats_.last_error = per_message[i]->message;
+        work.stats.last_error = per_message[i]->message;
         metrics_.CountDbError("transient");
         if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
           DeadLetterMessage(
               msg, company,
               {ReasonCode::kRetriesExhausted, "failed " + std::to_string(msg.delivered) +
                                                   " deliveries: " + per_message[i]->message},
-              ErrorClass::kRetryable, decisions[i]);
+              ErrorClass::kRetryable, decisions[i], work.stats);
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else {
           decisions[i] = Decision::Nak(NakDelay(msg.delivered));
-          ++stats_.retried;
+          ++work.stats.retried;
           metrics_.CountEvent(type_name, EventOutcome::kTransientRetried, company);
         }
         break;
@@ -395,7 +396,7 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
                             {ReasonCode::kNotFoundAfterGrace,
                              std::string(type_name) + " target row (" + per_message[i]->message +
                                  ") still missing after " + std::to_string(waited.count()) + " ms"},
-                            ErrorClass::kFatal, decisions[i]);
+                            ErrorClass::kFatal, decisions[i], work.stats);
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
           // Out of deliveries but still inside the grace: the DLQ worker retries it later.
@@ -404,21 +405,26 @@ std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> ba
                             {ReasonCode::kRetriesExhausted,
                              "target row (" + per_message[i]->message + ") missing after " +
                                  std::to_string(msg.delivered) + " deliveries"},
-                            ErrorClass::kRetryable, decisions[i]);
+                            ErrorClass::kRetryable, decisions[i], work.stats);
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else {
           const milliseconds remaining = config_.ordering_grace - waited;
           milliseconds delay = std::min(NakDelay(msg.delivered), remaining);
           delay = std::max(delay, milliseconds(50));
           decisions[i] = Decision::Nak(delay);
-          ++stats_.retried;
+          ++work.stats.retried;
           metrics_.CountEvent(type_name, EventOutcome::kNotYetRetried, company);
         }
         break;
       }
     }
   }
-  return decisions;
+  return Finish(work);
+}
+
+std::vector<Decision> BatchProcessor::Finish(PreparedBatch& work) {
+  stats_ = work.stats;
+  return std::move(work.decisions);
 }
 
 }  // namespace evp::pipeline

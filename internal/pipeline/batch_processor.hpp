@@ -6,6 +6,9 @@
 // ORDERING_GRACE. Untrusted input never throws through here. Not thread-safe: one instance
 // per consumer loop.
 #include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
@@ -43,6 +46,21 @@ struct BatchStats {
   std::string last_error;          // text of the last transient database error
 };
 
+// One batch between its two phases: what Prepare learned, for Complete.
+struct PreparedBatch {
+  struct Item {
+    size_t message;                     // index in the batch
+    std::optional<int64_t> item_index;  // history item index
+  };
+  std::vector<handlers::Mutation> mutations;
+  std::vector<Item> items;           // parallel to mutations
+  std::vector<EventType> types;      // per message (valid when routed)
+  std::vector<std::string> tenants;  // per message
+  std::vector<bool> done;            // decision already final (dead-lettered, skipped)
+  std::vector<Decision> decisions;
+  BatchStats stats;
+};
+
 class BatchProcessor final : public BatchHandler {
  public:
   BatchProcessor(const Config& config, const validation::SchemaRegistry& schemas, EventStore& store,
@@ -51,13 +69,21 @@ class BatchProcessor final : public BatchHandler {
 
   // Decides every message of the batch; decisions[i] belongs to batch[i].
   std::vector<Decision> Process(std::span<const InboundMessage> batch) override;
+
+  // The two phases of Process, so a loop can prepare the next batch while this one is
+  // written. Prepare decodes, validates and dead-letters bad events without touching the
+  // database; Complete creates tenant schemas, writes, and decides the rest. Complete calls
+  // must come in batch order; one Prepare may run concurrently with one Complete.
+  std::unique_ptr<PreparedBatch> Prepare(std::span<const InboundMessage> batch);
+  std::vector<Decision> Complete(std::span<const InboundMessage> batch, PreparedBatch& prepared);
   bool StoreUnavailable() const override { return stats_.store_unavailable; }
   const BatchStats& last_stats() const { return stats_; }
 
  private:
-  struct Work;
   void DeadLetterMessage(const InboundMessage& msg, const std::string& company_id,
-                         const Failure& failure, ErrorClass cls, Decision& decision);
+                         const Failure& failure, ErrorClass cls, Decision& decision,
+                         BatchStats& stats);
+  std::vector<Decision> Finish(PreparedBatch& work);
   bool SendDeadLetter(DeadLetter letter);
   std::chrono::milliseconds NakDelay(uint64_t delivered);
 
@@ -68,6 +94,7 @@ class BatchProcessor final : public BatchHandler {
   ExhaustedStore& exhausted_;
   Clock& clock_;
   observability::Metrics& metrics_;
+  std::mutex rng_mu_;
   std::mt19937_64 rng_;
   GraceTracker grace_;
   BatchStats stats_;

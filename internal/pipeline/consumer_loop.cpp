@@ -1,7 +1,9 @@
 #include "pipeline/consumer_loop.hpp"
 
 #include <condition_variable>
+#include <future>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "observability/logging.hpp"
@@ -25,11 +27,11 @@ namespace {
 // Sends in-progress acks for the current batch until destroyed.
 class Heartbeat {
  public:
-  Heartbeat(EventSource& source, milliseconds interval) : source_(source) {
+  Heartbeat(EventSource& source, uint64_t token, milliseconds interval) : source_(source) {
     if (interval.count() <= 0) return;
-    thread_ = std::thread([this, interval] {
+    thread_ = std::thread([this, token, interval] {
       std::unique_lock lock(mu_);
-      while (!cv_.wait_for(lock, interval, [this] { return done_; })) source_.InProgress();
+      while (!cv_.wait_for(lock, interval, [this] { return done_; })) source_.InProgress(token);
     });
   }
   ~Heartbeat() {
@@ -49,7 +51,95 @@ class Heartbeat {
   std::thread thread_;
 };
 
+void UpdateLag(EventSource& source, const LoopOptions& options, steady_clock::time_point& next,
+               prometheus::Gauge& pending_gauge, prometheus::Gauge& ack_pending_gauge) {
+  if (steady_clock::now() < next) return;
+  uint64_t pending = 0;
+  uint64_t ack_pending = 0;
+  if (source.Lag(&pending, &ack_pending)) {
+    pending_gauge.Set(static_cast<double>(pending));
+    ack_pending_gauge.Set(static_cast<double>(ack_pending));
+  }
+  next = steady_clock::now() + options.lag_interval;
+}
+
+// Waits while the database is unreachable; false when stopped meanwhile.
+bool WaitForStore(EventStore& store, const std::atomic<bool>& stop, LoopHealth& health,
+                  const LoopOptions& options) {
+  while (!health.store_ok.load()) {
+    if (stop.load()) return false;
+    if (store.Ping()) {
+      health.store_ok = true;
+      observability::LogInfo("database reachable again; resuming", {{"consumer", options.name}});
+      return true;
+    }
+    SleepUnlessStopped(milliseconds(500), stop);
+  }
+  return true;
+}
+
 }  // namespace
+
+void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore& store,
+                      observability::Metrics& metrics, const LoopOptions& options,
+                      const std::atomic<bool>& stop, LoopHealth& health) {
+  // While batch N is written (writer thread), batch N+1 is fetched and prepared here.
+  struct InFlight {
+    FetchedBatch batch;
+    std::unique_ptr<PreparedBatch> prepared;
+    steady_clock::time_point started;
+  };
+  health.running = true;
+  auto next_lag = steady_clock::now();
+  auto& pending_gauge = metrics.ConsumerPending(options.name);
+  auto& ack_pending_gauge = metrics.ConsumerAckPending(options.name);
+  std::optional<InFlight> writing;
+  std::future<std::vector<Decision>> written;
+  auto settle = [&] {
+    if (!writing) return;
+    std::vector<Decision> decisions = written.get();
+    source.Settle(writing->batch.token, decisions);
+    metrics.batch_size().Observe(static_cast<double>(writing->batch.messages.size()));
+    metrics.batch_duration().Observe(
+        std::chrono::duration<double>(steady_clock::now() - writing->started).count());
+    writing.reset();
+    if (processor.StoreUnavailable()) {
+      health.store_ok = false;
+      observability::LogWarn("database unavailable; pausing fetches", {{"consumer", options.name}});
+    }
+  };
+  while (!stop.load()) {
+    if (!health.store_ok.load()) {
+      settle();
+      if (!WaitForStore(store, stop, health, options)) break;
+      continue;
+    }
+    UpdateLag(source, options, next_lag, pending_gauge, ack_pending_gauge);
+    auto fetched = source.Fetch(options.batch_size, options.max_wait);
+    if (!fetched.ok()) {
+      health.source_ok = false;
+      observability::LogWarn("fetch failed",
+                             {{"consumer", options.name}, {"error", fetched.error()}});
+      settle();
+      SleepUnlessStopped(milliseconds(500), stop);
+      continue;
+    }
+    health.source_ok = true;
+    if (fetched->messages.empty()) {
+      settle();
+      continue;
+    }
+    InFlight next{std::move(fetched.value()), nullptr, steady_clock::now()};
+    next.prepared = processor.Prepare(next.batch.messages);
+    settle();  // the previous batch must be written before this one starts
+    writing = std::move(next);
+    written = std::async(std::launch::async, [&processor, w = &*writing] {
+      return processor.Complete(w->batch.messages, *w->prepared);
+    });
+  }
+  settle();
+  health.running = false;
+}
 
 void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& store,
                      observability::Metrics& metrics, const LoopOptions& options,
@@ -59,25 +149,9 @@ void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& s
   auto& pending_gauge = metrics.ConsumerPending(options.name);
   auto& ack_pending_gauge = metrics.ConsumerAckPending(options.name);
   while (!stop.load()) {
-    if (!health.store_ok.load()) {
-      // Backpressure: fetch nothing until the database answers.
-      if (store.Ping()) {
-        health.store_ok = true;
-        observability::LogInfo("database reachable again; resuming", {{"consumer", options.name}});
-      } else {
-        SleepUnlessStopped(milliseconds(500), stop);
-        continue;
-      }
-    }
-    if (steady_clock::now() >= next_lag) {
-      uint64_t pending = 0;
-      uint64_t ack_pending = 0;
-      if (source.Lag(&pending, &ack_pending)) {
-        pending_gauge.Set(static_cast<double>(pending));
-        ack_pending_gauge.Set(static_cast<double>(ack_pending));
-      }
-      next_lag = steady_clock::now() + options.lag_interval;
-    }
+    // Backpressure: fetch nothing until the database answers.
+    if (!WaitForStore(store, stop, health, options)) break;
+    UpdateLag(source, options, next_lag, pending_gauge, ack_pending_gauge);
     auto fetched = source.Fetch(options.batch_size, options.max_wait);
     if (!fetched.ok()) {
       health.source_ok = false;
@@ -87,15 +161,15 @@ void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& s
       continue;
     }
     health.source_ok = true;
-    if (fetched->empty()) continue;
+    if (fetched->messages.empty()) continue;
     const auto started = steady_clock::now();
     std::vector<Decision> decisions;
     {
-      Heartbeat heartbeat(source, options.heartbeat);
-      decisions = processor.Process(fetched.value());
+      Heartbeat heartbeat(source, fetched->token, options.heartbeat);
+      decisions = processor.Process(fetched->messages);
     }
-    source.Settle(decisions);
-    metrics.batch_size().Observe(static_cast<double>(fetched->size()));
+    source.Settle(fetched->token, decisions);
+    metrics.batch_size().Observe(static_cast<double>(fetched->messages.size()));
     metrics.batch_duration().Observe(
         std::chrono::duration<double>(steady_clock::now() - started).count());
     if (processor.StoreUnavailable()) {

@@ -33,6 +33,12 @@ void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& s
                      observability::Metrics& metrics, const LoopOptions& options,
                      const std::atomic<bool>& stop, LoopHealth& health);
 
+// As RunConsumerLoop, but overlaps the fetch and preparation of the next batch with the
+// write of the current one (Complete calls stay in batch order).
+void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore& store,
+                      observability::Metrics& metrics, const LoopOptions& options,
+                      const std::atomic<bool>& stop, LoopHealth& health);
+
 // Sleeps up to d, waking early when stop becomes true.
 void SleepUnlessStopped(std::chrono::milliseconds d, const std::atomic<bool>& stop);
 

@@ -109,18 +109,24 @@ class SystemClock final : public Clock {
 
 namespace evp::pipeline {
 
-// A durable pull consumer. Not thread-safe: one per consumer loop.
+// A durable pull consumer. Several fetched batches may be outstanding at once (the loop
+// prepares the next batch while the previous one is written); each is settled by its token.
+// Not thread-safe: one per consumer loop.
+struct FetchedBatch {
+  std::vector<InboundMessage> messages;
+  uint64_t token = 0;
+};
+
 class EventSource {
  public:
   virtual ~EventSource() = default;
-  // Up to max messages, waiting at most `wait`; an empty vector when none arrived. An error
+  // Up to max messages, waiting at most `wait`; no messages when none arrived. An error
   // means the connection or consumer is unusable right now (retry later).
-  virtual Result<std::vector<InboundMessage>, std::string> Fetch(
-      int max, std::chrono::milliseconds wait) = 0;
-  // Acks or NAKs the messages of the last fetch; decisions[i] belongs to message i.
-  virtual void Settle(std::span<const Decision> decisions) = 0;
-  // Tells JetStream the last fetch is still being worked on (extends AckWait).
-  virtual void InProgress() = 0;
+  virtual Result<FetchedBatch, std::string> Fetch(int max, std::chrono::milliseconds wait) = 0;
+  // Acks or NAKs the messages of one fetch; decisions[i] belongs to message i.
+  virtual void Settle(uint64_t token, std::span<const Decision> decisions) = 0;
+  // Tells JetStream the batch is still being worked on (extends AckWait). Thread-safe.
+  virtual void InProgress(uint64_t token) = 0;
   virtual bool Connected() = 0;
   // Consumer lag figures for metrics; false when unavailable.
   virtual bool Lag(uint64_t* pending, uint64_t* ack_pending) = 0;

@@ -1,9 +1,11 @@
 #include "postgres/pg_store.hpp"
 
 #include <algorithm>
+#include <future>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
+#include <unordered_map>
 
 #include "core/embedded.hpp"
 #include "core/text.hpp"
@@ -119,7 +121,16 @@ Result<Unit, std::string> MigrateOps(const std::string& dsn, const std::string& 
 }
 
 struct PgStore::Connection {
-  explicit Connection(const std::string& dsn) : conn(dsn) {}
+  explicit Connection(const std::string& dsn) : conn(dsn) {
+    // Prepared batch statements run with few rows per tenant: plan them once instead of
+    // re-planning the first executions of every tenant's statements.
+    // jsonb_to_recordset is always estimated at 100 rows, which makes the planner hash-join
+    // whole tenant tables; the batches join a few rows by primary key: use the indexes.
+    pqxx::nontransaction tx(conn);
+    tx.exec0("SET plan_cache_mode = force_generic_plan");
+    tx.exec0("SET enable_hashjoin = off");
+    tx.exec0("SET enable_mergejoin = off");
+  }
   pqxx::connection conn;
 };
 
@@ -145,6 +156,7 @@ void PgStore::Reset() {
 }
 
 bool PgStore::Ping() {
+  std::lock_guard lock(mu_);
   try {
     pqxx::nontransaction tx(Conn().conn);
     tx.exec1("SELECT 1");
@@ -156,6 +168,7 @@ bool PgStore::Ping() {
 }
 
 Result<Unit, StoreError> PgStore::EnsureTenant(const std::string& company_id) {
+  std::lock_guard lock(mu_);
   if (known_tenants_.count(company_id)) return Unit{};
   if (routing::TenantIdError(company_id)) {
     // Never reached from the pipeline (ids are validated first); guards every other caller.
@@ -302,6 +315,7 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
 }  // namespace
 
 Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::span<const Mutation> mutations) {
+  std::lock_guard lock(mu_);
   // Fast path: the whole batch in one transaction, set-based.
   try {
     pqxx::work tx(Conn().conn);
@@ -356,6 +370,7 @@ bool PgStore::LostConnection() {
 
 Result<bool, StoreError> PgStore::RecordExhausted(const DeadLetter& dl,
                                                   const std::string& final_reason) {
+  std::lock_guard lock(mu_);
   try {
     pqxx::work tx(Conn().conn);
     const std::string ops = tx.quote_name(ops_schema_);
@@ -376,6 +391,63 @@ Result<bool, StoreError> PgStore::RecordExhausted(const DeadLetter& dl,
     Reset();
     return Err{err};
   }
+}
+
+PgWriterPool::PgWriterPool(const Config& config, int size) {
+  for (int i = 0; i < std::max(1, size); ++i) {
+    stores_.push_back(std::make_unique<PgStore>(config.postgres_dsn, config.ops_schema,
+                                                config.tenant_schema_prefix));
+  }
+}
+
+Result<Unit, StoreError> PgWriterPool::EnsureTenant(const std::string& company_id) {
+  return stores_.front()->EnsureTenant(company_id);
+}
+
+bool PgWriterPool::Ping() { return stores_.front()->Ping(); }
+
+Result<bool, StoreError> PgWriterPool::RecordExhausted(const DeadLetter& letter,
+                                                       const std::string& final_reason) {
+  return stores_.back()->RecordExhausted(letter, final_reason);
+}
+
+Result<std::vector<ApplyResult>, StoreError> PgWriterPool::Apply(
+    std::span<const Mutation> mutations) {
+  const size_t n = stores_.size();
+  if (n == 1) return stores_.front()->Apply(mutations);
+  // Tenant -> connection, stable within the batch: all of a tenant's events in one
+  // transaction. Tenants are dealt round-robin in order of appearance to balance the load.
+  std::vector<std::vector<size_t>> parts(n);
+  std::unordered_map<std::string, size_t> part_of;
+  for (size_t i = 0; i < mutations.size(); ++i) {
+    auto [it, inserted] = part_of.try_emplace(mutations[i].company_id, part_of.size() % n);
+    parts[it->second].push_back(i);
+  }
+  std::vector<std::vector<Mutation>> inputs(n);
+  for (size_t p = 0; p < n; ++p) {
+    inputs[p].reserve(parts[p].size());
+    for (size_t i : parts[p]) inputs[p].push_back(mutations[i]);
+  }
+  std::vector<std::future<Result<std::vector<ApplyResult>, StoreError>>> futures;
+  for (size_t p = 1; p < n; ++p) {
+    if (inputs[p].empty()) continue;
+    futures.push_back(std::async(std::launch::async,
+                                 [this, p, &inputs] { return stores_[p]->Apply(inputs[p]); }));
+  }
+  std::vector<Result<std::vector<ApplyResult>, StoreError>> results;
+  results.push_back(inputs[0].empty()
+                        ? Result<std::vector<ApplyResult>, StoreError>(std::vector<ApplyResult>{})
+                        : stores_[0]->Apply(inputs[0]));
+  for (auto& f : futures) results.push_back(f.get());
+  std::vector<ApplyResult> merged(mutations.size());
+  size_t r = 0;
+  for (size_t p = 0; p < n; ++p) {
+    if (p > 0 && inputs[p].empty()) continue;
+    if (!results[r].ok()) return Err{results[r].error()};
+    for (size_t k = 0; k < parts[p].size(); ++k) merged[parts[p][k]] = results[r].value()[k];
+    ++r;
+  }
+  return merged;
 }
 
 }  // namespace evp::postgres

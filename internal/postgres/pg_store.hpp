@@ -1,8 +1,8 @@
 #pragma once
 // PostgreSQL adapter: tenant schemas and migrations, row writes with version guards, and the
 // exhausted-events store. The only files with pqxx in them are in this folder.
-// Thread-safety: one PgStore per thread (it owns one connection); the connection is
-// re-opened after a failure on the next call.
+// Thread-safety: calls are serialised on the store's one connection (re-opened after a
+// failure on the next call); PgWriterPool spreads a batch over several stores.
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -44,9 +44,28 @@ class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedSto
   std::string dsn_;
   std::string ops_schema_;
   std::string tenant_prefix_;
+  std::mutex mu_;  // one connection: calls from the prepare and write phases take turns
   std::unique_ptr<Connection> conn_;
   SetWriter writer_;
   std::set<std::string> known_tenants_;
+};
+
+// DB_POOL_SIZE stores writing one batch in parallel: tenants are spread over the
+// connections (a tenant's events always share one transaction), so PostgreSQL can use
+// more than one core. Thread-safe.
+class PgWriterPool final : public pipeline::EventStore, public pipeline::ExhaustedStore {
+ public:
+  PgWriterPool(const Config& config, int size);
+
+  Result<Unit, pipeline::StoreError> EnsureTenant(const std::string& company_id) override;
+  Result<std::vector<pipeline::ApplyResult>, pipeline::StoreError> Apply(
+      std::span<const handlers::Mutation> mutations) override;
+  bool Ping() override;
+  Result<bool, pipeline::StoreError> RecordExhausted(const DeadLetter& letter,
+                                                     const std::string& final_reason) override;
+
+ private:
+  std::vector<std::unique_ptr<PgStore>> stores_;
 };
 
 }  // namespace evp::postgres

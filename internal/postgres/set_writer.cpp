@@ -253,24 +253,29 @@ std::vector<ApplyResult> SetWriter::Write(pqxx::dbtransaction& tx,
   }
   for (auto& [tenant, arr] : onboard) {
     arr += "]";
-    const std::string s = tx.quote_name(TenantSchemaName(tenant_prefix_, tenant));
-    tx.exec_params(
-        "WITH r AS (SELECT DISTINCT ON (agent_id, phone_number) * FROM "
-        "jsonb_to_recordset($1::jsonb) "
-        "AS x(agent_id text, phone_number text, chat_id text, message_id text, origin text, "
-        "tags jsonb, assigned_to text)), created AS (INSERT INTO " +
-            s +
-            ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, assigned_to, "
-            "ver_ts, ver_src, ver_seq) SELECT agent_id, phone_number, $2, NULLIF(chat_id, ''), "
-            "origin, ARRAY(SELECT jsonb_array_elements_text(r.tags)), NULLIF(assigned_to, ''), 0, "
-            "0, 0 FROM r ON CONFLICT (agent_id, phone_number) DO NOTHING RETURNING agent_id, "
-            "phone_number) INSERT INTO " +
-            s +
-            ".onboarding_log (agent_id, phone_number, company_id, chat_id, message_id, origin, "
-            "tags) SELECT r.agent_id, r.phone_number, $2, NULLIF(r.chat_id, ''), r.message_id, "
-            "r.origin, ARRAY(SELECT jsonb_array_elements_text(r.tags)) FROM r JOIN created c "
-            "USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO NOTHING",
-        arr, tenant);
+    const std::string schema = TenantSchemaName(tenant_prefix_, tenant);
+    auto [it, inserted] = prepared_.try_emplace(schema + "/onboarding");
+    if (inserted) {
+      it->second = "evp_w" + std::to_string(prepared_.size());
+      const std::string s = tx.quote_name(schema);
+      tx.conn().prepare(
+          it->second,
+          "WITH r AS (SELECT DISTINCT ON (agent_id, phone_number) * FROM "
+          "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, chat_id text, "
+          "message_id text, origin text, tags jsonb, assigned_to text)), created AS (INSERT INTO " +
+              s +
+              ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, "
+              "assigned_to, ver_ts, ver_src, ver_seq) SELECT agent_id, phone_number, $2, "
+              "NULLIF(chat_id, ''), origin, ARRAY(SELECT jsonb_array_elements_text(r.tags)), "
+              "NULLIF(assigned_to, ''), 0, 0, 0 FROM r ON CONFLICT (agent_id, phone_number) DO "
+              "NOTHING RETURNING agent_id, phone_number) INSERT INTO " +
+              s +
+              ".onboarding_log (agent_id, phone_number, company_id, chat_id, message_id, origin, "
+              "tags) SELECT r.agent_id, r.phone_number, $2, NULLIF(r.chat_id, ''), r.message_id, "
+              "r.origin, ARRAY(SELECT jsonb_array_elements_text(r.tags)) FROM r JOIN created c "
+              "USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO NOTHING");
+    }
+    tx.exec_prepared(it->second, arr, tenant);
   }
   return out;
 }
