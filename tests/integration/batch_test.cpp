@@ -1,0 +1,159 @@
+// Batched writes on real servers: big history imports, poison isolation inside one batch,
+// several events for one key in one batch, and idempotent re-sends.
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <nlohmann/json.hpp>
+
+#include "integration/stack.hpp"
+
+namespace evp::testing {
+namespace {
+
+using nlohmann::json;
+using Env = std::map<std::string, std::string>;
+
+int64_t Now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+json Message(const std::string& id, const std::string& text = "hi") {
+  return json{
+      {"message_id", id}, {"chat_id", "c"}, {"jid", "j"}, {"flow", "OUT"}, {"message_text", text}};
+}
+
+TEST(Batch, HistoryBatchOfFiveThousandItemsLandsCompletely) {
+  Stack stack;
+  const std::string t = UniqueName("bulk");
+  json items = json::array();
+  for (int i = 0; i < 5000; ++i) items.push_back(Message("h" + std::to_string(i), "imported"));
+  const std::string body = json{{"messages", items}}.dump();
+  ASSERT_LT(body.size(), 921600u);
+  ASSERT_TRUE(stack.Publish("v1.history.messages." + t, body).ok);
+  EXPECT_TRUE(stack.WaitCount("SELECT count(*) FROM tenant_" + t + ".messages", 5000,
+                              std::chrono::seconds(60)));
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events"), 0);
+  // History messages never onboard contacts.
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM tenant_" + t + ".onboarding_log"), 0);
+}
+
+TEST(Batch, OnePoisonEventAmongNineHundredNinetyNineValidOnesIsIsolated) {
+  // The processor starts after the events are queued, so they arrive in one batch.
+  const std::string t = UniqueName("poison");
+  const std::string s = "tenant_" + t;
+  {
+    Stack seed;
+    ASSERT_TRUE(seed.Publish("v1.messages.upsert." + t, Message("seed").dump()).ok);
+    ASSERT_TRUE(seed.WaitCount("SELECT count(*) FROM " + s + ".messages", 1));
+    Exec(seed.Dsn(), "ALTER TABLE " + s +
+                         ".messages ADD CONSTRAINT no_poison CHECK (message_text <> 'poison')");
+    // Stop consuming: publish the batch while no processor runs.
+    seed.Processor().Signal(SIGTERM);
+    ASSERT_TRUE(seed.Processor().Wait(std::chrono::seconds(30)).has_value());
+    for (int i = 0; i < 1000; ++i) {
+      const std::string text = i == 500 ? "poison" : "fine";
+      ASSERT_TRUE(
+          seed.Publish("v1.messages.upsert." + t, Message("p" + std::to_string(i), text).dump())
+              .ok);
+    }
+    // A fresh processor on the same servers drains them.
+    ChildProcess processor(BinaryPath("events-processor"), {}, [&] {
+      auto env = seed.Env();
+      env["HTTP_PORT"] = std::to_string(FreeTcpPort());
+      env["BATCH_SIZE"] = "1000";
+      env["BATCH_MAX_WAIT"] = "1s";
+      return env;
+    }());
+    EXPECT_TRUE(
+        seed.WaitCount("SELECT count(*) FROM " + s + ".messages", 1000, std::chrono::seconds(60)))
+        << processor.Log();
+    EXPECT_TRUE(
+        seed.WaitCount("SELECT count(*) FROM events_ops.exhausted_events WHERE reason LIKE "
+                       "'constraint_violation: %'",
+                       1));
+    EXPECT_EQ(seed.Count("SELECT count(*) FROM " + s + ".messages WHERE message_id = 'p500'"), 0);
+  }
+}
+
+TEST(Batch, SeveralUpdatesToOneKeyInOneBatchEndInTheNewestState) {
+  const std::string t = UniqueName("multi");
+  const std::string s = "tenant_" + t;
+  Stack stack;
+  const int64_t now = Now();
+  ASSERT_TRUE(stack
+                  .Publish("v1.chats.upsert." + t, json{{"chat_id", "c1"},
+                                                        {"jid", "j"},
+                                                        {"phone_number", "+1"},
+                                                        {"conversation_timestamp", now - 100}}
+                                                       .dump())
+                  .ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".chats", 1));
+  stack.Processor().Signal(SIGTERM);
+  ASSERT_TRUE(stack.Processor().Wait(std::chrono::seconds(30)).has_value());
+  // Out of order inside one batch: the newest by conversation_timestamp must win; partial
+  // fields of newer updates accumulate; an older one changes nothing.
+  auto update = [&](int64_t ts, json fields) {
+    fields["chat_id"] = "c1";
+    fields["conversation_timestamp"] = ts;
+    ASSERT_TRUE(stack.Publish("v1.chats.update." + t, fields.dump()).ok);
+  };
+  update(now - 50, {{"unread_count", 1}});
+  update(now - 10, {{"unread_count", 3}, {"last_message", {{"text", "newest"}}}});
+  update(now - 30, {{"unread_count", 2}, {"last_message", {{"text", "older"}}}});
+  ASSERT_TRUE(stack
+                  .Publish("v1.chats.upsert." + t, json{{"chat_id", "c1"},
+                                                        {"jid", "j"},
+                                                        {"phone_number", "+1"},
+                                                        {"push_name", "stale"},
+                                                        {"conversation_timestamp", now - 60}}
+                                                       .dump())
+                  .ok);
+  ChildProcess processor(BinaryPath("events-processor"), {}, [&] {
+    auto env = stack.Env();
+    env["HTTP_PORT"] = std::to_string(FreeTcpPort());
+    env["BATCH_MAX_WAIT"] = "1s";
+    return env;
+  }());
+  ASSERT_TRUE(
+      stack.WaitCount("SELECT count(*) FROM " + s +
+                          ".chats WHERE conversation_timestamp = " + std::to_string(now - 10),
+                      1))
+      << processor.Log();
+  EXPECT_EQ(QueryInt(stack.Dsn(), "SELECT unread_count FROM " + s + ".chats"), 3);
+  EXPECT_EQ(QueryString(stack.Dsn(), "SELECT last_message->>'text' FROM " + s + ".chats"),
+            "newest");
+  EXPECT_EQ(QueryString(stack.Dsn(), "SELECT coalesce(push_name, 'none') FROM " + s + ".chats"),
+            "none");
+}
+
+TEST(Batch, ResendingTheSameBatchChangesNothing) {
+  Stack stack;
+  const std::string t = UniqueName("again");
+  const std::string s = "tenant_" + t;
+  std::vector<std::string> bodies;
+  for (int i = 0; i < 200; ++i)
+    bodies.push_back(Message("r" + std::to_string(i), "v" + std::to_string(i)).dump());
+  for (const auto& b : bodies) ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, b).ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 200));
+  const std::string snapshot =
+      "SELECT md5(string_agg(message_id || message_text || coalesce(status, ''), ',' ORDER BY "
+      "message_id)) FROM " +
+      s + ".messages";
+  const auto before = QueryString(stack.Dsn(), snapshot);
+  // The same events again under new ids, as a retrying publisher would send them.
+  for (const auto& b : bodies) ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, b).ok);
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("marker").dump()).ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 201));
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM " + s + ".messages WHERE message_id <> 'marker'"),
+            200);
+  const std::string snapshot_without_marker =
+      "SELECT md5(string_agg(message_id || message_text || coalesce(status, ''), ',' ORDER BY "
+      "message_id)) FROM " +
+      s + ".messages WHERE message_id <> 'marker'";
+  EXPECT_EQ(QueryString(stack.Dsn(), snapshot_without_marker), before);
+}
+
+}  // namespace
+}  // namespace evp::testing
