@@ -6,6 +6,7 @@
 
 #include "app/startup.hpp"
 #include "core/signals.hpp"
+#include "dlq/advisory_handler.hpp"
 #include "dlq/dlq_handler.hpp"
 #include "observability/http_server.hpp"
 #include "observability/logging.hpp"
@@ -75,6 +76,23 @@ int main() {
     if (!src) return 0;
     sources.push_back(std::move(src));
   }
+  // One more loop turns MAX_DELIVERIES advisories into dead letters.
+  const nats::ConsumerSpec advisory_spec{
+      config.advisory_stream, config.dlq_consumer + "-advisories", config.dlq_ack_wait, -1, 64, ""};
+  auto advisory_src = app::BindWhenReady(conn, advisory_spec, stop);
+  if (!advisory_src) return 0;
+  pipeline::LoopHealth advisory_health;
+  std::thread advisories([&] {
+    postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix);
+    pipeline::SystemClock clock;
+    nats::JetStreamDeadLetterSink sink(conn);
+    nats::JetStreamMessageStore messages(conn);
+    dlq::AdvisoryHandler handler(config, messages, sink, store, clock, metrics);
+    pipeline::RunConsumerLoop(*advisory_src, handler, store, metrics,
+                              {advisory_spec.durable, 16, std::chrono::milliseconds(1000),
+                               std::chrono::milliseconds(0), std::chrono::milliseconds(5000)},
+                              stop, advisory_health);
+  });
   observability::LogInfo("consuming",
                          {{"consumer", config.dlq_consumer}, {"workers", config.dlq_workers}});
   std::vector<std::thread> workers;
@@ -92,6 +110,8 @@ int main() {
   }
   started = true;
   for (auto& w : workers) w.join();
+  advisories.join();
+  advisory_src.reset();
   sources.clear();
   conn->Drain(config.shutdown_grace);
   http.Stop();

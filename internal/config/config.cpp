@@ -186,6 +186,8 @@ std::vector<Key> Keys(Binary binary) {
   name_key("HISTORY_STREAM", "JetStream stream of v1.history.>", "EVENTS_HISTORY",
            &Config::history_stream);
   name_key("DLQ_STREAM", "JetStream stream of v1.dlq.>", "EVENTS_DLQ", &Config::dlq_stream);
+  name_key("ADVISORY_STREAM", "JetStream stream keeping MAX_DELIVERIES advisories",
+           "EVENTS_ADVISORIES", &Config::advisory_stream);
   name_key("REALTIME_CONSUMER",
            "durable consumer of the realtime stream (suffixed when TENANTS is set)",
            "events-processor-realtime", &Config::realtime_consumer);

@@ -42,6 +42,7 @@ struct Config {
   std::string realtime_stream;
   std::string history_stream;
   std::string dlq_stream;
+  std::string advisory_stream;
   std::string realtime_consumer;
   std::string history_consumer;
   std::string dlq_consumer;

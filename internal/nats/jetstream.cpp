@@ -125,6 +125,11 @@ Result<Unit, std::string> NatsConnection::EnsureStreams(const Config& config) {
        config.realtime_max_age},
       {config.history_stream, {"v1.history.>"}, config.history_max_age},
       {config.dlq_stream, {"v1.dlq.>"}, config.dlq_max_age},
+      // JetStream's own notices of events it stopped delivering: kept, so none is missed
+      // while the DLQ worker is down.
+      {config.advisory_stream,
+       {"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"},
+       config.dlq_max_age},
   };
   for (const Def& d : defs) {
     jsStreamConfig sc;
@@ -365,6 +370,30 @@ bool JetStreamSource::Lag(uint64_t* pending, uint64_t* ack_pending) {
   *ack_pending = static_cast<uint64_t>(ci->NumAckPending);
   jsConsumerInfo_Destroy(ci);
   return true;
+}
+
+Result<std::optional<pipeline::InboundMessage>, std::string> JetStreamMessageStore::Get(
+    const std::string& stream, uint64_t seq) {
+  natsMsg* msg = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetMsg(&msg, conn_->js(), stream.c_str(), seq, nullptr, &jerr);
+  if (s != NATS_OK) {
+    if (jerr == JSNoMessageFoundErr || s == NATS_NOT_FOUND) {
+      return std::optional<pipeline::InboundMessage>{};
+    }
+    return Err{"reading " + stream + " #" + std::to_string(seq) + ": " + StatusText(s, jerr)};
+  }
+  pipeline::InboundMessage in;
+  in.subject = natsMsg_GetSubject(msg);
+  const char* data = natsMsg_GetData(msg);
+  in.data.assign(data != nullptr ? data : "", static_cast<size_t>(natsMsg_GetDataLength(msg)));
+  const char* id = nullptr;
+  if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != nullptr) in.msg_id = id;
+  in.stream = stream;
+  in.stream_seq = seq;
+  in.publish_time_ns = natsMsg_GetTime(msg);
+  natsMsg_Destroy(msg);
+  return std::optional<pipeline::InboundMessage>{std::move(in)};
 }
 
 Result<Unit, std::string> JetStreamDeadLetterSink::Publish(const DeadLetter& letter) {

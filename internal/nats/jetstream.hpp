@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "dlq/advisory_handler.hpp"
 #include "pipeline/ports.hpp"
 
 struct __natsConnection;
@@ -88,6 +89,16 @@ class JetStreamSource final : public pipeline::EventSource {
   std::mutex mu_;  // guards pending_ (InProgress comes from a heartbeat thread)
   uint64_t next_token_ = 1;
   std::map<uint64_t, std::vector<__natsMsg*>> pending_;
+};
+
+class JetStreamMessageStore final : public dlq::MessageStore {
+ public:
+  explicit JetStreamMessageStore(std::shared_ptr<NatsConnection> conn) : conn_(std::move(conn)) {}
+  Result<std::optional<pipeline::InboundMessage>, std::string> Get(const std::string& stream,
+                                                                   uint64_t seq) override;
+
+ private:
+  std::shared_ptr<NatsConnection> conn_;
 };
 
 class JetStreamDeadLetterSink final : public pipeline::DeadLetterSink {

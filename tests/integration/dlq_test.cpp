@@ -218,3 +218,51 @@ TEST(DlqWorker, PoisonEventDoesNotDelayItsNeighbours) {
 
 }  // namespace
 }  // namespace evp::testing
+
+namespace evp::testing {
+namespace {
+
+// An event JetStream stops delivering (MaxDeliver reached without an ack, as when the
+// processor crashes on it every time) is caught from the MAX_DELIVERIES advisory and retried.
+TEST(DlqWorker, EventThatReachedMaxDeliverWithoutOutcomeIsRecoveredFromTheAdvisory) {
+  Stack stack(Env{{"MAX_DELIVER", "2"}, {"ACK_WAIT", "1s"}, {"DLQ_BASE_DELAY", "100ms"}});
+  stack.Processor().Signal(SIGTERM);
+  ASSERT_TRUE(stack.Processor().Wait(std::chrono::seconds(30)).has_value());
+  const std::string t = UniqueName("maxdel");
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("orphan")).ok);
+  // Play a processor that crashes on the event: take it twice and never answer.
+  TestPublisher client(stack.Nats().Url());
+  natsSubscription* sub = nullptr;
+  jsSubOptions so;
+  jsSubOptions_Init(&so);
+  so.Stream = "EVENTS_REALTIME";
+  so.Consumer = "events-processor-realtime";
+  ASSERT_EQ(js_PullSubscribe(&sub, client.JetStream(), "", "events-processor-realtime", nullptr,
+                             &so, nullptr),
+            NATS_OK);
+  int deliveries = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    natsMsgList list{};
+    if (natsSubscription_Fetch(&list, sub, 1, 500, nullptr) == NATS_OK) deliveries += list.Count;
+    natsMsgList_Destroy(&list);
+    return deliveries >= 2;
+  }));
+  // JetStream notices the exceeded limit when the consumer is next pulled, as a running
+  // processor does all the time.
+  const bool recovered = WaitFor(
+      [&] {
+        natsMsgList list{};
+        natsSubscription_Fetch(&list, sub, 1, 200, nullptr);
+        natsMsgList_Destroy(&list);
+        return stack.Count("SELECT count(*) FROM tenant_" + t +
+                           ".messages WHERE message_id = 'orphan'") == 1;
+      },
+      std::chrono::seconds(30));
+  natsSubscription_Destroy(sub);
+  ASSERT_TRUE(recovered) << stack.WorkerLogs();
+  EXPECT_NE(stack.WorkerLogs().find("reached MaxDeliver"), std::string::npos);
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events"), 0);
+}
+
+}  // namespace
+}  // namespace evp::testing
