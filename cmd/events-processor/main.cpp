@@ -18,7 +18,7 @@ int main() {
   const Config config = app::LoadConfigOrExit(Binary::kProcessor, "events-processor");
   observability::InitLogging("events-processor", config.log_level, config.log_format);
   std::atomic<bool> stop{false};
-  InstallStopSignals(stop);
+  InstallStopSignals(stop, config.shutdown_grace);
   app::BoundDatabaseConnectTimeout();
   app::DatabaseProbe db_probe(config, std::chrono::milliseconds(1000));
 
