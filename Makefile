@@ -6,7 +6,7 @@ JOBS ?= 2
 FORMAT_FILES = $(shell find cmd internal tests -type f \( -name '*.cpp' -o -name '*.hpp' \) 2>/dev/null | sort)
 
 .PHONY: help bootstrap build release run test test-asan format format-check stack-start \
-        stack-stop stack-status clean check-deploy check-metrics
+        stack-stop stack-status clean check-deploy check-metrics chaos chaos-ci fuzz
 
 help: ## Show the targets
 	@echo "Targets:"
@@ -39,6 +39,15 @@ format: ## Reformat C++ sources in cmd/ internal/ tests/ with clang-format
 format-check: ## Fail if any C++ source is not clang-formatted
 	@files="$(FORMAT_FILES)"; [[ -z "$$files" ]] || clang-format --dry-run --Werror $$files
 	@echo "format-check: ok"
+
+chaos: ## Chaos suite (kills, restarts, outages under load); CHAOS_EVENTS=100000 by default
+	CTEST_ARGS="-L chaos" scripts/test.sh
+
+chaos-ci: ## A shortened chaos selection, as CI runs it (a few minutes)
+	CHAOS_EVENTS=$${CHAOS_EVENTS:-3000} CTEST_ARGS="-L chaos -R (ProcessorKilled|Sigterm|PostgresRestart|NatsServerRestart|PoisonMix)" scripts/test.sh
+
+fuzz: ## libFuzzer targets under ASan/UBSan, FUZZ_SECONDS per target (default 60)
+	scripts/fuzz.sh $${FUZZ_SECONDS:-60}
 
 check-deploy: ## Offline checks of Dockerfile, compose, Helm chart, alert rules, dashboard
 	scripts/check-deploy.sh

@@ -4,7 +4,8 @@
 # own fresh database in it, see tests/support/servers.hpp). The cluster lives in a mktemp
 # directory on a free port and is always removed on exit. Exits with ctest's status.
 #
-# PRESET [dev] (dev, release, asan), CTEST_ARGS (extra ctest arguments, e.g. "-L unit").
+# PRESET [dev] (dev, release, asan), CTEST_ARGS (ctest selection; default "-LE chaos": unit and
+# integration; the chaos suite runs with `make chaos`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -86,7 +87,7 @@ export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}"
 
 status=0
 # shellcheck disable=SC2086 # CTEST_ARGS is split into arguments on purpose.
-ctest --preset "$PRESET" -j2 --output-on-failure --no-tests=error ${CTEST_ARGS:-} 2>&1 |
+ctest --preset "$PRESET" -j2 --output-on-failure --no-tests=error ${CTEST_ARGS:--LE chaos} 2>&1 |
   tee "$ctest_log" || status=${PIPESTATUS[0]}
 
 summary="$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$ctest_log" | tail -n 1 || true)"
