@@ -140,6 +140,15 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
     metrics_.CountDlqMessage("deferred");
     return Decision::Nak(milliseconds(dl.not_before_ms - now_ms));
   }
+  if (dl.attempts >= config_.dlq_max_attempts) {
+    // Already out of attempts (a lowered DLQ_MAX_ATTEMPTS, or a forged count): no retry.
+    dl.error_class = ErrorClass::kRetryable;
+    return Record(
+        msg, dl,
+        Failure{ReasonCode::kRetriesExhausted,
+                "no attempts left (" + std::to_string(dl.attempts) + " made): " + dl.reason}
+            .Reason());
+  }
   const int attempt = dl.attempts + 1;
   // Re-apply through the same pipeline as the processor, as a first delivery.
   InboundMessage replay;
