@@ -1,0 +1,578 @@
+#!/usr/bin/env bash
+# The benchmark of docs/performance.md and /work/shared/QUALITY.md, one command:
+#
+#   bench/run.sh                      full run (3 runs x 200,000 events, 50 tenants)
+#   SMOKE=1 bench/run.sh              tiny run for CI (finishes in well under 90 s once built)
+#
+# It builds the release preset, starts its OWN nats-server (JetStream, file storage) and
+# PostgreSQL 15 (fsync and synchronous_commit ON) in a temp directory on free ports, and in each
+# run measures on one preloaded standard-mix stream:
+#   (a) reference  bench/reference.cpp: fetch 4096 -> COPY upsert over 2 writers -> ack each
+#   (b) processor  build/release/events-processor draining the same backlog from its start
+#   (d) latency    publish -> commit p50/p99 of the caught-up processor at LATENCY_RATE events/s
+#   (c) naive      reference.cpp --naive: one transaction + one AckSync per event
+# then prints each run's figures, one table of medians and PASS/MISS against QUALITY.md.
+#
+# Settings (environment):
+#   RUNS [3]  EVENTS [200000]  TENANTS [50]  LATENCY_RATE [5000]  LATENCY_SECONDS [20]
+#   NAIVE_EVENTS [20000, at most EVENTS]   DRAIN_TIMEOUT [120 + EVENTS/500 seconds]
+#   SMOKE=1   defaults become RUNS=1 EVENTS=5000 TENANTS=5 LATENCY_RATE=500 LATENCY_SECONDS=5
+#             NAIVE_EVENTS=500 (explicit values still win)
+#   BUILD=0   skip the build and use the binaries already in build/release
+#   KEEP=1    keep the temp directory (server and processor logs) after the run
+#   PG_BIN    PostgreSQL server binaries [/usr/lib/postgresql/15/bin]
+# Processor settings such as BATCH_SIZE or DB_POOL_SIZE are passed through to the processor;
+# TENANTS here is the number of tenants and is removed from the processor's environment (where
+# it would be an allow-list).
+#
+# Exit status: 0 measured (PASS or MISS alike), 1 harness error (build, servers, tools),
+# 3 the processor did not finish the workload (crashed, or never drained the backlog).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+SMOKE="${SMOKE:-0}"
+[[ "$SMOKE" == 0 || "$SMOKE" == 1 ]] || {
+  echo "bench: error: SMOKE must be 0 or 1" >&2
+  exit 1
+}
+if [[ "$SMOKE" == 1 ]]; then
+  RUNS="${RUNS:-1}" EVENTS="${EVENTS:-5000}" TENANTS="${TENANTS:-5}"
+  LATENCY_RATE="${LATENCY_RATE:-500}" LATENCY_SECONDS="${LATENCY_SECONDS:-5}"
+  NAIVE_EVENTS="${NAIVE_EVENTS:-500}"
+fi
+RUNS="${RUNS:-3}"
+EVENTS="${EVENTS:-200000}"
+TENANTS="${TENANTS:-50}"
+LATENCY_RATE="${LATENCY_RATE:-5000}"
+LATENCY_SECONDS="${LATENCY_SECONDS:-20}"
+NAIVE_EVENTS="${NAIVE_EVENTS:-20000}"
+BUILD="${BUILD:-1}"
+KEEP="${KEEP:-0}"
+
+STREAM=EVENTS_REALTIME
+REF_CONSUMER=bench-reference
+NAIVE_CONSUMER=bench-naive
+PROC_CONSUMER=bench-processor
+BIN="$ROOT/build/release"
+REFERENCE="$BIN/bench/evp_bench_reference"
+PROCESSOR="$BIN/events-processor"
+EVENTCTL="$BIN/eventctl"
+
+log() { echo "bench: $*"; }
+die() {
+  echo "bench: error: $*" >&2
+  exit 1
+}
+
+for v in RUNS EVENTS TENANTS LATENCY_RATE LATENCY_SECONDS NAIVE_EVENTS; do
+  [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
+done
+((NAIVE_EVENTS <= EVENTS)) || NAIVE_EVENTS=$EVENTS
+DRAIN_TIMEOUT="${DRAIN_TIMEOUT:-$((120 + EVENTS / 500))}"
+[[ "$DRAIN_TIMEOUT" =~ ^[0-9]+$ ]] || die "DRAIN_TIMEOUT must be a number of seconds"
+
+COMMAND_LINE="SMOKE=$SMOKE RUNS=$RUNS EVENTS=$EVENTS TENANTS=$TENANTS LATENCY_RATE=$LATENCY_RATE"
+COMMAND_LINE+=" LATENCY_SECONDS=$LATENCY_SECONDS NAIVE_EVENTS=$NAIVE_EVENTS BUILD=$BUILD"
+for v in BATCH_SIZE DB_POOL_SIZE BATCH_MAX_WAIT MAX_ACK_PENDING; do
+  [[ -n "${!v:-}" ]] && COMMAND_LINE+=" $v=${!v}"
+done
+COMMAND_LINE+=" bench/run.sh"
+
+if [[ -n "${PG_BIN:-}" ]]; then
+  pg_bin="$PG_BIN"
+else
+  pg_bin=/usr/lib/postgresql/15/bin
+fi
+for tool in cmake nats-server curl jq awk; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is required (apt-get install $tool)"
+done
+[[ -x "$pg_bin/postgres" && -x "$pg_bin/initdb" ]] || die "PostgreSQL server binaries not in $pg_bin"
+command -v psql >/dev/null 2>&1 || die "psql is required (postgresql-client)"
+
+# ------------------------------------------------------------------------------------------
+# Work area and cleanup
+
+commit="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [[ -n "$(git -C "$ROOT" --no-optional-locks status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+  commit+=" + uncommitted changes"
+fi
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/evp-bench.XXXXXX")"
+chmod 755 "$WORK"
+mkdir -p "$WORK/logs"
+
+# ------------------------------------------------------------------------------------------
+# Servers and cleanup
+
+as_pg() {
+  if [[ "$(id -u)" -eq 0 ]]; then
+    (cd / && runuser -u postgres -- "$@")
+  else
+    "$@"
+  fi
+}
+
+pg_dir="$WORK/pg"
+pg_started=0
+nats_pid=""
+proc_pid=""
+child_pid=""
+
+stop_pid() { # pid, seconds to wait after SIGTERM before SIGKILL
+  local pid="$1" i
+  [[ -n "$pid" ]] || return 0
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < $2 * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+cleanup() {
+  local status=$?
+  stop_pid "$child_pid" 5
+  stop_pid "$proc_pid" 30
+  stop_pid "$nats_pid" 10
+  if ((pg_started)); then
+    as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" stop -m fast -w -t 30 >/dev/null 2>&1 ||
+      as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" stop -m immediate -w -t 30 >/dev/null 2>&1 || true
+  fi
+  if [[ "$KEEP" == 1 || $status -ne 0 ]]; then
+    echo "bench: logs kept in $WORK/logs and $pg_dir/postgres.log" >&2
+    rm -rf "$WORK/nats" "$pg_dir/data"
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ------------------------------------------------------------------------------------------
+# Build
+
+if [[ "$BUILD" != 0 ]]; then
+  log "building the release preset (log $WORK/logs/build.log)"
+  if ! { cmake --preset release &&
+    cmake --build --preset release -j2 --target events-processor eventctl evp_bench_reference; } \
+    >"$WORK/logs/build.log" 2>&1; then
+    tail -n 40 "$WORK/logs/build.log" >&2
+    die "release build failed"
+  fi
+fi
+for b in "$PROCESSOR" "$EVENTCTL" "$REFERENCE"; do
+  [[ -x "$b" ]] || die "$b missing (run without BUILD=0)"
+done
+
+# ------------------------------------------------------------------------------------------
+# Servers
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+  local p
+  for _ in $(seq 1 50); do
+    p=$((20000 + RANDOM % 30000))
+    port_in_use "$p" || {
+      echo "$p"
+      return 0
+    }
+  done
+  die "no free TCP port found"
+}
+
+mkdir -p "$pg_dir"
+[[ "$(id -u)" -ne 0 ]] || chown postgres:postgres "$pg_dir"
+as_pg "$pg_bin/initdb" -D "$pg_dir/data" --auth=trust -U postgres --encoding=UTF8 --locale=C \
+  --no-sync >"$WORK/logs/initdb.log" 2>&1 || die "initdb failed; see $WORK/logs/initdb.log"
+for attempt in 1 2 3 4 5; do
+  pg_port="$(free_port)"
+  if as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/postgres.log" -w -t 60 \
+    -o "-c port=$pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories='$pg_dir' -c fsync=on -c synchronous_commit=on -c full_page_writes=on -c shared_buffers=256MB -c max_connections=100" \
+    start >/dev/null; then
+    pg_started=1
+    break
+  fi
+  log "PostgreSQL did not start on port $pg_port (attempt $attempt)"
+done
+((pg_started)) || {
+  tail -n 20 "$pg_dir/postgres.log" >&2 || true
+  die "could not start PostgreSQL"
+}
+psql_db() { # database, psql arguments...
+  local db="$1"
+  shift
+  PGOPTIONS='-c client_min_messages=warning' psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres -d "$db" "$@"
+}
+
+start_nats() { # store dir
+  local i
+  for attempt in 1 2 3 4 5; do
+    nats_port="$(free_port)"
+    nats_mon="$(free_port)"
+    nats-server -js -sd "$1" -a 127.0.0.1 -p "$nats_port" -m "$nats_mon" \
+      </dev/null >>"$WORK/logs/nats.log" 2>&1 &
+    nats_pid=$!
+    for ((i = 0; i < 100; i++)); do
+      if curl -fsS --max-time 1 -o /dev/null \
+        "http://127.0.0.1:$nats_mon/healthz?js-enabled-only=true" 2>/dev/null; then
+        return 0
+      fi
+      kill -0 "$nats_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    stop_pid "$nats_pid" 5
+    nats_pid=""
+    log "nats-server did not start on ports $nats_port/$nats_mon (attempt $attempt)"
+  done
+  tail -n 20 "$WORK/logs/nats.log" >&2 || true
+  die "could not start nats-server"
+}
+
+# ------------------------------------------------------------------------------------------
+# Measurement helpers
+
+jsz() { curl -fsS --max-time 2 "http://127.0.0.1:$nats_mon/jsz?consumers=true"; }
+
+# num_pending + num_ack_pending of a consumer; empty while it does not exist.
+consumer_backlog() {
+  jsz 2>/dev/null | jq -r --arg s "$STREAM" --arg c "$1" \
+    '[.account_details[]?.stream_detail[]? | select(.name == $s) | .consumer_detail[]? |
+      select(.name == $c) | (.num_pending + .num_ack_pending)] | first // empty' 2>/dev/null || true
+}
+
+stream_messages() {
+  jsz | jq -r --arg s "$STREAM" \
+    '[.account_details[]?.stream_detail[]? | select(.name == $s) | .state.messages] | first // 0'
+}
+
+# Polls every 200 ms until the consumer exists with nothing pending or unacknowledged; sets
+# drained_at (EPOCHREALTIME). Returns 2 when pid died without draining (after a 5 s grace for
+# acks in flight), 3 on timeout.
+wait_drained() { # consumer, pid, timeout seconds
+  local consumer="$1" pid="$2" deadline backlog dead_since=""
+  deadline=$((SECONDS + $3))
+  while true; do
+    backlog="$(consumer_backlog "$consumer")"
+    if [[ "$backlog" == 0 ]]; then
+      drained_at="$EPOCHREALTIME"
+      return 0
+    fi
+    last_backlog="${backlog:-no consumer}"
+    if ! kill -0 "$pid" 2>/dev/null; then
+      [[ -n "$dead_since" ]] || dead_since=$SECONDS
+      ((SECONDS - dead_since < 5)) || return 2
+    fi
+    ((SECONDS < deadline)) || return 3
+    sleep 0.2
+  done
+}
+
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+median() { # values... ; ">N" (beyond the top bucket) sorts above N; non-numbers are ignored
+  printf '%s\n' "$@" | awk '
+    /^>?[0-9.]+$/ { over = substr($0, 1, 1) == ">"; v = over ? substr($0, 2) + 0 : $0 + 0
+                    printf "%.6f %d %s\n", v, over, $0 }' | sort -g -k1,1 -k2,2 |
+    awk '{ v[NR] = $1; o[NR] = $2; t[NR] = $3 }
+      END {
+        if (NR == 0) { print "n/a"; exit }
+        if (NR % 2) { print t[(NR + 1) / 2]; exit }
+        a = NR / 2; b = a + 1
+        if (o[b]) print t[b]; else print (v[a] + v[b]) / 2
+      }'
+}
+maximum() { printf '%s\n' "$@" | awk '/^[0-9.]+$/' | sort -g | tail -n 1; }
+vmhwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
+mb() { awk -v k="$1" 'BEGIN { if (k == "" || k == "n/a") print "n/a"; else printf "%.0f MB", k / 1024 }'; }
+
+# Sum of evp_events_total by outcome, "applied=N stale_skipped=N ..." from a /metrics dump.
+outcomes() {
+  awk '/^evp_events_total\{/ { if (match($1, /outcome="[^"]*"/)) { o = substr($1, RSTART + 9, RLENGTH - 10); n[o] += $2 } }
+       END { for (o in n) printf "%s=%d\n", o, n[o] }' "$1" | sort | paste -sd ' ' -
+}
+
+# "N batches of M messages (mean), T ms per batch (mean), R redeliveries" from a /metrics dump.
+batch_stats() {
+  awk '$1 == "evp_batch_size_messages_count" { n = $2 } $1 == "evp_batch_size_messages_sum" { m = $2 }
+       $1 == "evp_batch_duration_seconds_sum" { t = $2 } $1 ~ /^evp_redeliveries_total/ { r = $2 }
+       END { printf "%d batches of %.0f messages and %.0f ms (means), %d redeliveries",
+               n, (n ? m / n : 0), (n ? 1000 * t / n : 0), r }' "$1"
+}
+
+# "N tenant schemas created in the first S s" (from "consuming" to the last "tenant schema
+# ready" line of the processor log): first-sight tenant DDL is inside the measured window.
+tenant_setup() {
+  jq -R -r 'fromjson? | select(.msg == "consuming" or .msg == "tenant schema ready") |
+            "\(.msg)|\(.ts)"' "$1" |
+    awk -F'|' '{ split(substr($2, 12, 12), t, ":"); s = t[1] * 3600 + t[2] * 60 + t[3]
+                 if ($1 == "consuming") start = s; else { n++; last = s } }
+               END { if (n && start != "") { d = last - start; if (d < 0) d += 86400
+                       printf "%d tenant schemas created in the first %.1f s", n, d }
+                     else printf "no tenant schema created" }'
+}
+
+# Quantiles of evp_end_to_end_latency_seconds from the bucket deltas between two /metrics
+# dumps, linear interpolation inside the bucket (as Prometheus' histogram_quantile does).
+# Prints "p50_ms p99_ms count"; a quantile in the +Inf bucket prints as ">30000".
+latency_quantiles() { # before, after
+  awk '
+    function le_of(s) { match(s, /le="[^"]*"/); return substr(s, RSTART + 4, RLENGTH - 5) }
+    /^evp_end_to_end_latency_seconds_bucket/ {
+      le = le_of($1)
+      if (FNR == NR) { before[le] = $2; next }
+      order[n++] = le; after[le] = $2
+    }
+    function q(p,   rank, i, prev_cum, prev_le, cum) {
+      rank = p * total; prev_cum = 0; prev_le = 0
+      for (i = 0; i < n; i++) {
+        cum = after[order[i]] - before[order[i]]
+        if (cum >= rank && cum > 0) {
+          if (order[i] == "+Inf") return sprintf(">%g", prev_le * 1000)
+          if (cum == prev_cum) return sprintf("%.1f", order[i] * 1000)
+          return sprintf("%.1f", (prev_le + (order[i] - prev_le) * (rank - prev_cum) / (cum - prev_cum)) * 1000)
+        }
+        prev_cum = cum; prev_le = order[i]
+      }
+      return "n/a"
+    }
+    END {
+      total = after["+Inf"] - before["+Inf"]
+      if (total <= 0) { print "n/a n/a 0"; exit }
+      printf "%s %s %d\n", q(0.50), q(0.99), total
+    }' "$1" "$2"
+}
+
+metrics_dump() { curl -fsS --max-time 5 "http://127.0.0.1:$http_port/metrics" >"$1"; }
+
+# Runs the load generator against this run's nats-server.
+eventctl_load() {
+  env -u TENANTS NATS_URL="nats://127.0.0.1:$nats_port" "$EVENTCTL" load --tenants "$TENANTS" \
+    --mix standard --concurrency 2 --quiet "$@"
+}
+
+# Summary of the processor log: counts per level, then the distinct warn/error messages.
+log_summary() {
+  jq -R -r 'fromjson? | select(.level == "warning" or .level == "error" or .level == "critical")
+            | "\(.level): \(.msg // .message // "?")"' "$1" | sort | uniq -c | sort -rn | head -n 8 |
+    sed 's/^ */      /'
+  grep -vE '^(\{|signal [0-9]+: )' "$1" | head -n 3 | sed 's/^/      (stderr) /' || true
+}
+
+# ------------------------------------------------------------------------------------------
+# Runs
+
+cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+mem_total="$(awk '/^MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo)"
+started_at="$(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "command:  $COMMAND_LINE"
+echo "commit:   $commit"
+echo "machine:  $(nproc) cores (${cpu_model:-unknown CPU}), $mem_total RAM, $(uname -sr);" \
+  "load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "servers:  $(nats-server --version), PostgreSQL $("$pg_bin/postgres" --version | awk '{ print $3 }')" \
+  "(fsync=on synchronous_commit=on shared_buffers=256MB), all on this machine"
+echo "date:     $started_at"
+echo
+
+ref_rates=() proc_rates=() naive_rates=() p50s=() p99s=() ref_rss=() proc_rss=() naive_rss=()
+product_failed=0
+nats_port="" nats_mon="" http_port="" drained_at="" last_backlog=""
+
+for ((run = 1; run <= RUNS; run++)); do
+  tag="run $run/$RUNS"
+  db="bench_r$run"
+  dsn="postgresql://postgres@127.0.0.1:$pg_port/$db"
+  rm -rf "$WORK/nats"
+  mkdir -p "$WORK/nats"
+  start_nats "$WORK/nats"
+  psql_db postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+
+  # Preload: one stream, EVENTS standard-mix events over TENANTS tenants.
+  "$REFERENCE" --ensure-stream --nats "nats://127.0.0.1:$nats_port" --stream "$STREAM" ||
+    die "cannot create the stream"
+  t0="$EPOCHREALTIME"
+  eventctl_load --rate 0 --count "$EVENTS" --run-id "bench-r$run" >"$WORK/logs/preload-$run.log" 2>&1 ||
+    die "preload failed: $(tail -n 3 "$WORK/logs/preload-$run.log")"
+  secs="$(elapsed "$t0" "$EPOCHREALTIME")"
+  in_stream="$(stream_messages)"
+  [[ "$in_stream" == "$EVENTS" ]] || die "stream holds $in_stream messages after preloading $EVENTS"
+  echo "$tag: preload    $EVENTS events in ${secs} s ($(rate "$EVENTS" "$secs") events/s published;" \
+    "load average $(cut -d' ' -f1 /proc/loadavg))"
+
+  # (a) reference: from launch until its consumer has nothing pending or unacknowledged.
+  psql_db "$db" -c CHECKPOINT
+  t0="$EPOCHREALTIME"
+  "$REFERENCE" --nats "nats://127.0.0.1:$nats_port" --pg "$dsn" --stream "$STREAM" \
+    --durable "$REF_CONSUMER" --table bench_ref --batch 4096 --writers 2 --limit "$EVENTS" \
+    >"$WORK/logs/reference-$run.log" 2>&1 &
+  child_pid=$!
+  status=0
+  wait_drained "$REF_CONSUMER" "$child_pid" "$DRAIN_TIMEOUT" || status=$?
+  wait "$child_pid" || die "reference failed: $(tail -n 3 "$WORK/logs/reference-$run.log")"
+  child_pid=""
+  ((status == 0)) || die "reference did not drain its consumer (backlog $last_backlog)"
+  secs="$(elapsed "$t0" "$drained_at")"
+  r="$(rate "$EVENTS" "$secs")"
+  ref_rates+=("$r")
+  self="$(grep '^reference:' "$WORK/logs/reference-$run.log" | tail -n 1)"
+  rss="$(sed -n 's/.*peak_rss_kb=\([0-9]*\).*/\1/p' <<<"$self")"
+  ref_rss+=("${rss:-n/a}")
+  echo "$tag: reference  $EVENTS events in ${secs} s = $r events/s" \
+    "(self-timed: $(sed -n 's/.*events_per_s=\([0-9]*\).*/\1/p' <<<"$self") events/s;" \
+    "deadlock retries $(sed -n 's/.*retries=\([0-9]*\).*/\1/p' <<<"$self"); peak RSS $(mb "${rss:-n/a}"))"
+
+  # (b) processor: from launch (start-up, migrations and tenant schemas included) until drained.
+  psql_db "$db" -c CHECKPOINT
+  http_port="$(free_port)"
+  proc_log="$WORK/logs/processor-$run.log"
+  t0="$EPOCHREALTIME"
+  env -u TENANTS NATS_URL="nats://127.0.0.1:$nats_port" POSTGRES_DSN="$dsn" HTTP_PORT="$http_port" \
+    REALTIME_STREAM="$STREAM" REALTIME_CONSUMER="$PROC_CONSUMER" \
+    HISTORY_CONSUMER="$PROC_CONSUMER-history" DLQ_CONSUMER="$PROC_CONSUMER-dlq" \
+    LOG_FORMAT=json LOG_LEVEL=info "$PROCESSOR" >"$proc_log" 2>&1 &
+  proc_pid=$!
+  status=0
+  wait_drained "$PROC_CONSUMER" "$proc_pid" "$DRAIN_TIMEOUT" || status=$?
+  if ((status != 0)); then
+    reason="did not drain within ${DRAIN_TIMEOUT} s"
+    ((status == 2)) && reason="exited before draining"
+    echo "$tag: processor  FAILED: $reason (backlog $last_backlog); log tail:"
+    tail -n 15 "$proc_log" | sed 's/^/      /'
+    product_failed=1
+    proc_rates+=("n/a") proc_rss+=("n/a") p50s+=("n/a") p99s+=("n/a")
+  else
+    secs="$(elapsed "$t0" "$drained_at")"
+    r="$(rate "$EVENTS" "$secs")"
+    rss_drained="$(vmhwm_kb "$proc_pid")"
+    proc_rates+=("$r")
+    metrics_dump "$WORK/logs/metrics-$run-drained.txt" || die "cannot read the processor's /metrics"
+    echo "$tag: processor  $EVENTS events in ${secs} s = $r events/s" \
+      "(peak RSS $(mb "$rss_drained"); $(outcomes "$WORK/logs/metrics-$run-drained.txt");" \
+      "$(batch_stats "$WORK/logs/metrics-$run-drained.txt"); $(tenant_setup "$proc_log"))"
+
+    # (d) latency: the caught-up processor under LATENCY_RATE events/s for LATENCY_SECONDS.
+    metrics_dump "$WORK/logs/metrics-$run-before.txt" || die "cannot read the processor's /metrics"
+    eventctl_load --rate "$LATENCY_RATE" --duration "${LATENCY_SECONDS}s" --run-id "bench-lat$run" \
+      >"$WORK/logs/latency-load-$run.log" 2>&1 ||
+      die "latency load failed: $(tail -n 3 "$WORK/logs/latency-load-$run.log")"
+    status=0
+    wait_drained "$PROC_CONSUMER" "$proc_pid" "$DRAIN_TIMEOUT" || status=$?
+    if ((status != 0)); then
+      echo "$tag: latency    FAILED: processor did not drain the latency load (backlog $last_backlog)"
+      product_failed=1
+      p50s+=("n/a") p99s+=("n/a")
+    else
+      metrics_dump "$WORK/logs/metrics-$run-after.txt" || die "cannot read the processor's /metrics"
+      read -r p50 p99 n < <(latency_quantiles "$WORK/logs/metrics-$run-before.txt" \
+        "$WORK/logs/metrics-$run-after.txt")
+      p50s+=("$p50") p99s+=("$p99")
+      offered="$(sed -n 's/.*in \([0-9.]*\) s: \([0-9]*\) events\/s.*/\2/p' "$WORK/logs/latency-load-$run.log")"
+      echo "$tag: latency    $n events observed at ${offered:-?} events/s offered" \
+        "(target $LATENCY_RATE): p50 ${p50} ms, p99 ${p99} ms"
+    fi
+    rss_end="$(vmhwm_kb "$proc_pid")"
+    proc_rss+=("${rss_end:-n/a}")
+  fi
+
+  # Stop the processor (SIGTERM: it drains), then the naive design on a bounded slice.
+  if [[ -n "$proc_pid" ]]; then
+    how="after SIGTERM"
+    kill -0 "$proc_pid" 2>/dev/null || how="(it had exited on its own)"
+    stop_pid "$proc_pid" 40
+    exit_status=0
+    wait "$proc_pid" || exit_status=$?
+    proc_pid=""
+    warnings="$(grep -c '"level":"warning"' "$proc_log" || true)"
+    errors="$(grep -cE '"level":"(error|critical)"' "$proc_log" || true)"
+    echo "$tag: processor  exit status $exit_status $how; log: $errors errors," \
+      "$warnings warnings"
+    if ((errors + warnings > 0)) || grep -qvE '^(\{|signal [0-9]+: )' "$proc_log"; then
+      log_summary "$proc_log"
+    fi
+  fi
+
+  "$REFERENCE" --naive --nats "nats://127.0.0.1:$nats_port" --pg "$dsn" --stream "$STREAM" \
+    --durable "$NAIVE_CONSUMER" --table bench_naive --batch 1024 --limit "$NAIVE_EVENTS" \
+    >"$WORK/logs/naive-$run.log" 2>&1 || die "naive run failed: $(tail -n 3 "$WORK/logs/naive-$run.log")"
+  self="$(grep '^reference:' "$WORK/logs/naive-$run.log" | tail -n 1)"
+  r="$(sed -n 's/.*events_per_s=\([0-9]*\).*/\1/p' <<<"$self")"
+  rss="$(sed -n 's/.*peak_rss_kb=\([0-9]*\).*/\1/p' <<<"$self")"
+  naive_rates+=("${r:-n/a}") naive_rss+=("${rss:-n/a}")
+  echo "$tag: naive      $NAIVE_EVENTS events, $(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$self") s" \
+    "= $r events/s (one transaction + AckSync per event)"
+
+  stop_pid "$nats_pid" 10
+  wait "$nats_pid" 2>/dev/null || true
+  nats_pid=""
+  psql_db postgres -c "DROP DATABASE IF EXISTS $db"
+  echo
+done
+
+# ------------------------------------------------------------------------------------------
+# Report
+
+pg_problems="$(grep -E '(ERROR|FATAL|PANIC|WARNING): ' "$pg_dir/postgres.log" |
+  sed -E 's/^.*(ERROR|FATAL|PANIC|WARNING): +/\1: /' | sort | uniq -c | sort -rn | head -n 8 || true)"
+if [[ -n "$pg_problems" ]]; then
+  echo "PostgreSQL log (all runs), most frequent problems:"
+  printf '%s\n' "$pg_problems" | sed 's/^ */      /'
+  echo
+fi
+
+ref_med="$(median "${ref_rates[@]}")"
+proc_med="$(median "${proc_rates[@]}")"
+naive_med="$(median "${naive_rates[@]}")"
+p50_med="$(median "${p50s[@]}")"
+p99_med="$(median "${p99s[@]}")"
+fmt_ms() { [[ "$1" == n/a* ]] && echo "$1" || echo "$1 ms"; }
+
+echo "Results: medians of $RUNS run(s), $EVENTS events over $TENANTS tenants (standard mix);" \
+  "latency at $LATENCY_RATE events/s for $LATENCY_SECONDS s; naive on $NAIVE_EVENTS events"
+printf '| %-48s | %17s | %18s | %14s | %10s | %10s | %14s |\n' \
+  path "events/s (median)" "ratio to reference" "ratio to naive" p50 p99 "peak RSS (max)"
+printf '| %-48s | %17s | %18s | %14s | %10s | %10s | %14s |\n' \
+  "---" "---:" "---:" "---:" "---:" "---:" "---:"
+printf '| %-48s | %17s | %18s | %14s | %10s | %10s | %14s |\n' \
+  "reference: fetch 4096, COPY upsert, 2 writers" "$ref_med" "1.00" "$(ratio "$ref_med" "$naive_med")" \
+  "-" "-" "$(mb "$(maximum "${ref_rss[@]}")")"
+printf '| %-48s | %17s | %18s | %14s | %10s | %10s | %14s |\n' \
+  "events-processor (full validation, bookkeeping)" "$proc_med" "$(ratio "$proc_med" "$ref_med")" \
+  "$(ratio "$proc_med" "$naive_med")" "$(fmt_ms "$p50_med")" "$(fmt_ms "$p99_med")" \
+  "$(mb "$(maximum "${proc_rss[@]}")")"
+printf '| %-48s | %17s | %18s | %14s | %10s | %10s | %14s |\n' \
+  "naive: 1 transaction + AckSync per event" "$naive_med" "$(ratio "$naive_med" "$ref_med")" "1.00" \
+  "-" "-" "$(mb "$(maximum "${naive_rss[@]}")")"
+echo
+echo "per run (events/s): reference ${ref_rates[*]} | processor ${proc_rates[*]} |" \
+  "naive ${naive_rates[*]} | p50 ms ${p50s[*]} | p99 ms ${p99s[*]}"
+echo "latency precision is bounded by the histogram buckets (1, 2.5, 5, 10, 25, 50, 100 ms ...):"
+echo "a quantile is interpolated linearly inside its bucket."
+echo
+
+verdict() { # label, value (may be ">N"), comparison (ge|le), bar, unit
+  local v="$2" res=MISS
+  if [[ "$v" =~ ^[0-9.]+$ ]] &&
+    awk -v v="$v" -v b="$4" -v c="$3" 'BEGIN { exit !((c == "ge") ? v >= b : v <= b) }'; then
+    res=PASS
+  fi
+  [[ "$v" == n/a ]] || v+="$5"
+  printf '%-4s %-42s %s (bar: %s %s%s)\n' "$res" "$1" "$v" "$([[ $3 == ge ]] && echo '>=' || echo '<=')" "$4" "$5"
+}
+proc_rss_mb="$(awk -v k="$(maximum "${proc_rss[@]}")" 'BEGIN { if (k == "") print "n/a"; else printf "%.0f", k / 1024 }')"
+echo "QUALITY.md bars:"
+verdict "throughput: processor / reference" "$(ratio "$proc_med" "$ref_med")" ge 0.75 "x"
+verdict "latency p50 at ${LATENCY_RATE} events/s" "$p50_med" le 10 " ms"
+verdict "latency p99 at ${LATENCY_RATE} events/s" "$p99_med" le 50 " ms"
+verdict "peak RSS with a ${EVENTS}-event backlog" "$proc_rss_mb" le 100 " MB"
+if ((SMOKE == 1 || EVENTS != 200000 || LATENCY_RATE != 5000)); then
+  echo "(bars are defined for EVENTS=200000 and LATENCY_RATE=5000; this run used other sizes)"
+fi
+echo "finished in $SECONDS s"
+if ((product_failed)); then
+  echo "bench: the processor did not complete the workload (see above)" >&2
+  exit 3
+fi
