@@ -633,16 +633,23 @@ TEST(Chaos, TwoReplicasShareTheConsumerAndSurviveLosingOne) {
   LoadPublisher pub(stack.Nats().Url(), ledger, 0, ledger.events.size(), Publishing());
   ASSERT_TRUE(stack.WaitProgress(Point(0.4), FaultDeadline()));
   const std::string applied = R"(evp_events_total{outcome="applied",type="messages.upsert"})";
+  // Every messages.update of the load is newer than its row: one counted stale was lost.
+  const std::string stale_updates =
+      R"(evp_events_total{outcome="stale_skipped",type="messages.update"})";
   const double b_applied = Metric(stack.ProcessorPort(1), applied);
+  const double b_stale_updates = Metric(stack.ProcessorPort(1), stale_updates);
   stack.KillProcessor(1);
   Report report("2 replicas, one kill -9", N());
   report.publish_s = pub.Join();
   report.tally = Settle(stack, ledger, SettleDeadline(), &report.drain_s);
   const double a_applied = Metric(stack.ProcessorPort(0), applied);
+  const double a_stale_updates = Metric(stack.ProcessorPort(0), stale_updates);
   report.redeliveries = stack.Realtime().Redeliveries();
   report.peak_rss_mb = stack.PeakProcessorRssMb();
   report.extra = {{"messages.upsert applied by replica A / by B before its kill",
-                   Fmt(a_applied, 0) + " / " + Fmt(b_applied, 0)}};
+                   Fmt(a_applied, 0) + " / " + Fmt(b_applied, 0)},
+                  {"messages.update counted stale by A / by B (must be 0)",
+                   Fmt(a_stale_updates, 0) + " / " + Fmt(b_stale_updates, 0)}};
   report.Print();
   ExpectClean(report.tally);
   EXPECT_GT(b_applied, 0) << "the second replica never got work: the consumer is not shared";
