@@ -24,7 +24,9 @@ release: bootstrap ## Configure and build the release preset into build/release
 	cmake --preset release
 	cmake --build --preset release -j$(JOBS)
 
-run: build ## Build, start NATS + PostgreSQL under .local/, run processor and DLQ worker
+run: bootstrap ## Build, start NATS + PostgreSQL under .local/, run processor and DLQ worker
+	cmake --preset dev
+	cmake --build --preset dev -j$(JOBS) --target events-processor dlq-worker eventctl
 	scripts/run-local.sh
 
 test: ## Build dev and run all tests (unit + integration) against throw-away servers
