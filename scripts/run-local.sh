@@ -70,10 +70,12 @@ log "applying migrations"
 "$BUILD_DIR/eventctl" migrate
 ((interrupted == 0)) || exit 0
 
-HTTP_PORT="$PROCESSOR_HTTP_PORT" "$BUILD_DIR/events-processor" &
+# setsid: Ctrl-C reaches only this script, which then stops both with one SIGTERM (a second
+# signal would make them exit without draining).
+HTTP_PORT="$PROCESSOR_HTTP_PORT" setsid "$BUILD_DIR/events-processor" &
 processor_pid=$!
 children+=("$processor_pid")
-HTTP_PORT="$DLQ_HTTP_PORT" "$BUILD_DIR/dlq-worker" &
+HTTP_PORT="$DLQ_HTTP_PORT" setsid "$BUILD_DIR/dlq-worker" &
 worker_pid=$!
 children+=("$worker_pid")
 
