@@ -95,9 +95,10 @@ command -v psql >/dev/null 2>&1 || die "psql is required (postgresql-client)"
 # Work area and cleanup
 
 commit="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(git -C "$ROOT" --no-optional-locks status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
-  commit+=" + uncommitted changes"
-fi
+# Uncommitted changes to what goes into the processor (read-only git commands only).
+changed="$(git -C "$ROOT" --no-optional-locks status --porcelain --untracked-files=no -- \
+  internal cmd migrations schemas CMakeLists.txt 2>/dev/null | awk '{ print $NF }' | paste -sd ' ' - || true)"
+[[ -z "$changed" ]] || commit+=" + uncommitted changes to: $changed"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/evp-bench.XXXXXX")"
 chmod 755 "$WORK"
@@ -378,7 +379,7 @@ echo "servers:  $(nats-server --version), PostgreSQL $("$pg_bin/postgres" --vers
 echo "date:     $started_at"
 echo
 
-ref_rates=() proc_rates=() naive_rates=() p50s=() p99s=() ref_rss=() proc_rss=() naive_rss=()
+ref_rates=() proc_rates=() run_ratios=() ref_this_run="" naive_rates=() p50s=() p99s=() ref_rss=() proc_rss=() naive_rss=()
 product_failed=0
 nats_port="" nats_mon="" http_port="" drained_at="" last_backlog=""
 
@@ -418,6 +419,7 @@ for ((run = 1; run <= RUNS; run++)); do
   secs="$(elapsed "$t0" "$drained_at")"
   r="$(rate "$EVENTS" "$secs")"
   ref_rates+=("$r")
+  ref_this_run="$r"
   self="$(grep '^reference:' "$WORK/logs/reference-$run.log" | tail -n 1)"
   rss="$(sed -n 's/.*peak_rss_kb=\([0-9]*\).*/\1/p' <<<"$self")"
   ref_rss+=("${rss:-n/a}")
@@ -443,15 +445,16 @@ for ((run = 1; run <= RUNS; run++)); do
     echo "$tag: processor  FAILED: $reason (backlog $last_backlog); log tail:"
     tail -n 15 "$proc_log" | sed 's/^/      /'
     product_failed=1
-    proc_rates+=("n/a") proc_rss+=("n/a") p50s+=("n/a") p99s+=("n/a")
+    proc_rates+=("n/a") proc_rss+=("n/a") p50s+=("n/a") p99s+=("n/a") run_ratios+=("n/a")
   else
     secs="$(elapsed "$t0" "$drained_at")"
     r="$(rate "$EVENTS" "$secs")"
     rss_drained="$(vmhwm_kb "$proc_pid")"
     proc_rates+=("$r")
+    run_ratios+=("$(ratio "$r" "$ref_this_run")")
     metrics_dump "$WORK/logs/metrics-$run-drained.txt" || die "cannot read the processor's /metrics"
     echo "$tag: processor  $EVENTS events in ${secs} s = $r events/s" \
-      "(peak RSS $(mb "$rss_drained"); $(outcomes "$WORK/logs/metrics-$run-drained.txt");" \
+      "= ${run_ratios[-1]} x this run's reference (peak RSS $(mb "$rss_drained"); $(outcomes "$WORK/logs/metrics-$run-drained.txt");" \
       "$(batch_stats "$WORK/logs/metrics-$run-drained.txt"); $(tenant_setup "$proc_log"))"
 
     # (d) latency: the caught-up processor under LATENCY_RATE events/s for LATENCY_SECONDS.
@@ -549,6 +552,7 @@ printf '| %-48s | %17s | %18s | %14s | %10s | %10s | %14s |\n' \
 echo
 echo "per run (events/s): reference ${ref_rates[*]} | processor ${proc_rates[*]} |" \
   "naive ${naive_rates[*]} | p50 ms ${p50s[*]} | p99 ms ${p99s[*]}"
+echo "processor / reference within each run: ${run_ratios[*]} (median $(median "${run_ratios[@]}"))"
 echo "latency precision is bounded by the histogram buckets (1, 2.5, 5, 10, 25, 50, 100 ms ...):"
 echo "a quantile is interpolated linearly inside its bucket."
 echo

@@ -65,6 +65,11 @@ Metrics::Metrics(std::string_view binary, std::vector<std::string> labelled_tena
                        .Help("Deliveries that were not the first delivery of a message")
                        .Register(r)
                        .Add({});
+  redriven_ = &prometheus::BuildCounter()
+                   .Name("evp_redriven_events_total")
+                   .Help("Events received again through eventctl exhausted redrive")
+                   .Register(r)
+                   .Add({});
   batch_duration_ = &prometheus::BuildHistogram()
                          .Name("evp_batch_duration_seconds")
                          .Help("Time to process one fetched batch, decode to ack")
@@ -147,6 +152,8 @@ void Metrics::CountDlqMessage(std::string_view outcome) {
 }
 
 void Metrics::CountRedelivery() { redeliveries_->Increment(); }
+
+void Metrics::CountRedriven() { redriven_->Increment(); }
 
 prometheus::Gauge& Metrics::ConsumerPending(const std::string& consumer) {
   return pending_->Add({{"consumer", consumer}});

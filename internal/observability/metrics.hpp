@@ -41,6 +41,7 @@ class Metrics {
   void CountDbError(std::string_view error_class);
   void CountDlqMessage(std::string_view outcome);
   void CountRedelivery();
+  void CountRedriven();
 
   prometheus::Histogram& batch_duration() { return *batch_duration_; }
   prometheus::Histogram& batch_size() { return *batch_size_; }
@@ -62,6 +63,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* pending_;
   prometheus::Family<prometheus::Gauge>* ack_pending_;
   prometheus::Counter* redeliveries_;
+  prometheus::Counter* redriven_;
   prometheus::Histogram* batch_duration_;
   prometheus::Histogram* batch_size_;
   prometheus::Histogram* end_to_end_;

@@ -121,6 +121,9 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
   for (size_t i = 0; i < batch.size(); ++i) {
     const InboundMessage& msg = batch[i];
     if (msg.delivered > 1) metrics_.CountRedelivery();
+    if (msg.delivered == 1 && msg.headers.count(dlq_headers::kRedriveOf) > 0) {
+      metrics_.CountRedriven();
+    }
     auto route = routing::ParseSubject(msg.subject);
     if (!route.ok()) {
       work.done[i] = true;

@@ -248,7 +248,10 @@ Workload Workload::Generate(const WorkloadSpec& spec) {
         break;
       }
       case Kind::kMessageUpdate: {
-        const size_t pick = static_cast<size_t>(rng() % ts.updatable.size());
+        // Half of the updates follow their message closely (the same or the next batch, maybe
+        // on another replica), the rest come much later.
+        const size_t pick = rng() % 2 == 0 ? ts.updatable.size() - 1
+                                           : static_cast<size_t>(rng() % ts.updatable.size());
         auto [id, mts] = ts.updatable[pick];
         ts.updatable[pick] = ts.updatable.back();
         ts.updatable.pop_back();

@@ -172,6 +172,7 @@ TEST(DlqWorker, RedriveTwiceOfAThousandExhaustedEventsAppliesEachOnce) {
   ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 1002));
   const std::string applied = R"(evp_events_total{outcome="applied",type="messages.upsert"})";
   EXPECT_EQ(Metric(stack.ProcessorPort(), applied), 1002) << "each redriven event applied once";
+  EXPECT_EQ(Metric(stack.ProcessorPort(), "evp_redriven_events_total"), 1000);
   EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events"), 1000);
 }
 

@@ -2,6 +2,7 @@
 // PostgreSQL schema with the semantics of SPEC §6 and §11.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "integration/stack.hpp"
@@ -381,6 +382,31 @@ TEST(Startup, InvalidConfigurationExitsWithCode2AndAClearMessage) {
   ChildProcess w(BinaryPath("dlq-worker"), {}, {{"POSTGRES_DSN", ""}});
   EXPECT_EQ(w.Wait(std::chrono::seconds(10)), 2);
   EXPECT_NE(w.Log().find("POSTGRES_DSN"), std::string::npos) << w.Log();
+}
+
+}  // namespace
+}  // namespace evp::testing
+
+namespace evp::testing {
+namespace {
+
+TEST(Metrics, LiveMetricsOfBothBinariesPassPromtoolCheckMetrics) {
+  Stack stack;
+  const std::string t = UniqueName("prom");
+  ASSERT_TRUE(stack.Publish("v1.chats.upsert." + t, "{bad").ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM events_ops.exhausted_events", 1));
+  for (int port : {stack.ProcessorPort(), stack.WorkerPort()}) {
+    const std::string text = Stack::HttpGet(port, "/metrics");
+    ASSERT_FALSE(text.empty());
+    const std::string path = ::testing::TempDir() + "/metrics-" + std::to_string(port) + ".txt";
+    {
+      std::ofstream out(path);
+      out << text;
+    }
+    // promtool reads the exposition from stdin: run it through a shell redirect.
+    ChildProcess check("/bin/sh", {"-c", "promtool check metrics < " + path}, {});
+    EXPECT_EQ(check.Wait(std::chrono::seconds(30)), 0) << check.Log();
+  }
 }
 
 }  // namespace
