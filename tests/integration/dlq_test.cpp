@@ -31,9 +31,10 @@ void RepairMessagesTable(Stack& stack, const std::string& tenant) {
 
 double Metric(int port, const std::string& series) {
   const std::string text = Stack::HttpGet(port, "/metrics");
-  auto pos = text.find(series + " ");
+  // A sample line starts with the series (the HELP and TYPE lines start with '#').
+  auto pos = text.find("\n" + series + " ");
   if (pos == std::string::npos) return 0;
-  return std::stod(text.substr(pos + series.size() + 1));
+  return std::stod(text.substr(pos + series.size() + 2));
 }
 
 const char* kRetryScheduled = R"(evp_dlq_messages_total{outcome="retry_scheduled"})";
