@@ -52,6 +52,16 @@ milliseconds FaultDeadline() { return milliseconds(120'000 + N() * 2); }
 
 uint64_t Point(double share) { return static_cast<uint64_t>(static_cast<double>(N()) * share); }
 
+// Every binary the test did not stop is still running: a crash (abort, heap corruption) is
+// a failure even when redelivery to a sibling hid it from the accounting.
+void CheckProcesses(ChaosStack& stack, Report& report) {
+  const auto exits = stack.UnexpectedExits();
+  std::string text;
+  for (const auto& e : exits) text += (text.empty() ? "" : "; ") + e;
+  report.extra.emplace_back("unexpected exits", exits.empty() ? "0" : text);
+  EXPECT_TRUE(exits.empty()) << text;
+}
+
 void ExpectClean(const Tally& t) {
   EXPECT_GT(t.published, 0);
   EXPECT_EQ(t.lost, 0) << "lost = published - applied - superseded - exhausted";
@@ -109,6 +119,7 @@ TEST(Chaos, ProcessorKilledFiveTimesDuringLoadLosesNothing) {
   report.redeliveries = stack.Realtime().Redeliveries();
   report.recovery_s = recovery;
   report.peak_rss_mb = stack.PeakProcessorRssMb();
+  CheckProcesses(stack, report);
   report.Print();
   ExpectClean(report.tally);
   ExpectEveryBadKind(report.tally);
@@ -148,6 +159,7 @@ TEST(Chaos, SigtermDuringLoadDrainsAndExitsZero) {
       {"unacked at exit", std::to_string(at_exit.num_ack_pending)},
       {"redeliveries before SIGTERM / at exit",
        std::to_string(before.Redeliveries()) + " / " + std::to_string(at_exit.Redeliveries())}};
+  CheckProcesses(stack, report);
   report.Print();
   ExpectClean(report.tally);
   // "~0 redeliveries": nothing the stopped process had fetched waits for AckWait.
@@ -180,6 +192,7 @@ TEST(Chaos, PostgresRestartDuringLoadExhaustsNothing) {
   report.redeliveries = stack.Realtime().Redeliveries();
   report.recovery_s = recovery;
   report.peak_rss_mb = stack.PeakProcessorRssMb();
+  CheckProcesses(stack, report);
   report.Print();
   ExpectClean(report.tally);
   EXPECT_EQ(report.tally.exhausted_by_reason.count("retries_exhausted"), 0u);
@@ -231,6 +244,7 @@ TEST(Chaos, PostgresOutageOf30SecondsExhaustsNothingAndRecovers) {
       {"readyz false during outage", processor_unready && stayed_unready ? "yes" : "NO"},
       {"ack floor before/after outage",
        std::to_string(floor_before) + "/" + std::to_string(floor_during)}};
+  CheckProcesses(stack, report);
   report.Print();
   ExpectClean(report.tally);
   EXPECT_EQ(report.tally.exhausted_by_reason.count("retries_exhausted"), 0u);
@@ -265,6 +279,7 @@ TEST(Chaos, NatsServerRestartLosesNothing) {
   report.recovery_s = recovery;
   report.peak_rss_mb = stack.PeakProcessorRssMb();
   report.extra = {{"publish retries", std::to_string(pub.Retries())}};
+  CheckProcesses(stack, report);
   report.Print();
   ExpectClean(report.tally);
 }
@@ -428,6 +443,7 @@ TEST(Chaos, DlqWorkerKilledMidRetryKeepsAttemptCounts) {
       {"attempts repeated (in flight at the kill)", std::to_string(repeats)},
       {"exhausted rows with attempts != " + std::to_string(kMaxAttempts),
        std::to_string(wrong_attempts)}};
+  CheckProcesses(stack, report);
   report.Print();
   ExpectClean(report.tally);
   EXPECT_EQ(wrong_attempts, 0);
@@ -503,6 +519,7 @@ TEST(Chaos, PoisonMixCausesNoHeadOfLineBlocking) {
        Fmt(p50p) + " / " + Fmt(p99p) + " (n=" + std::to_string(vis_poison.size()) + ")"},
       {"row created_at p99 ms without/with poison",
        Fmt(PercentileMs(row_clean, 99)) + " / " + Fmt(PercentileMs(row_poison, 99))}};
+  CheckProcesses(stack, report);
   report.Print();
   ExpectClean(report.tally);
   ExpectEveryBadKind(report.tally);
@@ -560,6 +577,7 @@ TEST(Chaos, ThousandTenantsWithOneHotTenantNoneStarves) {
       {"other tenants latency p50/p99 ms",
        Fmt(PercentileMs(cold, 50)) + " / " + Fmt(PercentileMs(cold, 99))},
       {"worst tenant latency ms (not hot)", Fmt(static_cast<double>(worst_cold) / 1000.0)}};
+  CheckProcesses(stack, report);
   report.Print();
   ExpectClean(report.tally);
   EXPECT_EQ(schemas, static_cast<int64_t>(with_events.size()));
@@ -615,6 +633,7 @@ TEST(Chaos, RepublishAfterDedupWindowLeavesStateUnchanged) {
                   {"tenants whose table content changed", std::to_string(changed)},
                   {"exhausted rows before/after",
                    std::to_string(exhausted_before) + "/" + std::to_string(exhausted_after)}};
+  CheckProcesses(stack, report);
   report.Print();
   ExpectClean(report.tally);
   EXPECT_EQ(changed, 0) << "republishing the same bodies changed table content";
@@ -650,6 +669,7 @@ TEST(Chaos, TwoReplicasShareTheConsumerAndSurviveLosingOne) {
                    Fmt(a_applied, 0) + " / " + Fmt(b_applied, 0)},
                   {"messages.update counted stale by A / by B (must be 0)",
                    Fmt(a_stale_updates, 0) + " / " + Fmt(b_stale_updates, 0)}};
+  CheckProcesses(stack, report);
   report.Print();
   ExpectClean(report.tally);
   EXPECT_GT(b_applied, 0) << "the second replica never got work: the consumer is not shared";
@@ -658,6 +678,34 @@ TEST(Chaos, TwoReplicasShareTheConsumerAndSurviveLosingOne) {
       << "messages.update classified stale although newer than its row: the update raced the "
          "upsert committed by the other replica (see docs/reliability.md, findings)";
   EXPECT_GT(a_applied, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Several writers on one tenant (two replicas, small batches): every messages.update that
+// lands right behind its message is applied, never dropped as stale.
+TEST(Chaos, ConcurrentReplicasNeverDropAnUpdate) {
+  Announce("concurrent_writers_update_race");
+  ChaosStack stack(Options({{"BATCH_SIZE", "16"}, {"BATCH_MAX_WAIT", "5ms"}}, false, 2));
+  WorkloadSpec spec = Spec(TenantIds(3));
+  spec.events = std::min<int64_t>(N(), 20'000);
+  spec.update_pairs = true;
+  Ledger ledger;
+  ledger.Add(Workload::Generate(spec));
+  LoadPublisher pub(stack.Nats().Url(), ledger, 0, ledger.events.size(), Publishing());
+  Report report("2 replicas, updates right behind their messages", spec.events);
+  report.publish_s = pub.Join();
+  report.tally = Settle(stack, ledger, SettleDeadline(), &report.drain_s);
+  const std::string stale_updates =
+      R"(evp_events_total{outcome="stale_skipped",type="messages.update"})";
+  const double stale =
+      Metric(stack.ProcessorPort(0), stale_updates) + Metric(stack.ProcessorPort(1), stale_updates);
+  report.redeliveries = stack.Realtime().Redeliveries();
+  report.peak_rss_mb = stack.PeakProcessorRssMb();
+  report.extra = {{"messages.update counted stale (must be 0)", Fmt(stale, 0)}};
+  CheckProcesses(stack, report);
+  report.Print();
+  ExpectClean(report.tally);
+  EXPECT_EQ(stale, 0) << "an update raced the upsert committed by the other replica";
 }
 
 }  // namespace

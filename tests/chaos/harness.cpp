@@ -183,6 +183,7 @@ ChaosStack::ChaosStack(StackOptions options) {
   for (auto& [k, v] : options.env) env_[k] = v;
   monitor_ = std::make_unique<testing::TestPublisher>(nats_.Url());
   processors_.resize(static_cast<size_t>(options.processors));
+  processor_stopped_.assign(static_cast<size_t>(options.processors), false);
   for (int i = 0; i < options.processors; ++i) processor_ports_.push_back(FreeTcpPort());
   for (int i = 0; i < options.processors; ++i) StartProcessor(i);
   if (options.worker) {
@@ -240,10 +241,12 @@ void ChaosStack::StartProcessor(int i) {
   if (slot) retired_processors_.push_back(std::move(slot));
   slot = std::make_unique<ChildProcess>(BinaryPath("events-processor"), std::vector<std::string>{},
                                         ProcessEnv(ProcessorPort(i)));
+  processor_stopped_.at(static_cast<size_t>(i)) = false;
   TrackPids();
 }
 
 void ChaosStack::KillProcessor(int i) {
+  processor_stopped_.at(static_cast<size_t>(i)) = true;
   processors_.at(static_cast<size_t>(i))->Kill();
   TrackPids();
 }
@@ -251,6 +254,7 @@ void ChaosStack::KillProcessor(int i) {
 std::optional<int> ChaosStack::TerminateProcessor(int i, milliseconds timeout,
                                                   double* took_seconds) {
   auto& p = *processors_.at(static_cast<size_t>(i));
+  processor_stopped_.at(static_cast<size_t>(i)) = true;
   const auto t0 = Clock::now();
   p.Signal(SIGTERM);
   auto rc = p.Wait(timeout);
@@ -278,12 +282,39 @@ void ChaosStack::StartWorker() {
   if (worker_) retired_workers_.push_back(std::move(worker_));
   worker_ = std::make_unique<ChildProcess>(BinaryPath("dlq-worker"), std::vector<std::string>{},
                                            ProcessEnv(worker_port_));
+  worker_stopped_ = false;
   TrackPids();
 }
 
 void ChaosStack::KillWorker() {
+  worker_stopped_ = true;
   worker_->Kill();
   TrackPids();
+}
+
+std::vector<std::string> ChaosStack::UnexpectedExits() {
+  auto last_line = [](const std::string& log) {
+    size_t end = log.find_last_not_of('\n');
+    if (end == std::string::npos) return std::string();
+    size_t start = log.rfind('\n', end);
+    return log.substr(start == std::string::npos ? 0 : start + 1,
+                      end + 1 - (start == std::string::npos ? 0 : start + 1));
+  };
+  std::vector<std::string> out;
+  for (size_t i = 0; i < processors_.size(); ++i) {
+    auto& p = processors_[i];
+    if (p && !processor_stopped_[i] && !p->Running()) {
+      auto rc = p->Wait(milliseconds(0));
+      out.push_back("events-processor " + std::to_string(i) + " exited with " +
+                    (rc ? std::to_string(*rc) : "?") + ": " + last_line(p->Log()));
+    }
+  }
+  if (worker_ && !worker_stopped_ && !worker_->Running()) {
+    auto rc = worker_->Wait(milliseconds(0));
+    out.push_back("dlq-worker exited with " + (rc ? std::to_string(*rc) : std::string("?")) + ": " +
+                  last_line(worker_->Log()));
+  }
+  return out;
 }
 
 bool ChaosStack::WorkerReady() const {
@@ -867,6 +898,7 @@ Tally Settle(const ChaosStack& stack, const Ledger& ledger, milliseconds deadlin
   const auto end = t0 + deadline;
   Tally last;
   bool verified = false;
+  int idle_rounds = 0;
   while (Clock::now() < end) {
     const ConsumerState rt = stack.Realtime();
     const ConsumerState dq =
@@ -875,10 +907,14 @@ Tally Settle(const ChaosStack& stack, const Ledger& ledger, milliseconds deadlin
       try {
         last = Verify(stack.Dsn(), ledger, options);
         verified = true;
-        if (last.lost == 0) break;
+        // Nothing pending or unacknowledged anywhere, several times in a row: no delivery is
+        // left that could still change the outcome, so a loss is final.
+        if (last.lost == 0 || ++idle_rounds >= 4) break;
       } catch (const std::exception& e) {
         std::cerr << "[chaos] verify failed (will retry): " << e.what() << "\n";
       }
+    } else {
+      idle_rounds = 0;
     }
     std::this_thread::sleep_for(milliseconds(250));  // poll period
   }

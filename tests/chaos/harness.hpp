@@ -109,6 +109,10 @@ class ChaosStack {
   int WorkerPort() const { return worker_port_; }
   double WaitWorkerReady(milliseconds deadline = milliseconds(60'000)) const;
 
+  // Binaries that exited although the test did not stop them (a crash, an abort), with their
+  // exit code and last log line; empty when all is well.
+  std::vector<std::string> UnexpectedExits();
+
   std::string ProcessorLogs() const;  // every incarnation of every replica, oldest first
   std::string WorkerLogs() const;
 
@@ -135,6 +139,8 @@ class ChaosStack {
   Env env_;
   std::vector<int> processor_ports_;
   std::vector<std::unique_ptr<testing::ChildProcess>> processors_;
+  std::vector<bool> processor_stopped_;  // stopped on purpose by the test
+  bool worker_stopped_ = false;
   int worker_port_ = 0;
   std::unique_ptr<testing::ChildProcess> worker_;
   std::vector<std::unique_ptr<testing::ChildProcess>> retired_processors_;
@@ -235,8 +241,9 @@ struct VerifyOptions {
 Tally Verify(const std::string& dsn, const Ledger& ledger, const VerifyOptions& options = {});
 
 // Waits until the realtime and DLQ consumers have nothing pending or unacknowledged and the
-// database accounts for every published event (lost == 0), or the deadline passes; returns
-// the last accounting and the time it took.
+// database accounts for every published event (lost == 0), or until a loss stays while
+// nothing is in flight any more (it is final), or the deadline passes; returns the last
+// accounting and the time it took.
 Tally Settle(const ChaosStack& stack, const Ledger& ledger, milliseconds deadline,
              double* took_seconds, const VerifyOptions& options = {});
 

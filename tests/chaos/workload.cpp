@@ -118,7 +118,7 @@ Workload Workload::Generate(const WorkloadSpec& spec) {
     e.tenant = t;
 
     const double r = unit(rng);
-    if (!upsert_only && r < spec.bad_share) {
+    if (!upsert_only && !spec.update_pairs && r < spec.bad_share) {
       e.kind = kBadKinds[next_bad++ % std::size(kBadKinds)];
       e.expect = Expect::kExhaust;
       e.expect_company = tenant;
@@ -195,7 +195,9 @@ Workload Workload::Generate(const WorkloadSpec& spec) {
     // A valid event. Weights: 60 messages.upsert, 15 messages.update, 15 chats, 10 contacts.
     const double v = unit(rng) * 100;
     Kind kind = Kind::kMessageUpsert;
-    if (!upsert_only) {
+    if (spec.update_pairs) {
+      kind = ts.updatable.empty() ? Kind::kMessageUpsert : Kind::kMessageUpdate;
+    } else if (!upsert_only) {
       if (v >= 60 && v < 75 && !ts.updatable.empty()) {
         kind = Kind::kMessageUpdate;
       } else if (v >= 75 && v < 90) {
@@ -232,7 +234,7 @@ Workload Workload::Generate(const WorkloadSpec& spec) {
                   {"message_timestamp", mts},
                   {"key", {{"id", id}, {"from_me", true}, {"remote_jid", e.chat_id}}},
                   {"message_obj", obj}};
-        if (!upsert_only && rng() % 20 == 0) {
+        if (!upsert_only && !spec.update_pairs && rng() % 20 == 0) {
           // A first inbound message onboards (agent, phone) exactly once.
           const std::string agent = "ag" + std::to_string(rng() % 3);
           const std::string phone = "+4470" + std::to_string(rng() % 40);
@@ -250,8 +252,9 @@ Workload Workload::Generate(const WorkloadSpec& spec) {
       case Kind::kMessageUpdate: {
         // Half of the updates follow their message closely (the same or the next batch, maybe
         // on another replica), the rest come much later.
-        const size_t pick = rng() % 2 == 0 ? ts.updatable.size() - 1
-                                           : static_cast<size_t>(rng() % ts.updatable.size());
+        const size_t pick = spec.update_pairs || rng() % 2 == 0
+                                ? ts.updatable.size() - 1
+                                : static_cast<size_t>(rng() % ts.updatable.size());
         auto [id, mts] = ts.updatable[pick];
         ts.updatable[pick] = ts.updatable.back();
         ts.updatable.pop_back();

@@ -71,6 +71,9 @@ struct WorkloadSpec {
   // purpose) and whose events are expected applied *or* exhausted.
   std::set<int> upsert_only_tenants;
   bool messages_only = false;  // only valid messages.upsert (flow OUT), e.g. seed rows
+  // Only valid (messages.upsert, messages.update) pairs, the update right after its message:
+  // the two land in neighbouring batches, which several writers handle at the same time.
+  bool update_pairs = false;
   double bad_share = 0.01;
   int64_t max_event_bytes = 65'536;  // the stack's MAX_EVENT_BYTES
   uint64_t seed = 1;
