@@ -83,7 +83,7 @@ int main() {
     pipeline::BatchProcessor processor(config, schemas.value(), store, dlq, store, clock, metrics);
     pipeline::RunPipelinedLoop(*realtime_src, processor, store, metrics,
                                {config.realtime_consumer, config.batch_size, config.batch_max_wait,
-                                std::chrono::milliseconds(0), std::chrono::milliseconds(5000)},
+                                config.ack_wait / 3, std::chrono::milliseconds(5000)},
                                stop, realtime_health);
   });
   std::thread history([&] {

@@ -2,7 +2,9 @@
 
 #include <nats/nats.h>
 
+#include <algorithm>
 #include <atomic>
+#include <limits>
 #include <sstream>
 #include <thread>
 
@@ -264,63 +266,110 @@ Result<std::unique_ptr<JetStreamSource>, std::string> JetStreamSource::Bind(
   return src;
 }
 
-JetStreamSource::~JetStreamSource() {
-  // Unsettled messages are redelivered after AckWait.
-  for (auto& [token, msgs] : pending_) {
-    for (natsMsg* m : msgs) natsMsg_Destroy(m);
+namespace {
+
+natsStatus FetchInto(natsSubscription* sub, int batch, int64_t timeout_ms,
+                     std::vector<natsMsg*>& out, jsErrCode* jerr) {
+  natsMsgList list{};
+  natsStatus s = natsSubscription_Fetch(&list, sub, batch, timeout_ms, jerr);
+  for (int i = 0; i < list.Count; ++i) {
+    out.push_back(list.Msgs[i]);
+    list.Msgs[i] = nullptr;  // ownership moves to the caller
   }
-  if (sub_ != nullptr) natsSubscription_Destroy(sub_);
+  natsMsgList_Destroy(&list);
+  return s;
+}
+
+void TakeQueued(natsSubscription* sub, int max, std::vector<natsMsg*>& out) {
+  // libnats 3.4.1 overruns its result array when a fetch starts with more than half of its
+  // batch already queued (messages the server sent after an earlier fetch stopped waiting),
+  // so queued messages are taken one per fetch; a batch of one cannot overrun. Each call
+  // returns at once while something is queued; with only status messages left, it asks the
+  // server for one message and waits at most 1 ms.
+  int queued = 0;
+  int bytes = 0;
+  while (static_cast<int>(out.size()) < max &&
+         natsSubscription_GetPending(sub, &queued, &bytes) == NATS_OK && queued > 0) {
+    if (FetchInto(sub, 1, 1, out, nullptr) != NATS_OK) break;
+  }
+}
+
+pipeline::InboundMessage Convert(natsMsg* m, const std::string& stream) {
+  pipeline::InboundMessage in;
+  in.subject = natsMsg_GetSubject(m);
+  const char* data = natsMsg_GetData(m);
+  in.data.assign(data != nullptr ? data : "", static_cast<size_t>(natsMsg_GetDataLength(m)));
+  const char** keys = nullptr;
+  int count = 0;
+  if (natsMsgHeader_Keys(m, &keys, &count) == NATS_OK) {
+    for (int k = 0; k < count; ++k) {
+      const char* v = nullptr;
+      if (natsMsgHeader_Get(m, keys[k], &v) == NATS_OK && v != nullptr) in.headers[keys[k]] = v;
+    }
+    free(static_cast<void*>(keys));
+  }
+  if (auto it = in.headers.find("Nats-Msg-Id"); it != in.headers.end()) in.msg_id = it->second;
+  jsMsgMetaData* meta = nullptr;
+  if (natsMsg_GetMetaData(&meta, m) == NATS_OK && meta != nullptr) {
+    in.stream = meta->Stream != nullptr ? meta->Stream : stream;
+    in.stream_seq = meta->Sequence.Stream;
+    in.delivered = meta->NumDelivered;
+    in.publish_time_ns = meta->Timestamp;
+    jsMsgMetaData_Destroy(meta);
+  } else {
+    in.stream = stream;
+  }
+  return in;
+}
+
+}  // namespace
+
+JetStreamSource::~JetStreamSource() {
+  if (sub_ != nullptr) {
+    // Hand back at once what this process holds but will not process, so that another
+    // replica gets it now rather than after AckWait: unsettled batches and messages the
+    // server delivered after the last fetch had stopped waiting.
+    // A pull request may still be answered while we stop: wait until the last one has
+    // expired on the server, then read what arrived (a flush round-trip receives everything
+    // the server sent before it).
+    std::vector<natsMsg*> left;
+    const auto quiet = last_fetch_ + kLatePullMargin;
+    do {
+      natsConnection_FlushTimeout(conn_->raw(), 1000);
+      TakeQueued(sub_, std::numeric_limits<int>::max(), left);
+      if (std::chrono::steady_clock::now() >= quiet) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    } while (true);
+    for (auto& [token, msgs] : pending_) left.insert(left.end(), msgs.begin(), msgs.end());
+    pending_.clear();
+    for (natsMsg* m : left) {
+      natsMsg_Nak(m, nullptr);
+      natsMsg_Destroy(m);
+    }
+    if (!left.empty()) {
+      observability::LogInfo("returned unprocessed messages for redelivery",
+                             {{"consumer", spec_.durable}, {"messages", left.size()}});
+    }
+    natsSubscription_Destroy(sub_);
+  }
 }
 
 Result<pipeline::FetchedBatch, std::string> JetStreamSource::Fetch(int max,
                                                                    std::chrono::milliseconds wait) {
-  natsMsgList list{};
-  jsErrCode jerr = static_cast<jsErrCode>(0);
-  natsStatus s = natsSubscription_Fetch(&list, sub_, max, wait.count(), &jerr);
-  pipeline::FetchedBatch batch;
-  std::vector<pipeline::InboundMessage>& out = batch.messages;
-  if (s == NATS_TIMEOUT) {
-    natsMsgList_Destroy(&list);
-    return batch;
-  }
-  if (s != NATS_OK) {
-    natsMsgList_Destroy(&list);
-    return Err{"fetch from " + spec_.durable + " failed: " + StatusText(s, jerr)};
-  }
-  out.reserve(static_cast<size_t>(list.Count));
   std::vector<natsMsg*> owned;
-  owned.reserve(static_cast<size_t>(list.Count));
-  for (int i = 0; i < list.Count; ++i) {
-    natsMsg* m = list.Msgs[i];
-    list.Msgs[i] = nullptr;  // ownership moves to pending_
-    owned.push_back(m);
-    pipeline::InboundMessage in;
-    in.subject = natsMsg_GetSubject(m);
-    const char* data = natsMsg_GetData(m);
-    in.data.assign(data != nullptr ? data : "", static_cast<size_t>(natsMsg_GetDataLength(m)));
-    const char** keys = nullptr;
-    int count = 0;
-    if (natsMsgHeader_Keys(m, &keys, &count) == NATS_OK) {
-      for (int k = 0; k < count; ++k) {
-        const char* v = nullptr;
-        if (natsMsgHeader_Get(m, keys[k], &v) == NATS_OK && v != nullptr) in.headers[keys[k]] = v;
-      }
-      free(static_cast<void*>(keys));
+  TakeQueued(sub_, max, owned);
+  if (owned.empty()) {
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    natsStatus s = FetchInto(sub_, max, std::max<int64_t>(1, wait.count()), owned, &jerr);
+    last_fetch_ = std::chrono::steady_clock::now();
+    if (s != NATS_OK && s != NATS_TIMEOUT && owned.empty()) {
+      return Err{"fetch from " + spec_.durable + " failed: " + StatusText(s, jerr)};
     }
-    if (auto it = in.headers.find("Nats-Msg-Id"); it != in.headers.end()) in.msg_id = it->second;
-    jsMsgMetaData* meta = nullptr;
-    if (natsMsg_GetMetaData(&meta, m) == NATS_OK && meta != nullptr) {
-      in.stream = meta->Stream != nullptr ? meta->Stream : spec_.stream;
-      in.stream_seq = meta->Sequence.Stream;
-      in.delivered = meta->NumDelivered;
-      in.publish_time_ns = meta->Timestamp;
-      jsMsgMetaData_Destroy(meta);
-    } else {
-      in.stream = spec_.stream;
-    }
-    out.push_back(std::move(in));
   }
-  natsMsgList_Destroy(&list);
+  pipeline::FetchedBatch batch;
+  batch.messages.reserve(owned.size());
+  for (natsMsg* m : owned) batch.messages.push_back(Convert(m, spec_.stream));
+  if (owned.empty()) return batch;
   std::lock_guard lock(mu_);
   batch.token = next_token_++;
   pending_[batch.token] = std::move(owned);

@@ -89,6 +89,9 @@ class JetStreamSource final : public pipeline::EventSource {
   std::mutex mu_;  // guards pending_ (InProgress comes from a heartbeat thread)
   uint64_t next_token_ = 1;
   std::map<uint64_t, std::vector<__natsMsg*>> pending_;
+  // When the last pull request returned; the server may answer it a little later.
+  static constexpr std::chrono::milliseconds kLatePullMargin{250};
+  std::chrono::steady_clock::time_point last_fetch_{};
 };
 
 class JetStreamMessageStore final : public dlq::MessageStore {

@@ -88,6 +88,9 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
     FetchedBatch batch;
     std::unique_ptr<PreparedBatch> prepared;
     steady_clock::time_point started;
+    // Keeps the batch's messages alive on the server while they wait and while they are
+    // written (a batch that creates new tenant schemas can take longer than AckWait).
+    std::unique_ptr<Heartbeat> heartbeat;
   };
   health.running = true;
   auto next_lag = steady_clock::now();
@@ -129,7 +132,8 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
       settle();
       continue;
     }
-    InFlight next{std::move(fetched.value()), nullptr, steady_clock::now()};
+    InFlight next{std::move(fetched.value()), nullptr, steady_clock::now(), nullptr};
+    next.heartbeat = std::make_unique<Heartbeat>(source, next.batch.token, options.heartbeat);
     next.prepared = processor.Prepare(next.batch.messages);
     settle();  // the previous batch must be written before this one starts
     writing = std::move(next);

@@ -280,11 +280,18 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
   pqxx::result r = tx.exec_params(sql, pqxx::prepare::make_dynamic_params(params));
   ApplyResult result{r.empty() ? ApplyOutcome::kStale : ApplyOutcome::kApplied, ""};
   if (r.empty() && m.kind == WriteKind::kUpdate) {
-    std::vector<std::string> key_params(params.begin(),
-                                        params.begin() + static_cast<long>(def.key_count));
-    auto exists = tx.exec_params("SELECT 1 FROM " + table + " AS cur WHERE " + key_cond,
-                                 pqxx::prepare::make_dynamic_params(key_params));
-    if (exists.empty()) result = {ApplyOutcome::kNotYet, m.KeyText()};
+    // Stale only when a newer version is stored. A row that is missing, or that another
+    // writer committed after the UPDATE's snapshot, means "not yet": the update is retried.
+    std::vector<std::string> check(params.begin(),
+                                   params.begin() + static_cast<long>(def.key_count));
+    const size_t k = def.key_count;
+    for (size_t i = n; i < n + 3; ++i) check.push_back(params[i]);
+    auto newer = tx.exec_params("SELECT 1 FROM " + table + " AS cur WHERE " + key_cond +
+                                    " AND (cur.ver_ts, cur.ver_src, cur.ver_seq) > (" + param(k) +
+                                    "::bigint, " + param(k + 1) + "::smallint, " + param(k + 2) +
+                                    "::bigint)",
+                                pqxx::prepare::make_dynamic_params(check));
+    if (newer.empty()) result = {ApplyOutcome::kNotYet, m.KeyText()};
   }
   if (m.onboarding) {
     // First inbound message from an unknown (agent, phone): create the contact with the

@@ -52,7 +52,7 @@ std::string RecordDefinition(const TableDef& def) {
   return out + ", ver_ts bigint, ver_src smallint, ver_seq bigint";
 }
 
-// 'u' upsert, 'p' update, 'x' existence check of update keys.
+// 'u' upsert, 'p' update, 'x' the updates that a newer stored version makes stale.
 std::string BuildSql(const std::string& table, const TableDef& def, char op) {
   const std::string from =
       " FROM jsonb_to_recordset($1::jsonb) AS r(" + RecordDefinition(def) + ")";
@@ -100,8 +100,8 @@ std::string BuildSql(const std::string& table, const TableDef& def, char op) {
            "ver_ts = r.ver_ts, ver_src = r.ver_src, ver_seq = r.ver_seq, updated_at = now()" +
            from + " WHERE " + key_match + " AND " + guard + " RETURNING r.idx";
   }
-  return "SELECT r.idx" + from + " WHERE NOT EXISTS (SELECT 1 FROM " + table + " AS cur WHERE " +
-         key_match + ")";
+  return "SELECT r.idx" + from + " WHERE EXISTS (SELECT 1 FROM " + table + " AS cur WHERE " +
+         key_match + " AND NOT " + guard + ")";
 }
 
 void AppendJsonString(std::string& out, const std::string& s) {
@@ -185,7 +185,9 @@ void SetWriter::WriteGroup(pqxx::dbtransaction& tx, std::span<const Mutation> al
         if (updates.size() > 1) updates += ',';
         AppendRecord(updates, i, m);
         update_indices.push_back(i);
-        out[i] = {ApplyOutcome::kStale, ""};
+        // Until proven stale: a row missing now, or committed by another writer after the
+        // UPDATE's snapshot, must be retried, never dropped.
+        out[i] = {ApplyOutcome::kNotYet, m.KeyText()};
       }
     }
     upserts += "]";
@@ -211,10 +213,10 @@ void SetWriter::WriteGroup(pqxx::dbtransaction& tx, std::span<const Mutation> al
         ++applied;
       }
       if (applied < update_indices.size()) {
-        pqxx::result missing = tx.exec_prepared(Prepare(tx, schema, def, 'x'), updates);
-        for (const auto& row : missing) {
+        pqxx::result stale = tx.exec_prepared(Prepare(tx, schema, def, 'x'), updates);
+        for (const auto& row : stale) {
           const size_t i = row[0].as<size_t>();
-          out[i] = {ApplyOutcome::kNotYet, all[i].KeyText()};
+          if (out[i].outcome != ApplyOutcome::kApplied) out[i] = {ApplyOutcome::kStale, ""};
         }
       }
     }

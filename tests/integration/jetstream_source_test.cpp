@@ -1,0 +1,104 @@
+// JetStreamSource against a real nats-server: fetch bounds, settlement and shutdown hand-back.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "config/config.hpp"
+#include "nats/jetstream.hpp"
+#include "support/nats_client.hpp"
+#include "support/servers.hpp"
+
+namespace evp::testing {
+namespace {
+
+using std::chrono::milliseconds;
+
+struct SourceFixture {
+  NatsServer server;
+  TestPublisher publisher{server.Url()};
+  std::shared_ptr<nats::NatsConnection> conn;
+  nats::ConsumerSpec spec{"SRC", "src_consumer", milliseconds(30'000), 5, 100'000, ""};
+
+  SourceFixture() {
+    EXPECT_EQ(publisher.AddStream("SRC", {"src.>"}), "");
+    Config config;
+    config.nats_url = server.Url();
+    auto c = nats::NatsConnection::Connect(config, "source-test");
+    EXPECT_TRUE(c.ok()) << c.error();
+    conn = c.value();
+    auto made = conn->EnsureConsumer(spec);
+    EXPECT_TRUE(made.ok()) << made.error();
+  }
+
+  void PublishMany(int n) {
+    for (int i = 0; i < n; ++i) {
+      auto r = publisher.Publish("src.e", std::to_string(i), "id-" + std::to_string(i));
+      ASSERT_TRUE(r.ok) << r.error;
+    }
+  }
+
+  std::unique_ptr<nats::JetStreamSource> Bind() {
+    auto src = nats::JetStreamSource::Bind(conn, spec);
+    EXPECT_TRUE(src.ok()) << src.error();
+    return std::move(src.value());
+  }
+
+  uint64_t AckPending() {
+    uint64_t pending = 0;
+    uint64_t ack_pending = 0;
+    auto src = Bind();
+    EXPECT_TRUE(src->Lag(&pending, &ack_pending));
+    return ack_pending;
+  }
+};
+
+std::vector<pipeline::Decision> AckAll(size_t n) {
+  return std::vector<pipeline::Decision>(n, pipeline::Decision{});
+}
+
+// Very short waits make the server deliver into a fetch that has already given up, so the
+// next fetch starts with queued messages: the case where libnats 3.4.1 overruns its array.
+TEST(JetStreamSource, ShortWaitsNeverReturnMoreThanAskedAndLoseNothing) {
+  SourceFixture f;
+  constexpr int kTotal = 3000;
+  f.PublishMany(kTotal);
+  auto src = f.Bind();
+  std::set<std::string> seen;
+  int oversized = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (static_cast<int>(seen.size()) < kTotal && std::chrono::steady_clock::now() < deadline) {
+    auto batch = src->Fetch(16, milliseconds(1));
+    ASSERT_TRUE(batch.ok()) << batch.error();
+    if (batch->messages.size() > 16) ++oversized;
+    for (const auto& m : batch->messages) seen.insert(m.msg_id);
+    if (!batch->messages.empty()) src->Settle(batch->token, AckAll(batch->messages.size()));
+  }
+  EXPECT_EQ(oversized, 0);
+  EXPECT_EQ(static_cast<int>(seen.size()), kTotal);
+}
+
+// A source destroyed with unsettled messages NAKs them: another consumer instance gets them
+// at once instead of after AckWait (30 s here).
+TEST(JetStreamSource, DestroyedSourceHandsBackUnsettledMessages) {
+  SourceFixture f;
+  f.PublishMany(50);
+  {
+    auto src = f.Bind();
+    auto batch = src->Fetch(50, milliseconds(2000));
+    ASSERT_TRUE(batch.ok()) << batch.error();
+    ASSERT_FALSE(batch->messages.empty());
+  }
+  auto again = f.Bind();
+  std::set<std::string> seen;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (seen.size() < 50 && std::chrono::steady_clock::now() < deadline) {
+    auto batch = again->Fetch(50, milliseconds(500));
+    ASSERT_TRUE(batch.ok()) << batch.error();
+    for (const auto& m : batch->messages) seen.insert(m.msg_id);
+    if (!batch->messages.empty()) again->Settle(batch->token, AckAll(batch->messages.size()));
+  }
+  EXPECT_EQ(seen.size(), 50u) << "unsettled messages waited for AckWait";
+}
+
+}  // namespace
+}  // namespace evp::testing
