@@ -46,7 +46,7 @@ chaos: ## Chaos suite (kills, restarts, outages under load); CHAOS_EVENTS=100000
 	CTEST_ARGS="-L chaos" scripts/test.sh
 
 chaos-ci: ## A shortened chaos selection, as CI runs it (a few minutes)
-	CHAOS_EVENTS=$${CHAOS_EVENTS:-3000} CTEST_ARGS="-L chaos -R (ProcessorKilled|Sigterm|PostgresRestart|NatsServerRestart|PoisonMix)" scripts/test.sh
+	CHAOS_EVENTS=$${CHAOS_EVENTS:-3000} CTEST_ARGS="-L chaos -R (ProcessorKilled|PostgresRestart|NatsServerRestart|PoisonMix|DlqWorkerKilled|ConcurrentReplicas|TwoReplicas)" scripts/test.sh
 
 fuzz: ## libFuzzer targets under ASan/UBSan, FUZZ_SECONDS per target (default 60)
 	scripts/fuzz.sh $${FUZZ_SECONDS:-60}
