@@ -268,10 +268,19 @@ Result<std::unique_ptr<JetStreamSource>, std::string> JetStreamSource::Bind(
 
 namespace {
 
+// One pull request that returns as soon as the server has delivered what is available (a
+// "no wait" request with an expiry): a full batch under backlog, fewer messages at once when
+// fewer are pending, and the first arrival (or nothing after `timeout_ms`) when idle.
 natsStatus FetchInto(natsSubscription* sub, int batch, int64_t timeout_ms,
                      std::vector<natsMsg*>& out, jsErrCode* jerr) {
+  jsFetchRequest req;
+  jsFetchRequest_Init(&req);
+  req.Batch = batch;
+  req.NoWait = true;
+  req.Expires = timeout_ms * 1'000'000;
   natsMsgList list{};
-  natsStatus s = natsSubscription_Fetch(&list, sub, batch, timeout_ms, jerr);
+  natsStatus s = natsSubscription_FetchRequest(&list, sub, &req);
+  if (jerr != nullptr && s != NATS_OK) *jerr = static_cast<jsErrCode>(0);
   for (int i = 0; i < list.Count; ++i) {
     out.push_back(list.Msgs[i]);
     list.Msgs[i] = nullptr;  // ownership moves to the caller
@@ -360,10 +369,16 @@ Result<pipeline::FetchedBatch, std::string> JetStreamSource::Fetch(int max,
   TakeQueued(sub_, max, owned);
   if (owned.empty()) {
     jsErrCode jerr = static_cast<jsErrCode>(0);
+    const auto started = std::chrono::steady_clock::now();
     natsStatus s = FetchInto(sub_, max, std::max<int64_t>(1, wait.count()), owned, &jerr);
     last_fetch_ = std::chrono::steady_clock::now();
     if (s != NATS_OK && s != NATS_TIMEOUT && owned.empty()) {
       return Err{"fetch from " + spec_.durable + " failed: " + StatusText(s, jerr)};
+    }
+    if (owned.empty() && last_fetch_ - started < wait / 2) {
+      // The server turned the request down at once (another replica's request is waiting
+      // for the same messages): pause instead of spinning.
+      std::this_thread::sleep_for(std::min(wait, std::chrono::milliseconds(10)));
     }
   }
   pipeline::FetchedBatch batch;

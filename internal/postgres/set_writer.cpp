@@ -20,6 +20,19 @@ namespace {
 
 std::string Quoted(std::string_view name) { return "\"" + std::string(name) + "\""; }
 
+}  // namespace
+
+std::string QuoteIdent(std::string_view name) {
+  std::string out = "\"";
+  for (char c : name) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+namespace {
+
 std::string RecordType(ColumnType t) {
   switch (t) {
     case ColumnType::kText:
@@ -144,20 +157,30 @@ std::string KeyOf(const Mutation& m, size_t key_count) {
 
 }  // namespace
 
-const std::string& SetWriter::Prepare(pqxx::dbtransaction& tx, const std::string& schema,
-                                      const TableDef& def, char op) {
-  // Statement names stay short (identifiers are cut at 63 bytes): a counter, not the schema.
-  auto [it, inserted] = prepared_.try_emplace(schema + "." + std::string(def.name) + "/" + op);
-  if (inserted) {
-    it->second = "evp_w" + std::to_string(prepared_.size());
-    const std::string table = tx.quote_name(schema) + "." + Quoted(def.name);
-    tx.conn().prepare(it->second, BuildSql(table, def, op));
+std::string SetWriter::StepSql(const WriteStep& step) {
+  const std::string schema = QuoteIdent(step.schema);
+  if (step.op == 'o') {
+    return "WITH r AS (SELECT DISTINCT ON (agent_id, phone_number) * FROM "
+           "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, chat_id text, "
+           "message_id text, origin text, tags jsonb, assigned_to text)), created AS (INSERT "
+           "INTO " +
+           schema +
+           ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, "
+           "assigned_to, ver_ts, ver_src, ver_seq) SELECT agent_id, phone_number, $2, "
+           "NULLIF(chat_id, ''), origin, ARRAY(SELECT jsonb_array_elements_text(r.tags)), "
+           "NULLIF(assigned_to, ''), 0, 0, 0 FROM r ON CONFLICT (agent_id, phone_number) DO "
+           "NOTHING RETURNING agent_id, phone_number) INSERT INTO " +
+           schema +
+           ".onboarding_log (agent_id, phone_number, company_id, chat_id, message_id, origin, "
+           "tags) SELECT r.agent_id, r.phone_number, $2, NULLIF(r.chat_id, ''), r.message_id, "
+           "r.origin, ARRAY(SELECT jsonb_array_elements_text(r.tags)) FROM r JOIN created c "
+           "USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO NOTHING";
   }
-  return it->second;
+  return BuildSql(schema + "." + Quoted(step.def->name), *step.def, step.op);
 }
 
-void SetWriter::WriteGroup(pqxx::dbtransaction& tx, std::span<const Mutation> all,
-                           const std::vector<size_t>& indices, std::vector<ApplyResult>& out) {
+void SetWriter::PlanGroup(std::span<const Mutation> all, const std::vector<size_t>& indices,
+                          std::vector<ApplyResult>& out, std::vector<WriteStep>& steps) const {
   const Mutation& first = all[indices.front()];
   const TableDef& def = handlers::Definition(first.table);
   const std::string schema = TenantSchemaName(tenant_prefix_, first.company_id);
@@ -170,62 +193,42 @@ void SetWriter::WriteGroup(pqxx::dbtransaction& tx, std::span<const Mutation> al
     rounds[r].push_back(i);
   }
   for (const auto& round : rounds) {
-    std::string upserts = "[";
-    std::string updates = "[";
-    std::map<std::string, size_t> upsert_by_key;
-    std::vector<size_t> update_indices;
+    WriteStep upsert{schema, &def, 'u', {"["}, {}, {}};
+    WriteStep update{schema, &def, 'p', {"["}, {}, {}};
     for (size_t i : round) {
       const Mutation& m = all[i];
       if (m.kind == WriteKind::kUpsert) {
-        if (upserts.size() > 1) upserts += ',';
-        AppendRecord(upserts, i, m);
-        upsert_by_key[KeyOf(m, def.key_count)] = i;
+        if (upsert.params[0].size() > 1) upsert.params[0] += ',';
+        AppendRecord(upsert.params[0], i, m);
+        upsert.upsert_by_key[KeyOf(m, def.key_count)] = i;
         out[i] = {ApplyOutcome::kStale, ""};
       } else {
-        if (updates.size() > 1) updates += ',';
-        AppendRecord(updates, i, m);
-        update_indices.push_back(i);
+        if (update.params[0].size() > 1) update.params[0] += ',';
+        AppendRecord(update.params[0], i, m);
+        update.indices.push_back(i);
         // Until proven stale: a row missing now, or committed by another writer after the
         // UPDATE's snapshot, must be retried, never dropped.
         out[i] = {ApplyOutcome::kNotYet, m.KeyText()};
       }
     }
-    upserts += "]";
-    updates += "]";
-    if (!upsert_by_key.empty()) {
-      pqxx::result r = tx.exec_prepared(Prepare(tx, schema, def, 'u'), upserts);
-      for (const auto& row : r) {
-        std::string k;
-        for (size_t c = 0; c < def.key_count; ++c) {
-          k += row[static_cast<int>(c)].as<std::string>();
-          k += '\x1f';
-        }
-        if (auto it = upsert_by_key.find(k); it != upsert_by_key.end()) {
-          out[it->second] = {ApplyOutcome::kApplied, ""};
-        }
-      }
+    if (!upsert.upsert_by_key.empty()) {
+      upsert.params[0] += "]";
+      steps.push_back(std::move(upsert));
     }
-    if (!update_indices.empty()) {
-      pqxx::result r = tx.exec_prepared(Prepare(tx, schema, def, 'p'), updates);
-      size_t applied = 0;
-      for (const auto& row : r) {
-        out[row[0].as<size_t>()] = {ApplyOutcome::kApplied, ""};
-        ++applied;
-      }
-      if (applied < update_indices.size()) {
-        pqxx::result stale = tx.exec_prepared(Prepare(tx, schema, def, 'x'), updates);
-        for (const auto& row : stale) {
-          const size_t i = row[0].as<size_t>();
-          if (out[i].outcome != ApplyOutcome::kApplied) out[i] = {ApplyOutcome::kStale, ""};
-        }
-      }
+    if (!update.indices.empty()) {
+      update.params[0] += "]";
+      WriteStep check = update;
+      check.op = 'x';
+      steps.push_back(std::move(update));
+      steps.push_back(std::move(check));
     }
   }
 }
 
-std::vector<ApplyResult> SetWriter::Write(pqxx::dbtransaction& tx,
-                                          std::span<const Mutation> mutations) {
-  std::vector<ApplyResult> out(mutations.size());
+std::vector<WriteStep> SetWriter::Plan(std::span<const Mutation> mutations,
+                                       std::vector<ApplyResult>& out) const {
+  out.assign(mutations.size(), ApplyResult{});
+  std::vector<WriteStep> steps;
   // Groups by (tenant, table), in order of first appearance.
   std::vector<std::vector<size_t>> groups;
   std::map<std::pair<std::string, int>, size_t> group_of;
@@ -235,7 +238,7 @@ std::vector<ApplyResult> SetWriter::Write(pqxx::dbtransaction& tx,
     if (inserted) groups.emplace_back();
     groups[it->second].push_back(i);
   }
-  for (const auto& g : groups) WriteGroup(tx, mutations, g, out);
+  for (const auto& g : groups) PlanGroup(mutations, g, out, steps);
 
   // Onboarding of first inbound messages, per tenant: contacts created with the lowest
   // version (any real contact event overrides them) and one log row per new contact.
@@ -254,30 +257,77 @@ std::vector<ApplyResult> SetWriter::Write(pqxx::dbtransaction& tx,
             .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
   for (auto& [tenant, arr] : onboard) {
-    arr += "]";
-    const std::string schema = TenantSchemaName(tenant_prefix_, tenant);
-    auto [it, inserted] = prepared_.try_emplace(schema + "/onboarding");
-    if (inserted) {
-      it->second = "evp_w" + std::to_string(prepared_.size());
-      const std::string s = tx.quote_name(schema);
-      tx.conn().prepare(
-          it->second,
-          "WITH r AS (SELECT DISTINCT ON (agent_id, phone_number) * FROM "
-          "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, chat_id text, "
-          "message_id text, origin text, tags jsonb, assigned_to text)), created AS (INSERT INTO " +
-              s +
-              ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, "
-              "assigned_to, ver_ts, ver_src, ver_seq) SELECT agent_id, phone_number, $2, "
-              "NULLIF(chat_id, ''), origin, ARRAY(SELECT jsonb_array_elements_text(r.tags)), "
-              "NULLIF(assigned_to, ''), 0, 0, 0 FROM r ON CONFLICT (agent_id, phone_number) DO "
-              "NOTHING RETURNING agent_id, phone_number) INSERT INTO " +
-              s +
-              ".onboarding_log (agent_id, phone_number, company_id, chat_id, message_id, origin, "
-              "tags) SELECT r.agent_id, r.phone_number, $2, NULLIF(r.chat_id, ''), r.message_id, "
-              "r.origin, ARRAY(SELECT jsonb_array_elements_text(r.tags)) FROM r JOIN created c "
-              "USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO NOTHING");
+    steps.push_back(
+        {TenantSchemaName(tenant_prefix_, tenant), nullptr, 'o', {arr + "]", tenant}, {}, {}});
+  }
+  return steps;
+}
+
+bool SetWriter::Needed(const WriteStep& step, const std::vector<ApplyResult>& out) {
+  if (step.op != 'x') return true;
+  for (size_t i : step.indices) {
+    if (out[i].outcome != ApplyOutcome::kApplied) return true;
+  }
+  return false;
+}
+
+void SetWriter::Interpret(const WriteStep& step, const std::vector<std::vector<std::string>>& rows,
+                          std::vector<ApplyResult>& out) {
+  switch (step.op) {
+    case 'u':
+      for (const auto& row : rows) {
+        std::string k;
+        for (const auto& v : row) {
+          k += v;
+          k += '\x1f';
+        }
+        if (auto it = step.upsert_by_key.find(k); it != step.upsert_by_key.end()) {
+          out[it->second] = {ApplyOutcome::kApplied, ""};
+        }
+      }
+      break;
+    case 'p':
+      for (const auto& row : rows) out[std::stoul(row.at(0))] = {ApplyOutcome::kApplied, ""};
+      break;
+    case 'x':
+      for (const auto& row : rows) {
+        const size_t i = std::stoul(row.at(0));
+        if (out[i].outcome != ApplyOutcome::kApplied) out[i] = {ApplyOutcome::kStale, ""};
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+std::string SetWriter::StatementName(const WriteStep& step) {
+  const std::string key =
+      step.schema + "/" + (step.def ? std::string(step.def->name) : "") + "/" + step.op;
+  auto [it, inserted] = names_.try_emplace(key);
+  // Statement names stay short (identifiers are cut at 63 bytes): a counter, not the schema.
+  if (inserted) it->second = "evp_w" + std::to_string(names_.size());
+  return it->second;
+}
+
+std::vector<ApplyResult> SetWriter::Write(pqxx::dbtransaction& tx,
+                                          std::span<const Mutation> mutations) {
+  std::vector<ApplyResult> out;
+  const std::vector<WriteStep> steps = Plan(mutations, out);
+  for (const WriteStep& step : steps) {
+    if (!Needed(step, out)) continue;
+    const std::string name = StatementName(step);
+    if (prepared_.insert(name).second) tx.conn().prepare(name, StepSql(step));
+    pqxx::result r = step.params.size() == 1
+                         ? tx.exec_prepared(name, step.params[0])
+                         : tx.exec_prepared(name, step.params[0], step.params[1]);
+    std::vector<std::vector<std::string>> rows;
+    rows.reserve(r.size());
+    for (const auto& row : r) {
+      std::vector<std::string> values;
+      for (const auto& field : row) values.push_back(field.c_str());
+      rows.push_back(std::move(values));
     }
-    tx.exec_prepared(it->second, arr, tenant);
+    Interpret(step, rows, out);
   }
   return out;
 }

@@ -6,6 +6,7 @@
 // cannot touch a row twice in one statement; the result equals applying them one by one.
 // Throws pqxx exceptions; the caller classifies them. Not thread-safe (one per connection).
 #include <map>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -19,24 +20,50 @@ class dbtransaction;
 
 namespace evp::postgres {
 
+// A double-quoted SQL identifier (quotes inside doubled).
+std::string QuoteIdent(std::string_view name);
+
+// One statement of a batch write: its target, its parameters ($1 the jsonb rows, $2 the
+// tenant for onboarding) and what its result rows mean.
+struct WriteStep {
+  std::string schema;
+  const handlers::TableDef* def = nullptr;  // null for onboarding
+  char op = 'u';  // 'u' upsert, 'p' update, 'x' stale check of updates, 'o' onboarding
+  std::vector<std::string> params;
+  std::map<std::string, size_t> upsert_by_key;  // 'u': key text -> mutation index
+  std::vector<size_t> indices;                  // 'p', 'x': the updates' mutation indices
+};
+
 class SetWriter {
  public:
   explicit SetWriter(std::string tenant_prefix) : tenant_prefix_(std::move(tenant_prefix)) {}
 
-  // Writes every mutation inside tx; results[i] belongs to mutations[i].
+  // Writes every mutation inside tx, one statement after the other; results[i] belongs to
+  // mutations[i].
   std::vector<pipeline::ApplyResult> Write(pqxx::dbtransaction& tx,
                                            std::span<const handlers::Mutation> mutations);
   // Prepared statements belong to a connection: forget them when it is replaced.
   void ConnectionReset() { prepared_.clear(); }
 
+  // The statements of a batch, in order, and each mutation's outcome before any of them ran
+  // (upserts stale, updates not yet); Interpret moves outcomes forward from result rows.
+  std::vector<WriteStep> Plan(std::span<const handlers::Mutation> mutations,
+                              std::vector<pipeline::ApplyResult>& out) const;
+  static void Interpret(const WriteStep& step, const std::vector<std::vector<std::string>>& rows,
+                        std::vector<pipeline::ApplyResult>& out);
+  // False for a stale check whose updates all applied (a sequential writer may skip it).
+  static bool Needed(const WriteStep& step, const std::vector<pipeline::ApplyResult>& out);
+  static std::string StepSql(const WriteStep& step);
+  // Stable prepared-statement name of the step's (schema, table, op).
+  std::string StatementName(const WriteStep& step);
+
  private:
-  const std::string& Prepare(pqxx::dbtransaction& tx, const std::string& schema,
-                             const handlers::TableDef& def, char op);
-  void WriteGroup(pqxx::dbtransaction& tx, std::span<const handlers::Mutation> all,
-                  const std::vector<size_t>& indices, std::vector<pipeline::ApplyResult>& out);
+  void PlanGroup(std::span<const handlers::Mutation> all, const std::vector<size_t>& indices,
+                 std::vector<pipeline::ApplyResult>& out, std::vector<WriteStep>& steps) const;
 
   std::string tenant_prefix_;
-  std::map<std::string, std::string> prepared_;  // (schema, table, op) -> statement name
+  std::map<std::string, std::string> names_;  // (schema, table, op) -> statement name
+  std::set<std::string> prepared_;            // names prepared on the pqxx connection
 };
 
 }  // namespace evp::postgres
