@@ -138,7 +138,7 @@ PgStore::PgStore(std::string dsn, std::string ops_schema, std::string tenant_pre
     : dsn_(std::move(dsn)),
       ops_schema_(std::move(ops_schema)),
       tenant_prefix_(std::move(tenant_prefix)),
-      writer_(tenant_prefix_) {}
+      pipelined_(dsn_, tenant_prefix_) {}
 
 PgStore::~PgStore() = default;
 
@@ -150,10 +150,7 @@ PgStore::Connection& PgStore::Conn() {
   return *conn_;
 }
 
-void PgStore::Reset() {
-  conn_.reset();
-  writer_.ConnectionReset();
-}
+void PgStore::Reset() { conn_.reset(); }
 
 bool PgStore::Ping() {
   std::lock_guard lock(mu_);
@@ -323,22 +320,15 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
 
 Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::span<const Mutation> mutations) {
   std::lock_guard lock(mu_);
-  // Fast path: the whole batch in one transaction, set-based.
-  try {
-    pqxx::work tx(Conn().conn);
-    std::vector<ApplyResult> results = writer_.Write(tx, mutations);
-    tx.commit();
-    return results;
-  } catch (...) {
-    StoreError err = ClassifyCurrentException();
-    if (!conn_ || !conn_->conn.is_open() ||
-        (err.kind == StoreErrorKind::kTransient && LostConnection())) {
-      Reset();
-      return Err{err};
-    }
-    observability::LogWarn("batch write failed; isolating the failing events",
-                           {{"error", err.message}, {"mutations", mutations.size()}});
+  // Fast path: the whole batch in one transaction, set-based, in one round trip.
+  PipelinedWriter::Outcome fast = pipelined_.Write(mutations);
+  if (fast.failure == PipelinedWriter::Failure::kNone) return std::move(fast.results);
+  if (fast.failure == PipelinedWriter::Failure::kConnection && LostConnection()) {
+    Reset();
+    return Err{StoreError{StoreErrorKind::kTransient, fast.message}};
   }
+  observability::LogWarn("batch write failed; isolating the failing events",
+                         {{"error", fast.message}, {"mutations", mutations.size()}});
   // One mutation's error aborted the transaction while the database is still there: write
   // each mutation alone, so its neighbours still commit and only it fails.
   std::vector<ApplyResult> results;

@@ -1,8 +1,10 @@
 #pragma once
 // PostgreSQL adapter: tenant schemas and migrations, row writes with version guards, and the
 // exhausted-events store. The only files with pqxx in them are in this folder.
-// Thread-safety: calls are serialised on the store's one connection (re-opened after a
-// failure on the next call); PgWriterPool spreads a batch over several stores.
+// Thread-safety: calls are serialised on the store (re-opened after a failure on the next
+// call). A store has two connections: the pipelined batch writer's, and one for everything
+// else (schemas, isolation of failing events, exhausted rows); PgWriterPool spreads a batch
+// over several stores.
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -12,6 +14,7 @@
 
 #include "config/config.hpp"
 #include "pipeline/ports.hpp"
+#include "postgres/pipelined_writer.hpp"
 #include "postgres/set_writer.hpp"
 
 namespace evp::postgres {
@@ -46,7 +49,7 @@ class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedSto
   std::string tenant_prefix_;
   std::mutex mu_;  // one connection: calls from the prepare and write phases take turns
   std::unique_ptr<Connection> conn_;
-  SetWriter writer_;
+  PipelinedWriter pipelined_;  // the fast path, on a connection of its own
   std::set<std::string> known_tenants_;
 };
 

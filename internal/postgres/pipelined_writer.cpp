@@ -1,0 +1,143 @@
+#include "postgres/pipelined_writer.hpp"
+
+#include <libpq-fe.h>
+
+namespace evp::postgres {
+
+using pipeline::ApplyResult;
+
+namespace {
+
+std::string ErrorText(PGconn* conn, const PGresult* res) {
+  std::string text = res != nullptr ? PQresultErrorMessage(res) : PQerrorMessage(conn);
+  const char* state = res != nullptr ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return state != nullptr ? "SQLSTATE " + std::string(state) + ": " + text : text;
+}
+
+}  // namespace
+
+PipelinedWriter::PipelinedWriter(std::string dsn, std::string tenant_prefix)
+    : dsn_(std::move(dsn)), planner_(std::move(tenant_prefix)) {}
+
+PipelinedWriter::~PipelinedWriter() { Close(); }
+
+void PipelinedWriter::Close() {
+  if (conn_ != nullptr) PQfinish(conn_);
+  conn_ = nullptr;
+  prepared_.clear();
+}
+
+bool PipelinedWriter::Connect(std::string& error) {
+  if (conn_ != nullptr && PQstatus(conn_) == CONNECTION_OK &&
+      PQtransactionStatus(conn_) == PQTRANS_IDLE) {
+    return true;
+  }
+  Close();
+  conn_ = PQconnectdb(dsn_.c_str());
+  if (PQstatus(conn_) != CONNECTION_OK) {
+    error = ErrorText(conn_, nullptr);
+    Close();
+    return false;
+  }
+  // The same session settings as the sequential writer (see PgStore): generic plans, and
+  // index joins for the few rows each statement carries.
+  PGresult* r = PQexec(conn_,
+                       "SET plan_cache_mode = force_generic_plan; SET enable_hashjoin = off; "
+                       "SET enable_mergejoin = off");
+  const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  if (!ok) error = ErrorText(conn_, r);
+  PQclear(r);
+  if (!ok) Close();
+  return ok;
+}
+
+PipelinedWriter::Outcome PipelinedWriter::Write(std::span<const handlers::Mutation> mutations) {
+  Outcome outcome;
+  if (!Connect(outcome.message)) {
+    outcome.failure = Failure::kConnection;
+    return outcome;
+  }
+  const std::vector<WriteStep> steps = planner_.Plan(mutations, outcome.results);
+  // Statements are prepared once per connection, before the pipeline.
+  for (const WriteStep& step : steps) {
+    const std::string name = planner_.StatementName(step);
+    if (prepared_.count(name) != 0) continue;
+    PGresult* r = PQprepare(conn_, name.c_str(), SetWriter::StepSql(step).c_str(), 0, nullptr);
+    const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok) {
+      outcome.message = ErrorText(conn_, r);
+      outcome.failure =
+          PQstatus(conn_) == CONNECTION_OK ? Failure::kStatement : Failure::kConnection;
+    }
+    PQclear(r);
+    if (!ok) return outcome;
+    prepared_.insert(name);
+  }
+
+  auto lost = [&](Outcome& o) {
+    o.failure = Failure::kConnection;
+    o.message = "connection lost: " + ErrorText(conn_, nullptr);
+    Close();
+    return o;
+  };
+  if (PQenterPipelineMode(conn_) != 1) return lost(outcome);
+  bool sent = PQsendQueryParams(conn_, "BEGIN", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1;
+  for (const WriteStep& step : steps) {
+    if (!sent) break;
+    const char* values[2] = {step.params[0].c_str(),
+                             step.params.size() > 1 ? step.params[1].c_str() : nullptr};
+    sent =
+        PQsendQueryPrepared(conn_, planner_.StatementName(step).c_str(),
+                            static_cast<int>(step.params.size()), values, nullptr, nullptr, 0) == 1;
+  }
+  sent = sent && PQsendQueryParams(conn_, "COMMIT", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1;
+  sent = sent && PQpipelineSync(conn_) == 1;
+  if (!sent) return lost(outcome);
+
+  // Results arrive in the order sent: BEGIN, the steps, COMMIT, then the sync point. After a
+  // failed statement the rest are reported aborted and the transaction is rolled back.
+  size_t query = 0;  // 0 = BEGIN, 1..steps = the steps, steps+1 = COMMIT
+  bool synced = false;
+  while (!synced) {
+    PGresult* r = PQgetResult(conn_);
+    if (r == nullptr) {
+      // End of one query's results; more ends than queries means the stream is broken.
+      if (PQstatus(conn_) != CONNECTION_OK || ++query > steps.size() + 2) return lost(outcome);
+      continue;
+    }
+    const ExecStatusType status = PQresultStatus(r);
+    if (status == PGRES_PIPELINE_SYNC) {
+      synced = true;
+    } else if (status == PGRES_FATAL_ERROR || status == PGRES_NONFATAL_ERROR) {
+      if (outcome.failure == Failure::kNone) {
+        outcome.failure = Failure::kStatement;
+        outcome.message = ErrorText(conn_, r);
+      }
+    } else if (status == PGRES_TUPLES_OK && query >= 1 && query <= steps.size() &&
+               outcome.failure == Failure::kNone) {
+      std::vector<std::vector<std::string>> rows(static_cast<size_t>(PQntuples(r)));
+      for (int row = 0; row < PQntuples(r); ++row) {
+        for (int col = 0; col < PQnfields(r); ++col) {
+          rows[static_cast<size_t>(row)].emplace_back(PQgetvalue(r, row, col));
+        }
+      }
+      SetWriter::Interpret(steps[query - 1], rows, outcome.results);
+    }
+    PQclear(r);
+  }
+  PQexitPipelineMode(conn_);
+  if (PQstatus(conn_) != CONNECTION_OK) return lost(outcome);
+  if (outcome.failure != Failure::kNone || PQtransactionStatus(conn_) != PQTRANS_IDLE) {
+    // An aborted transaction block stays open after the sync: end it.
+    PQclear(PQexec(conn_, "ROLLBACK"));
+    if (outcome.failure == Failure::kNone) {
+      outcome.failure = Failure::kStatement;
+      outcome.message = "transaction did not commit";
+    }
+    outcome.results.clear();
+  }
+  return outcome;
+}
+
+}  // namespace evp::postgres
