@@ -217,8 +217,8 @@ std::vector<Key> Keys(Binary binary) {
       "BATCH_SIZE", "messages fetched and written per batch", "1000", 1, 10000,
       [](Config& c, int64_t v) { c.batch_size = static_cast<int>(v); },
       [](const Config& c) { return c.batch_size; }));
-  dur_key("BATCH_MAX_WAIT", "longest wait for a batch to fill", "100ms", ms(1), ms(10'000),
-          &Config::batch_max_wait);
+  dur_key("BATCH_MAX_WAIT", "longest wait for messages when none are pending", "100ms", ms(1),
+          ms(10'000), &Config::batch_max_wait);
   dur_key("ACK_WAIT", "realtime consumer AckWait (redelivery after a crash)", "5s", ms(1000),
           kMinute * 60, &Config::ack_wait);
   keys.push_back(IntKey(

@@ -85,11 +85,12 @@ PipelinedWriter::Outcome PipelinedWriter::Write(std::span<const handlers::Mutati
   bool sent = PQsendQueryParams(conn_, "BEGIN", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1;
   for (const WriteStep& step : steps) {
     if (!sent) break;
-    const char* values[2] = {step.params[0].c_str(),
-                             step.params.size() > 1 ? step.params[1].c_str() : nullptr};
-    sent =
-        PQsendQueryPrepared(conn_, planner_.StatementName(step).c_str(),
-                            static_cast<int>(step.params.size()), values, nullptr, nullptr, 0) == 1;
+    std::vector<const char*> values;
+    values.reserve(step.params.size());
+    for (const std::string& param : step.params) values.push_back(param.c_str());
+    sent = PQsendQueryPrepared(conn_, planner_.StatementName(step).c_str(),
+                               static_cast<int>(values.size()), values.data(), nullptr, nullptr,
+                               0) == 1;
   }
   sent = sent && PQsendQueryParams(conn_, "COMMIT", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1;
   sent = sent && PQpipelineSync(conn_) == 1;
