@@ -6,7 +6,7 @@ JOBS ?= 2
 FORMAT_FILES = $(shell find cmd internal tests -type f \( -name '*.cpp' -o -name '*.hpp' \) 2>/dev/null | sort)
 
 .PHONY: help bootstrap build release run test test-asan format format-check stack-start \
-        stack-stop stack-status clean check-deploy check-metrics chaos chaos-ci fuzz
+        stack-stop stack-status clean check-deploy check-metrics chaos chaos-ci fuzz bench bench-smoke
 
 help: ## Show the targets
 	@echo "Targets:"
@@ -44,6 +44,12 @@ format-check: ## Fail if any C++ source is not clang-formatted
 
 chaos: ## Chaos suite (kills, restarts, outages under load); CHAOS_EVENTS=100000 by default
 	CTEST_ARGS="-L chaos" scripts/test.sh
+
+bench: bootstrap ## Benchmark of docs/performance.md (release build, own servers; RUNS, EVENTS, ...)
+	bench/run.sh
+
+bench-smoke: bootstrap ## A tiny benchmark run on the dev build, as CI runs it (checks the command works)
+	SMOKE=1 PRESET=dev bench/run.sh
 
 chaos-ci: ## A shortened chaos selection, as CI runs it (a few minutes)
 	CHAOS_EVENTS=$${CHAOS_EVENTS:-3000} CTEST_ARGS="-L chaos -R (ProcessorKilled|PostgresRestart|NatsServerRestart|PoisonMix|DlqWorkerKilled|ConcurrentReplicas|TwoReplicas)" scripts/test.sh

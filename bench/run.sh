@@ -18,7 +18,9 @@
 #   NAIVE_EVENTS [20000, at most EVENTS]   DRAIN_TIMEOUT [120 + EVENTS/500 seconds]
 #   SMOKE=1   defaults become RUNS=1 EVENTS=5000 TENANTS=5 LATENCY_RATE=500 LATENCY_SECONDS=5
 #             NAIVE_EVENTS=500 (explicit values still win)
-#   BUILD=0   skip the build and use the binaries already in build/release
+#   BUILD=0   skip the build and use the binaries already in build/$PRESET
+#   PRESET    CMake preset of the binaries [release]; CI's smoke run uses dev, which `make
+#             test` has just built (figures from a dev build are not comparable)
 #   KEEP=1    keep the temp directory (server and processor logs) after the run
 #   PG_BIN    PostgreSQL server binaries [/usr/lib/postgresql/15/bin]
 # Processor settings such as BATCH_SIZE or DB_POOL_SIZE are passed through to the processor;
@@ -55,7 +57,12 @@ STREAM=EVENTS_REALTIME
 REF_CONSUMER=bench-reference
 NAIVE_CONSUMER=bench-naive
 PROC_CONSUMER=bench-processor
-BIN="$ROOT/build/release"
+PRESET="${PRESET:-release}"
+[[ "$PRESET" =~ ^(release|dev|asan)$ ]] || {
+  echo "bench: error: PRESET must be release, dev or asan" >&2
+  exit 1
+}
+BIN="$ROOT/build/$PRESET"
 REFERENCE="$BIN/bench/evp_bench_reference"
 PROCESSOR="$BIN/events-processor"
 EVENTCTL="$BIN/eventctl"
@@ -157,12 +164,12 @@ trap 'exit 130' INT TERM
 # Build
 
 if [[ "$BUILD" != 0 ]]; then
-  log "building the release preset (log $WORK/logs/build.log)"
-  if ! { cmake --preset release &&
-    cmake --build --preset release -j2 --target events-processor eventctl evp_bench_reference; } \
+  log "building the $PRESET preset (log $WORK/logs/build.log)"
+  if ! { cmake --preset "$PRESET" &&
+    cmake --build --preset "$PRESET" -j2 --target events-processor eventctl evp_bench_reference; } \
     >"$WORK/logs/build.log" 2>&1; then
     tail -n 40 "$WORK/logs/build.log" >&2
-    die "release build failed"
+    die "$PRESET build failed"
   fi
 fi
 for b in "$PROCESSOR" "$EVENTCTL" "$REFERENCE"; do

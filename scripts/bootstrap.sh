@@ -10,6 +10,7 @@ required=(
   libnats-dev libpqxx-dev nlohmann-json3-dev prometheus-cpp-dev libspdlog-dev
   libgtest-dev libgmock-dev libvalijson-dev libcpp-httplib-dev libcli11-dev
   nats-server postgresql "postgresql-client|postgresql-client-15" clang-format prometheus
+  curl jq
 )
 optional=(ninja-build)
 
