@@ -72,14 +72,14 @@ int main() {
                                 ""};
   std::vector<std::unique_ptr<nats::JetStreamSource>> sources;
   for (int i = 0; i < config.dlq_workers; ++i) {
-    auto src = app::BindWhenReady(conn, spec, stop);
+    auto src = app::BindWhenReady(config, conn, spec, stop);
     if (!src) return 0;
     sources.push_back(std::move(src));
   }
   // One more loop turns MAX_DELIVERIES advisories into dead letters.
   const nats::ConsumerSpec advisory_spec{
       config.advisory_stream, config.dlq_consumer + "-advisories", config.dlq_ack_wait, -1, 64, ""};
-  auto advisory_src = app::BindWhenReady(conn, advisory_spec, stop);
+  auto advisory_src = app::BindWhenReady(config, conn, advisory_spec, stop);
   if (!advisory_src) return 0;
   pipeline::LoopHealth advisory_health;
   std::thread advisories([&] {

@@ -68,8 +68,8 @@ int main() {
                                         config.history_max_deliver,
                                         std::max(16, config.max_ack_pending / 64),
                                         ""};
-  auto realtime_src = app::BindWhenReady(conn, realtime_spec, stop);
-  auto history_src = app::BindWhenReady(conn, history_spec, stop);
+  auto realtime_src = app::BindWhenReady(config, conn, realtime_spec, stop);
+  auto history_src = app::BindWhenReady(config, conn, history_spec, stop);
   if (!realtime_src || !history_src) return 0;
   consumers_bound = true;
   observability::LogInfo("consuming", {{"realtime_consumer", config.realtime_consumer},

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 
 #include "observability/logging.hpp"
 #include "pipeline/consumer_loop.hpp"
@@ -10,6 +11,12 @@
 namespace evp::app {
 
 using std::chrono::milliseconds;
+
+namespace {
+// How long a deleted stream or consumer is left to the server's background removal before it
+// is recreated.
+constexpr milliseconds kStreamRecreateDelay{3000};
+}  // namespace
 
 Config LoadConfigOrExit(Binary binary, const char* binary_name) {
   auto cfg = Config::FromProcessEnvironment(binary);
@@ -48,14 +55,30 @@ std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(const Config& con
   return nullptr;
 }
 
-std::unique_ptr<nats::JetStreamSource> BindWhenReady(std::shared_ptr<nats::NatsConnection> conn,
+std::unique_ptr<nats::JetStreamSource> BindWhenReady(const Config& config,
+                                                     std::shared_ptr<nats::NatsConnection> conn,
                                                      const nats::ConsumerSpec& spec,
                                                      const std::atomic<bool>& stop) {
   while (!stop.load()) {
     auto ensured = conn->EnsureConsumer(spec);
     if (ensured.ok()) {
       auto src = nats::JetStreamSource::Bind(conn, spec);
-      if (src.ok()) return std::move(src).value();
+      if (src.ok()) {
+        src.value()->SetRecovery([&config, conn, spec]() -> Result<Unit, std::string> {
+          if (!conn->StreamExists(spec.stream) || !conn->ConsumerExists(spec)) {
+            // Deleted by an operator. nats-server removes a deleted stream's or consumer's
+            // files in the background; one recreated at once can lose its new files to that
+            // removal (seen with 2.9.10: "error opening msg block file"). Give it time.
+            observability::LogWarn("stream or consumer missing; recreating it shortly",
+                                   {{"stream", spec.stream}, {"consumer", spec.durable}});
+            std::this_thread::sleep_for(kStreamRecreateDelay);
+          }
+          auto streams = conn->EnsureStreams(config);
+          if (!streams.ok()) return streams;
+          return conn->EnsureConsumer(spec);
+        });
+        return std::move(src).value();
+      }
       observability::LogWarn("cannot bind consumer; retrying in 2s", {{"error", src.error()}});
     } else {
       observability::LogWarn("cannot create consumer; retrying in 2s",

@@ -24,7 +24,10 @@ std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(const Config& con
                                                                const std::atomic<bool>& stop);
 
 // Creates/updates the consumer and binds a pull subscription, retrying until success or stop.
-std::unique_ptr<nats::JetStreamSource> BindWhenReady(std::shared_ptr<nats::NatsConnection> conn,
+// The source recreates the streams (from `config`, which must outlive it) and the consumer
+// when they are deleted while it runs.
+std::unique_ptr<nats::JetStreamSource> BindWhenReady(const Config& config,
+                                                     std::shared_ptr<nats::NatsConnection> conn,
                                                      const nats::ConsumerSpec& spec,
                                                      const std::atomic<bool>& stop);
 

@@ -158,6 +158,23 @@ Result<Unit, std::string> NatsConnection::EnsureStreams(const Config& config) {
   return Unit{};
 }
 
+bool NatsConnection::StreamExists(const std::string& stream) {
+  jsStreamInfo* si = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetStreamInfo(&si, js_, stream.c_str(), nullptr, &jerr);
+  if (si != nullptr) jsStreamInfo_Destroy(si);
+  return !(s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr);
+}
+
+bool NatsConnection::ConsumerExists(const ConsumerSpec& spec) {
+  jsConsumerInfo* ci = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s =
+      js_GetConsumerInfo(&ci, js_, spec.stream.c_str(), spec.durable.c_str(), nullptr, &jerr);
+  if (ci != nullptr) jsConsumerInfo_Destroy(ci);
+  return !(s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr || jerr == JSStreamNotFoundErr);
+}
+
 Result<Unit, std::string> NatsConnection::EnsureConsumer(const ConsumerSpec& spec) {
   jsConsumerConfig cc;
   jsConsumerConfig_Init(&cc);
@@ -423,6 +440,40 @@ void JetStreamSource::InProgress(uint64_t token) {
 }
 
 bool JetStreamSource::Connected() { return conn_->Connected(); }
+
+bool JetStreamSource::Recover() {
+  if (!conn_->Connected()) return false;  // the connection reconnects by itself
+  auto ensured = ensure_ ? ensure_() : conn_->EnsureConsumer(spec_);
+  if (!ensured.ok()) {
+    observability::LogWarn("cannot recreate consumer",
+                           {{"consumer", spec_.durable}, {"error", ensured.error()}});
+    return false;
+  }
+  jsSubOptions so;
+  jsSubOptions_Init(&so);
+  so.Stream = spec_.stream.c_str();
+  so.Consumer = spec_.durable.c_str();
+  so.ManualAck = true;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsSubscription* fresh = nullptr;
+  natsStatus s = js_PullSubscribe(&fresh, conn_->js(), spec_.filter_subject.c_str(),
+                                  spec_.durable.c_str(), nullptr, &so, &jerr);
+  if (s != NATS_OK) {
+    observability::LogWarn("cannot bind to consumer",
+                           {{"consumer", spec_.durable}, {"error", StatusText(s, jerr)}});
+    return false;
+  }
+  std::lock_guard lock(mu_);
+  for (auto& [token, msgs] : pending_) {
+    for (natsMsg* m : msgs) natsMsg_Destroy(m);
+  }
+  pending_.clear();
+  natsSubscription_Destroy(sub_);
+  sub_ = fresh;
+  observability::LogInfo("consumer recreated and bound again",
+                         {{"consumer", spec_.durable}, {"stream", spec_.stream}});
+  return true;
+}
 
 bool JetStreamSource::Lag(uint64_t* pending, uint64_t* ack_pending) {
   jsConsumerInfo* ci = nullptr;

@@ -4,6 +4,7 @@
 // Thread-safety: a NatsConnection may be shared (nats.c is thread-safe); a JetStreamSource
 // belongs to one consumer loop.
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -44,6 +45,10 @@ class NatsConnection {
   // Creates or updates the realtime, history and DLQ streams (SPEC §3).
   Result<Unit, std::string> EnsureStreams(const Config& config);
   Result<Unit, std::string> EnsureConsumer(const ConsumerSpec& spec);
+  // False when the server answers that the stream does not exist (other errors: true).
+  bool StreamExists(const std::string& stream);
+  // False when the server answers that the consumer (or its stream) does not exist.
+  bool ConsumerExists(const ConsumerSpec& spec);
   // Publishes and waits for the PubAck. Returns the stream sequence.
   Result<uint64_t, std::string> Publish(const std::string& subject, std::string_view data,
                                         const std::string& msg_id, const HeaderMap& headers);
@@ -80,9 +85,16 @@ class JetStreamSource final : public pipeline::EventSource {
   void InProgress(uint64_t token) override;
   bool Connected() override;
   bool Lag(uint64_t* pending, uint64_t* ack_pending) override;
+  // Runs `ensure` (create or update the streams and the consumer), then subscribes again.
+  // Unsettled messages of the old subscription are dropped: the server redelivers them.
+  bool Recover() override;
+  void SetRecovery(std::function<Result<Unit, std::string>()> ensure) {
+    ensure_ = std::move(ensure);
+  }
 
  private:
   JetStreamSource() = default;
+  std::function<Result<Unit, std::string>()> ensure_;
   std::shared_ptr<NatsConnection> conn_;
   ConsumerSpec spec_;
   __natsSubscription* sub_ = nullptr;

@@ -24,6 +24,9 @@ void SleepUnlessStopped(milliseconds d, const std::atomic<bool>& stop) {
 
 namespace {
 
+// Fetches that fail in a row, while connected, before the source recreates its consumer.
+constexpr int kFailedFetchesBeforeRecovery = 1;
+
 // Sends in-progress acks for the current batch until destroyed.
 class Heartbeat {
  public:
@@ -59,6 +62,10 @@ void UpdateLag(EventSource& source, const LoopOptions& options, steady_clock::ti
   if (source.Lag(&pending, &ack_pending)) {
     pending_gauge.Set(static_cast<double>(pending));
     ack_pending_gauge.Set(static_cast<double>(ack_pending));
+  } else if (source.Connected()) {
+    // Connected, yet the consumer cannot be read: deleted (with its stream, maybe) while
+    // idle fetches just time out. Recreate it.
+    source.Recover();
   }
   next = steady_clock::now() + options.lag_interval;
 }
@@ -97,6 +104,7 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
   auto& pending_gauge = metrics.ConsumerPending(options.name);
   auto& ack_pending_gauge = metrics.ConsumerAckPending(options.name);
   std::optional<InFlight> writing;
+  int failed_fetches = 0;
   std::future<std::vector<Decision>> written;
   auto settle = [&] {
     if (!writing) return;
@@ -124,9 +132,11 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
       observability::LogWarn("fetch failed",
                              {{"consumer", options.name}, {"error", fetched.error()}});
       settle();
+      if (++failed_fetches >= kFailedFetchesBeforeRecovery) source.Recover();
       SleepUnlessStopped(milliseconds(500), stop);
       continue;
     }
+    failed_fetches = 0;
     health.source_ok = true;
     if (fetched->messages.empty()) {
       settle();
@@ -152,6 +162,7 @@ void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& s
   auto next_lag = steady_clock::now();
   auto& pending_gauge = metrics.ConsumerPending(options.name);
   auto& ack_pending_gauge = metrics.ConsumerAckPending(options.name);
+  int failed_fetches = 0;
   while (!stop.load()) {
     // Backpressure: fetch nothing until the database answers.
     if (!WaitForStore(store, stop, health, options)) break;
@@ -161,9 +172,11 @@ void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& s
       health.source_ok = false;
       observability::LogWarn("fetch failed",
                              {{"consumer", options.name}, {"error", fetched.error()}});
+      if (++failed_fetches >= kFailedFetchesBeforeRecovery) source.Recover();
       SleepUnlessStopped(milliseconds(500), stop);
       continue;
     }
+    failed_fetches = 0;
     health.source_ok = true;
     if (fetched->messages.empty()) continue;
     const auto started = steady_clock::now();

@@ -130,6 +130,9 @@ class EventSource {
   virtual bool Connected() = 0;
   // Consumer lag figures for metrics; false when unavailable.
   virtual bool Lag(uint64_t* pending, uint64_t* ack_pending) = 0;
+  // After fetches keep failing while connected: recreates what the source reads from (a
+  // stream or consumer deleted by an operator) and binds to it again. True when re-bound.
+  virtual bool Recover() { return false; }
 };
 
 }  // namespace evp::pipeline

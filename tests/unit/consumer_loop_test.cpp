@@ -1,0 +1,100 @@
+// RunConsumerLoop against a scripted source: when the consumer it reads from disappears, the
+// loop asks the source to recreate it, whether fetches fail or just come back empty.
+#include "pipeline/consumer_loop.hpp"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "fakes.hpp"
+
+namespace evp::pipeline {
+namespace {
+
+using std::chrono::milliseconds;
+
+// A source whose consumer is "deleted" until Recover() is called.
+class DeletableSource final : public EventSource {
+ public:
+  explicit DeletableSource(bool fetch_fails) : fetch_fails_(fetch_fails) {}
+  Result<FetchedBatch, std::string> Fetch(int, milliseconds) override {
+    ++fetches;
+    if (deleted && fetch_fails_) return Err{std::string("Consumer Deleted")};
+    return FetchedBatch{};
+  }
+  void Settle(uint64_t, std::span<const Decision>) override {}
+  void InProgress(uint64_t) override {}
+  bool Connected() override { return connected; }
+  bool Lag(uint64_t* pending, uint64_t* ack_pending) override {
+    if (deleted) return false;
+    *pending = 0;
+    *ack_pending = 0;
+    return true;
+  }
+  bool Recover() override {
+    ++recoveries;
+    deleted = false;
+    return true;
+  }
+
+  std::atomic<bool> deleted{true};
+  std::atomic<bool> connected{true};
+  std::atomic<int> fetches{0};
+  std::atomic<int> recoveries{0};
+
+ private:
+  bool fetch_fails_;
+};
+
+class NoopHandler final : public BatchHandler {
+ public:
+  std::vector<Decision> Process(std::span<const InboundMessage> batch) override {
+    return std::vector<Decision>(batch.size(), Decision::Ack());
+  }
+  bool StoreUnavailable() const override { return false; }
+};
+
+// Runs the loop until `done` holds or 10 s pass, then stops it.
+template <typename Pred>
+bool RunUntil(DeletableSource& source, milliseconds lag_interval, Pred done) {
+  testing::InMemoryEventStore store;
+  observability::Metrics metrics("test");
+  NoopHandler handler;
+  std::atomic<bool> stop{false};
+  LoopHealth health;
+  std::thread loop([&] {
+    RunConsumerLoop(source, handler, store, metrics,
+                    {"test", 10, milliseconds(1), milliseconds(0), lag_interval}, stop, health);
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!done() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(5));  // poll period
+  }
+  const bool ok = done();
+  stop = true;
+  loop.join();
+  return ok;
+}
+
+TEST(ConsumerLoop, FailingFetchOfADeletedConsumerRecreatesIt) {
+  DeletableSource source(true);
+  // Lag checks far apart: only the failing fetch can trigger the recovery here.
+  EXPECT_TRUE(RunUntil(source, milliseconds(60'000), [&] { return source.recoveries > 0; }));
+  EXPECT_FALSE(source.deleted);
+}
+
+TEST(ConsumerLoop, IdleLoopNoticesADeletedConsumerThroughItsLagCheck) {
+  DeletableSource source(false);  // fetches just come back empty
+  EXPECT_TRUE(RunUntil(source, milliseconds(20), [&] { return source.recoveries > 0; }));
+  EXPECT_FALSE(source.deleted);
+}
+
+TEST(ConsumerLoop, NoRecoveryWhileDisconnected) {
+  DeletableSource source(false);
+  source.connected = false;
+  EXPECT_TRUE(RunUntil(source, milliseconds(20), [&] { return source.fetches > 20; }));
+  EXPECT_EQ(source.recoveries, 0);
+}
+
+}  // namespace
+}  // namespace evp::pipeline
