@@ -52,6 +52,64 @@ bool PipelinedWriter::Connect(std::string& error) {
   return ok;
 }
 
+bool PipelinedWriter::Exchange(const std::vector<const WriteStep*>& steps, bool begin, bool commit,
+                               Outcome& outcome) {
+  if (PQenterPipelineMode(conn_) != 1) return false;
+  bool sent =
+      !begin || PQsendQueryParams(conn_, "BEGIN", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1;
+  for (const WriteStep* step : steps) {
+    if (!sent) break;
+    std::vector<const char*> values;
+    values.reserve(step->params.size());
+    for (const std::string& param : step->params) values.push_back(param.c_str());
+    sent = PQsendQueryPrepared(conn_, planner_.StatementName(*step).c_str(),
+                               static_cast<int>(values.size()), values.data(), nullptr, nullptr,
+                               0) == 1;
+  }
+  if (commit) {
+    sent =
+        sent && PQsendQueryParams(conn_, "COMMIT", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1;
+  }
+  sent = sent && PQpipelineSync(conn_) == 1;
+  if (!sent) return false;
+
+  // Results arrive in the order sent: BEGIN, the steps, COMMIT, then the sync point. After a
+  // failed statement the rest are reported aborted.
+  const size_t first = begin ? 1 : 0;  // query number of the first step
+  const size_t queries = first + steps.size() + (commit ? 1 : 0);
+  size_t query = 0;
+  bool synced = false;
+  while (!synced) {
+    PGresult* r = PQgetResult(conn_);
+    if (r == nullptr) {
+      // End of one query's results; more ends than queries means the stream is broken.
+      if (PQstatus(conn_) != CONNECTION_OK || ++query > queries) return false;
+      continue;
+    }
+    const ExecStatusType status = PQresultStatus(r);
+    if (status == PGRES_PIPELINE_SYNC) {
+      synced = true;
+    } else if (status == PGRES_FATAL_ERROR || status == PGRES_NONFATAL_ERROR) {
+      if (outcome.failure == Failure::kNone) {
+        outcome.failure = Failure::kStatement;
+        outcome.message = ErrorText(conn_, r);
+      }
+    } else if (status == PGRES_TUPLES_OK && query >= first && query < first + steps.size() &&
+               outcome.failure == Failure::kNone) {
+      std::vector<std::vector<std::string>> rows(static_cast<size_t>(PQntuples(r)));
+      for (int row = 0; row < PQntuples(r); ++row) {
+        for (int col = 0; col < PQnfields(r); ++col) {
+          rows[static_cast<size_t>(row)].emplace_back(PQgetvalue(r, row, col));
+        }
+      }
+      SetWriter::Interpret(*steps[query - first], rows, outcome.results);
+    }
+    PQclear(r);
+  }
+  PQexitPipelineMode(conn_);
+  return PQstatus(conn_) == CONNECTION_OK;
+}
+
 PipelinedWriter::Outcome PipelinedWriter::Write(std::span<const handlers::Mutation> mutations) {
   Outcome outcome;
   if (!Connect(outcome.message)) {
@@ -81,54 +139,19 @@ PipelinedWriter::Outcome PipelinedWriter::Write(std::span<const handlers::Mutati
     Close();
     return o;
   };
-  if (PQenterPipelineMode(conn_) != 1) return lost(outcome);
-  bool sent = PQsendQueryParams(conn_, "BEGIN", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1;
-  for (const WriteStep& step : steps) {
-    if (!sent) break;
-    std::vector<const char*> values;
-    values.reserve(step.params.size());
-    for (const std::string& param : step.params) values.push_back(param.c_str());
-    sent = PQsendQueryPrepared(conn_, planner_.StatementName(step).c_str(),
-                               static_cast<int>(values.size()), values.data(), nullptr, nullptr,
-                               0) == 1;
-  }
-  sent = sent && PQsendQueryParams(conn_, "COMMIT", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1;
-  sent = sent && PQpipelineSync(conn_) == 1;
-  if (!sent) return lost(outcome);
-
-  // Results arrive in the order sent: BEGIN, the steps, COMMIT, then the sync point. After a
-  // failed statement the rest are reported aborted and the transaction is rolled back.
-  size_t query = 0;  // 0 = BEGIN, 1..steps = the steps, steps+1 = COMMIT
-  bool synced = false;
-  while (!synced) {
-    PGresult* r = PQgetResult(conn_);
-    if (r == nullptr) {
-      // End of one query's results; more ends than queries means the stream is broken.
-      if (PQstatus(conn_) != CONNECTION_OK || ++query > steps.size() + 2) return lost(outcome);
-      continue;
+  // Two exchanges: the writes, then the stale checks of the updates that did not apply
+  // (usually none) with the COMMIT. Both run in the one transaction.
+  std::vector<const WriteStep*> writes;
+  std::vector<const WriteStep*> checks;
+  for (const WriteStep& step : steps) (step.op == 'x' ? checks : writes).push_back(&step);
+  if (!Exchange(writes, true, false, outcome)) return lost(outcome);
+  if (outcome.failure == Failure::kNone) {
+    std::vector<const WriteStep*> needed;
+    for (const WriteStep* check : checks) {
+      if (SetWriter::Needed(*check, outcome.results)) needed.push_back(check);
     }
-    const ExecStatusType status = PQresultStatus(r);
-    if (status == PGRES_PIPELINE_SYNC) {
-      synced = true;
-    } else if (status == PGRES_FATAL_ERROR || status == PGRES_NONFATAL_ERROR) {
-      if (outcome.failure == Failure::kNone) {
-        outcome.failure = Failure::kStatement;
-        outcome.message = ErrorText(conn_, r);
-      }
-    } else if (status == PGRES_TUPLES_OK && query >= 1 && query <= steps.size() &&
-               outcome.failure == Failure::kNone) {
-      std::vector<std::vector<std::string>> rows(static_cast<size_t>(PQntuples(r)));
-      for (int row = 0; row < PQntuples(r); ++row) {
-        for (int col = 0; col < PQnfields(r); ++col) {
-          rows[static_cast<size_t>(row)].emplace_back(PQgetvalue(r, row, col));
-        }
-      }
-      SetWriter::Interpret(steps[query - 1], rows, outcome.results);
-    }
-    PQclear(r);
+    if (!Exchange(needed, false, true, outcome)) return lost(outcome);
   }
-  PQexitPipelineMode(conn_);
-  if (PQstatus(conn_) != CONNECTION_OK) return lost(outcome);
   if (outcome.failure != Failure::kNone || PQtransactionStatus(conn_) != PQTRANS_IDLE) {
     // An aborted transaction block stays open after the sync: end it.
     PQclear(PQexec(conn_, "ROLLBACK"));

@@ -1,9 +1,9 @@
 #pragma once
-// Writes a batch's statements (SetWriter::Plan) in one round trip: BEGIN, every statement,
-// COMMIT, sent in libpq pipeline mode on a connection of its own, then their results read
-// in order. The sequential SetWriter::Write stays the reference and the fallback: when a
-// statement fails here, nothing is committed and the caller isolates the failing events.
-// Not thread-safe (one per writer connection).
+// Writes a batch's statements (SetWriter::Plan) in libpq pipeline mode on a connection of
+// its own: BEGIN and every write in one round trip, then the stale checks that are needed
+// (updates that did not apply) with COMMIT in a second one. The sequential SetWriter::Write stays
+// the reference and the fallback: when a statement fails here, nothing is committed and the caller
+// isolates the failing events. Not thread-safe (one per writer connection).
 #include <set>
 #include <span>
 #include <string>
@@ -35,6 +35,11 @@ class PipelinedWriter {
 
  private:
   bool Connect(std::string& error);
+  // One round trip in pipeline mode: BEGIN (when `begin`), the steps, COMMIT (when
+  // `commit`), a sync point; interprets the steps' rows into outcome.results and records the
+  // first failing statement in outcome. False when the connection is lost.
+  bool Exchange(const std::vector<const WriteStep*>& steps, bool begin, bool commit,
+                Outcome& outcome);
   void Close();
 
   std::string dsn_;
