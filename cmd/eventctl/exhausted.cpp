@@ -215,6 +215,7 @@ void AddFilters(CLI::App* cmd, Options& o) {
 
 std::function<int(const Config&)> AddExhaustedCommands(CLI::App& app) {
   auto o = std::make_shared<Options>();
+  o->filter.limit = 1000;  // before the options capture it as their shown default
   auto* ex = app.add_subcommand("exhausted", "list, show, redrive and resolve exhausted events");
   ex->require_subcommand(1);
   auto* list = ex->add_subcommand("list", "list exhausted events (unresolved by default)");
@@ -231,7 +232,6 @@ std::function<int(const Config&)> AddExhaustedCommands(CLI::App& app) {
   auto* resolve = ex->add_subcommand("resolve", "mark exhausted events resolved without redriving");
   resolve->add_option("id", o->ids, "exhausted event id(s)")->required();
   resolve->add_option("--note", o->note, "why it is resolved")->required();
-  o->filter.limit = 1000;
 
   return [o, list, show, redrive, resolve](const Config& config) -> int {
     if (config.postgres_dsn.empty()) {
