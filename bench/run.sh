@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark of docs/performance.md and /work/shared/QUALITY.md, one command:
+# The benchmark of docs/performance.md and the project quality bars (QUALITY.md), one command:
 #
 #   bench/run.sh                      full run (3 runs x 200,000 events, 50 tenants)
 #   SMOKE=1 bench/run.sh              tiny run for CI (finishes in well under 90 s once built)
