@@ -263,23 +263,37 @@ void NatsConnection::Drain(std::chrono::milliseconds timeout) {
 
 // ---------------------------------------------------------------------------------------
 
-Result<std::unique_ptr<JetStreamSource>, std::string> JetStreamSource::Bind(
-    std::shared_ptr<NatsConnection> conn, const ConsumerSpec& spec) {
-  std::unique_ptr<JetStreamSource> src(new JetStreamSource());
-  src->conn_ = std::move(conn);
-  src->spec_ = spec;
+namespace {
+
+// A pull subscription bound to the durable consumer of `spec`.
+Result<natsSubscription*, std::string> PullSubscribe(NatsConnection& conn,
+                                                     const ConsumerSpec& spec) {
   jsSubOptions so;
   jsSubOptions_Init(&so);
-  so.Stream = src->spec_.stream.c_str();
-  so.Consumer = src->spec_.durable.c_str();
+  so.Stream = spec.stream.c_str();
+  so.Consumer = spec.durable.c_str();
   so.ManualAck = true;
   jsErrCode jerr = static_cast<jsErrCode>(0);
-  natsStatus s = js_PullSubscribe(&src->sub_, src->conn_->js(), src->spec_.filter_subject.c_str(),
-                                  src->spec_.durable.c_str(), nullptr, &so, &jerr);
+  natsSubscription* sub = nullptr;
+  natsStatus s = js_PullSubscribe(&sub, conn.js(), spec.filter_subject.c_str(),
+                                  spec.durable.c_str(), nullptr, &so, &jerr);
   if (s != NATS_OK) {
     return Err{"cannot bind to consumer " + spec.durable + " on " + spec.stream + ": " +
                StatusText(s, jerr)};
   }
+  return sub;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<JetStreamSource>, std::string> JetStreamSource::Bind(
+    std::shared_ptr<NatsConnection> conn, const ConsumerSpec& spec) {
+  auto sub = PullSubscribe(*conn, spec);
+  if (!sub.ok()) return Err{sub.error()};
+  std::unique_ptr<JetStreamSource> src(new JetStreamSource());
+  src->conn_ = std::move(conn);
+  src->spec_ = spec;
+  src->sub_ = sub.value();
   return src;
 }
 
@@ -449,18 +463,10 @@ bool JetStreamSource::Recover() {
                            {{"consumer", spec_.durable}, {"error", ensured.error()}});
     return false;
   }
-  jsSubOptions so;
-  jsSubOptions_Init(&so);
-  so.Stream = spec_.stream.c_str();
-  so.Consumer = spec_.durable.c_str();
-  so.ManualAck = true;
-  jsErrCode jerr = static_cast<jsErrCode>(0);
-  natsSubscription* fresh = nullptr;
-  natsStatus s = js_PullSubscribe(&fresh, conn_->js(), spec_.filter_subject.c_str(),
-                                  spec_.durable.c_str(), nullptr, &so, &jerr);
-  if (s != NATS_OK) {
+  auto fresh = PullSubscribe(*conn_, spec_);
+  if (!fresh.ok()) {
     observability::LogWarn("cannot bind to consumer",
-                           {{"consumer", spec_.durable}, {"error", StatusText(s, jerr)}});
+                           {{"consumer", spec_.durable}, {"error", fresh.error()}});
     return false;
   }
   std::lock_guard lock(mu_);
@@ -469,7 +475,7 @@ bool JetStreamSource::Recover() {
   }
   pending_.clear();
   natsSubscription_Destroy(sub_);
-  sub_ = fresh;
+  sub_ = fresh.value();
   observability::LogInfo("consumer recreated and bound again",
                          {{"consumer", spec_.durable}, {"stream", spec_.stream}});
   return true;
