@@ -180,10 +180,14 @@ done
 # Servers
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Ports come from below the kernel's ephemeral range: an outgoing connection (any client on
+# the machine) can take an ephemeral port between this check and the server's bind.
+ephemeral_low="$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+((ephemeral_low > 12000)) || ephemeral_low=32768
 free_port() {
   local p
   for _ in $(seq 1 50); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((10000 + RANDOM % (ephemeral_low - 10000)))
     port_in_use "$p" || {
       echo "$p"
       return 0
@@ -388,6 +392,7 @@ echo
 
 ref_rates=() proc_rates=() run_ratios=() ref_this_run="" naive_rates=() p50s=() p99s=() ref_rss=() proc_rss=() naive_rss=()
 product_failed=0
+failure_notes=() # what went wrong, repeated after the table (CI shows the end of the output)
 nats_port="" nats_mon="" http_port="" drained_at="" last_backlog=""
 
 for ((run = 1; run <= RUNS; run++)); do
@@ -452,6 +457,7 @@ for ((run = 1; run <= RUNS; run++)); do
     echo "$tag: processor  FAILED: $reason (backlog $last_backlog); log tail:"
     tail -n 15 "$proc_log" | sed 's/^/      /'
     product_failed=1
+    failure_notes+=("$tag: processor $reason (backlog $last_backlog)")
     proc_rates+=("n/a") proc_rss+=("n/a") p50s+=("n/a") p99s+=("n/a") run_ratios+=("n/a")
   else
     secs="$(elapsed "$t0" "$drained_at")"
@@ -474,6 +480,7 @@ for ((run = 1; run <= RUNS; run++)); do
     if ((status != 0)); then
       echo "$tag: latency    FAILED: processor did not drain the latency load (backlog $last_backlog)"
       product_failed=1
+      failure_notes+=("$tag: processor did not drain the latency load (backlog $last_backlog)")
       p50s+=("n/a") p99s+=("n/a")
     else
       metrics_dump "$WORK/logs/metrics-$run-after.txt" || die "cannot read the processor's /metrics"
@@ -500,6 +507,10 @@ for ((run = 1; run <= RUNS; run++)); do
     errors="$(grep -cE '"level":"(error|critical)"' "$proc_log" || true)"
     echo "$tag: processor  exit status $exit_status $how; log: $errors errors," \
       "$warnings warnings"
+    if ((${#failure_notes[@]} > 0)) && [[ "${failure_notes[-1]}" == "$tag: "* ]]; then
+      failure_notes[-1]+="; exit status $exit_status $how; last log lines:"
+      failure_notes[-1]+=$'\n'"$(tail -n 12 "$proc_log" | cut -c1-400 | sed 's/^/      /')"
+    fi
     if ((errors + warnings > 0)) || grep -qvE '^(\{|signal [0-9]+: )' "$proc_log"; then
       log_summary "$proc_log"
     fi
@@ -584,6 +595,7 @@ if ((SMOKE == 1 || EVENTS != 200000 || LATENCY_RATE != 5000)); then
 fi
 echo "finished in $SECONDS s"
 if ((product_failed)); then
-  echo "bench: the processor did not complete the workload (see above)" >&2
+  echo "bench: the processor did not complete the workload:" >&2
+  printf '  %s\n' "${failure_notes[@]}" >&2
   exit 3
 fi

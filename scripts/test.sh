@@ -65,7 +65,7 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # A port can be taken between the check and the bind: try a few.
 for attempt in 1 2 3 4 5; do
-  port=$((20000 + RANDOM % 30000))
+  port=$((10000 + RANDOM % 22000)) # below the ephemeral range (32768-60999)
   port_in_use "$port" && continue
   if as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/postgres.log" -w -t 60 \
     -o "-c port=$port -c listen_addresses=127.0.0.1 -c unix_socket_directories='$pg_dir' -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \

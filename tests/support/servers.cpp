@@ -213,23 +213,49 @@ int PortOfDsn(const std::string& dsn) {
 
 // ---------------------------------------------------------------------------------------------
 
-int FreeTcpPort() {
+namespace {
+
+// Binds 127.0.0.1:port (0: any); returns the bound port, or 0 when taken.
+int TryBind(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) ThrowErrno("socket");
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
-  addr.sin_port = 0;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
   ::inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
   socklen_t len = sizeof addr;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    int saved = errno;
-    ::close(fd);
-    errno = saved;
-    ThrowErrno("bind 127.0.0.1:0");
-  }
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
   ::close(fd);
-  return ntohs(addr.sin_port);
+  return ok ? ntohs(addr.sin_port) : 0;
+}
+
+// Lowest port the kernel hands out to outgoing connections (32768 by default).
+int EphemeralLow() {
+  std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+  int low = 0;
+  if (!(in >> low) || low <= 12000) return 0;
+  return low;
+}
+
+}  // namespace
+
+int FreeTcpPort() {
+  // A port from below the ephemeral range: between this check and the server's bind, no
+  // outgoing connection can take it (only another listener, which the random pick makes
+  // unlikely). Above it, any client connecting anywhere could.
+  static std::mutex mu;
+  static std::mt19937 rng{std::random_device{}() ^ static_cast<unsigned>(::getpid())};
+  const int low = EphemeralLow();
+  if (low > 0) {
+    std::lock_guard lock(mu);
+    std::uniform_int_distribution<int> pick(10000, low - 1);
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      if (int port = TryBind(pick(rng)); port > 0) return port;
+    }
+  }
+  if (int port = TryBind(0); port > 0) return port;
+  ThrowErrno("bind 127.0.0.1:0");
 }
 
 std::string UniqueName(std::string_view prefix) {

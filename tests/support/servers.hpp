@@ -19,7 +19,8 @@
 
 namespace evp::testing {
 
-// A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read it back).
+// A TCP port on 127.0.0.1 that was free a moment ago, from below the kernel's ephemeral
+// range so that no outgoing connection can take it before the server binds it.
 int FreeTcpPort();
 
 // prefix + pid + counter + random: only [a-z0-9_], at most 30 characters, starts with a
