@@ -2,7 +2,6 @@
 
 #include <map>
 #include <nlohmann/json.hpp>
-#include <pqxx/pqxx>
 #include <unordered_map>
 
 #include "postgres/pg_store.hpp"
@@ -307,29 +306,6 @@ std::string SetWriter::StatementName(const WriteStep& step) {
   // Statement names stay short (identifiers are cut at 63 bytes): a counter, not the schema.
   if (inserted) it->second = "evp_w" + std::to_string(names_.size());
   return it->second;
-}
-
-std::vector<ApplyResult> SetWriter::Write(pqxx::dbtransaction& tx,
-                                          std::span<const Mutation> mutations) {
-  std::vector<ApplyResult> out;
-  const std::vector<WriteStep> steps = Plan(mutations, out);
-  for (const WriteStep& step : steps) {
-    if (!Needed(step, out)) continue;
-    const std::string name = StatementName(step);
-    if (prepared_.insert(name).second) tx.conn().prepare(name, StepSql(step));
-    pqxx::result r = step.params.size() == 1
-                         ? tx.exec_prepared(name, step.params[0])
-                         : tx.exec_prepared(name, step.params[0], step.params[1]);
-    std::vector<std::vector<std::string>> rows;
-    rows.reserve(r.size());
-    for (const auto& row : r) {
-      std::vector<std::string> values;
-      for (const auto& field : row) values.push_back(field.c_str());
-      rows.push_back(std::move(values));
-    }
-    Interpret(step, rows, out);
-  }
-  return out;
 }
 
 }  // namespace evp::postgres

@@ -4,19 +4,14 @@
 // version guard as the row-at-a-time path. Several events for one key in a batch are written
 // in rounds (the k-th event of every key in round k, in fetch order), because ON CONFLICT
 // cannot touch a row twice in one statement; the result equals applying them one by one.
-// Throws pqxx exceptions; the caller classifies them. Not thread-safe (one per connection).
+// Not thread-safe (one per connection).
 #include <map>
-#include <set>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "handlers/mutation.hpp"
 #include "pipeline/ports.hpp"
-
-namespace pqxx {
-class dbtransaction;
-}  // namespace pqxx
 
 namespace evp::postgres {
 
@@ -38,13 +33,6 @@ class SetWriter {
  public:
   explicit SetWriter(std::string tenant_prefix) : tenant_prefix_(std::move(tenant_prefix)) {}
 
-  // Writes every mutation inside tx, one statement after the other; results[i] belongs to
-  // mutations[i].
-  std::vector<pipeline::ApplyResult> Write(pqxx::dbtransaction& tx,
-                                           std::span<const handlers::Mutation> mutations);
-  // Prepared statements belong to a connection: forget them when it is replaced.
-  void ConnectionReset() { prepared_.clear(); }
-
   // The statements of a batch, in order, and each mutation's outcome before any of them ran
   // (upserts stale, updates not yet); Interpret moves outcomes forward from result rows.
   std::vector<WriteStep> Plan(std::span<const handlers::Mutation> mutations,
@@ -63,7 +51,6 @@ class SetWriter {
 
   std::string tenant_prefix_;
   std::map<std::string, std::string> names_;  // (schema, table, op) -> statement name
-  std::set<std::string> prepared_;            // names prepared on the pqxx connection
 };
 
 }  // namespace evp::postgres

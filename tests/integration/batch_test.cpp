@@ -155,5 +155,63 @@ TEST(Batch, ResendingTheSameBatchChangesNothing) {
   EXPECT_EQ(QueryString(stack.Dsn(), snapshot_without_marker), before);
 }
 
+TEST(Batch, AwkwardTextAndJsonValuesArriveUnchanged) {
+  // Values that need quoting or escaping on the way to PostgreSQL, written in one batch.
+  Stack stack;
+  const std::string t = UniqueName("awkward");
+  const std::string s = "tenant_" + t;
+  const std::vector<std::string> texts = {"say \"hi\"",
+                                          "back\\slash\\",
+                                          "{braces},[brackets]",
+                                          "NULL",
+                                          "null",
+                                          "",
+                                          "comma, separated",
+                                          "tab\tnew\nline",
+                                          "caf\u00e9 \U0001F600",
+                                          "'; DROP TABLE x; --",
+                                          "\\\"",
+                                          " padded  ",
+                                          "$1::text[]",
+                                          "E'\\x00'",
+                                          "(a,b)"};
+  for (size_t i = 0; i < texts.size(); ++i) {
+    json m = Message("w" + std::to_string(i), texts[i]);
+    m["message_obj"] = json{{"quote", texts[i]}, {"nested", {{"list", {texts[i], nullptr}}}}};
+    ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, m.dump()).ok);
+  }
+  json contact{{"agent_id", "a\"1"},
+               {"phone_number", "+55 {1}"},
+               {"push_name", "O'Brien \\ \"Bob\""},
+               {"tags", {"vip, gold", "a\"b", "{x}", "NULL", ""}}};
+  ASSERT_TRUE(stack.Publish("v1.contacts.upsert." + t, contact.dump()).ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 15));
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".contacts", 1));
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::string id = "'w" + std::to_string(i) + "'";
+    EXPECT_EQ(QueryString(stack.Dsn(),
+                          "SELECT message_text FROM " + s + ".messages WHERE message_id = " + id),
+              texts[i])
+        << "message " << i;
+    const auto obj = QueryString(
+        stack.Dsn(), "SELECT message_obj::text FROM " + s + ".messages WHERE message_id = " + id);
+    ASSERT_TRUE(obj.has_value());
+    EXPECT_EQ(json::parse(*obj),
+              (json{{"quote", texts[i]}, {"nested", {{"list", {texts[i], nullptr}}}}}))
+        << "message " << i;
+  }
+  EXPECT_EQ(QueryString(stack.Dsn(),
+                        "SELECT agent_id || '|' || phone_number || '|' || push_name "
+                        "FROM " +
+                            s + ".contacts"),
+            "a\"1|+55 {1}|O'Brien \\ \"Bob\"");
+  EXPECT_EQ(QueryString(stack.Dsn(), "SELECT array_to_json(tags)::text FROM " + s + ".contacts"),
+            json({"vip, gold", "a\"b", "{x}", "NULL", ""}).dump());
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events"), 0);
+  // Written by the set-based path, not rescued by the row-at-a-time isolation.
+  EXPECT_EQ(stack.Processor().Log().find("batch write failed"), std::string::npos)
+      << stack.Processor().Log();
+}
+
 }  // namespace
 }  // namespace evp::testing
