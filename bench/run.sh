@@ -571,7 +571,7 @@ echo
 echo "per run (events/s): reference ${ref_rates[*]} | processor ${proc_rates[*]} |" \
   "naive ${naive_rates[*]} | p50 ms ${p50s[*]} | p99 ms ${p99s[*]}"
 echo "processor / reference within each run: ${run_ratios[*]} (median $(median "${run_ratios[@]}"))"
-echo "latency precision is bounded by the histogram buckets (1, 2.5, 5, 10, 25, 50, 100 ms ...):"
+echo "latency precision is bounded by the histogram buckets (1, 2.5, 5, 7.5, 10, 15, 20, 30, 40, 50, 75, 100 ms ...):"
 echo "a quantile is interpolated linearly inside its bucket."
 echo
 

@@ -126,7 +126,7 @@ std::vector<Key> Keys(Binary binary) {
       "is required (e.g. postgresql://user:pass@host:5432/db)",
       [](Config& c) -> std::string& { return c.postgres_dsn; }, true));
   keys.push_back(IntKey(
-      "DB_POOL_SIZE", "PostgreSQL connections used for writes", "2", 1, 64,
+      "DB_POOL_SIZE", "PostgreSQL connections used for writes", "4", 1, 64,
       [](Config& c, int64_t v) { c.db_pool_size = static_cast<int>(v); },
       [](const Config& c) { return c.db_pool_size; }));
   keys.push_back(IntKey(

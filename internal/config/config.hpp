@@ -25,7 +25,7 @@ struct Config {
   std::string nats_token;
   std::string nats_creds_file;
   std::string postgres_dsn;
-  int db_pool_size = 2;
+  int db_pool_size = 4;
 
   // HTTP and logs.
   int http_port = 8080;
