@@ -197,7 +197,7 @@ Mutation BuildMutation(EventType type, const nlohmann::json& doc, const std::str
       m.values.push_back({&col, company_id});
       continue;
     }
-    auto it = doc.find(std::string(col.name));
+    auto it = doc.find(col.name);  // heterogeneous lookup: no string built
     if (it == doc.end() || it->is_null()) continue;
     m.values.push_back({&col, ToText(col, *it)});
   }

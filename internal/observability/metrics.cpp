@@ -122,8 +122,22 @@ Metrics::Metrics(std::string_view binary, std::vector<std::string> labelled_tena
 
 void Metrics::CountEvent(std::string_view type, EventOutcome outcome, const std::string& company_id,
                          double n) {
-  events_->Add({{"type", std::string(type)}, {"outcome", std::string(OutcomeName(outcome))}})
-      .Increment(n);
+  prometheus::Counter* counter = nullptr;
+  {
+    std::lock_guard lock(event_counters_mu_);
+    for (const EventCounter& c : event_counters_) {
+      if (c.outcome == outcome && c.type == type) {
+        counter = c.counter;
+        break;
+      }
+    }
+    if (counter == nullptr) {
+      counter = &events_->Add(
+          {{"type", std::string(type)}, {"outcome", std::string(OutcomeName(outcome))}});
+      event_counters_.push_back({std::string(type), outcome, counter});
+    }
+  }
+  counter->Increment(n);
   if (!labelled_tenants_.empty() && std::find(labelled_tenants_.begin(), labelled_tenants_.end(),
                                               company_id) != labelled_tenants_.end()) {
     tenant_events_

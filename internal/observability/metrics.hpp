@@ -8,6 +8,7 @@
 #include <prometheus/registry.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -71,6 +72,15 @@ class Metrics {
   prometheus::Gauge* ready_;
   prometheus::Gauge* dlq_busy_;
   std::vector<std::string> labelled_tenants_;
+  // evp_events_total children already looked up: counting is per event, and Family::Add
+  // builds a label map and hashes it on every call.
+  struct EventCounter {
+    std::string type;
+    EventOutcome outcome;
+    prometheus::Counter* counter;
+  };
+  std::mutex event_counters_mu_;
+  std::vector<EventCounter> event_counters_;
 };
 
 // Text exposition format of everything in the registry.

@@ -116,8 +116,25 @@ std::string BuildSql(const std::string& table, const TableDef& def, char op) {
          key_match + " AND NOT " + guard + ")";
 }
 
+// A JSON string literal. The text is valid UTF-8 (validated on decode), so only quotes,
+// backslashes and control characters need escaping.
 void AppendJsonString(std::string& out, const std::string& s) {
-  out += nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  static constexpr char kHex[] = "0123456789abcdef";
+  out += '"';
+  for (char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20) {
+      out += "\\u00";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    } else {
+      out += ch;
+    }
+  }
+  out += '"';
 }
 
 // One record of jsonb_to_recordset: idx, the mutation's values, its version.

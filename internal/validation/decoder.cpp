@@ -150,7 +150,8 @@ Result<nlohmann::json, Failure> DecodeEvent(std::string_view bytes, size_t max_b
 }
 
 std::optional<Failure> ValidateEvent(const SchemaRegistry& reg, EventType type,
-                                     const nlohmann::json& doc, int64_t now_unix) {
+                                     const nlohmann::json& doc, int64_t now_unix,
+                                     bool may_hold_nul) {
   if (auto message = reg.Validate(type, doc)) {
     return Failure{ReasonCode::kSchemaViolation, std::move(*message)};
   }
@@ -168,6 +169,7 @@ std::optional<Failure> ValidateEvent(const SchemaRegistry& reg, EventType type,
       }
     }
   }
+  if (!may_hold_nul) return std::nullopt;
   const std::string_view skip = IsHistory(type) ? HistoryArrayKey(type) : std::string_view();
   if (auto path = FindNul(doc, skip)) {
     return Failure{ReasonCode::kSchemaViolation,

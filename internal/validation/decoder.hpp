@@ -36,9 +36,13 @@ Result<nlohmann::json, Failure> DecodeEvent(std::string_view bytes, size_t max_b
 //   it would hide the rest of a string from length checks).
 // Returns std::nullopt when valid, else a Failure with code kSchemaViolation.
 //
+// may_hold_nul = false skips the U+0000 walk: for documents parsed from bytes that do not
+// contain the escape "\u0000" (the only way JSON text can carry U+0000).
+//
 // For history types only the envelope is checked; validate each item alone with
 // ValidateEvent(reg, HistoryItemType(type), item, now_unix).
 std::optional<Failure> ValidateEvent(const SchemaRegistry& reg, EventType type,
-                                     const nlohmann::json& doc, int64_t now_unix);
+                                     const nlohmann::json& doc, int64_t now_unix,
+                                     bool may_hold_nul = true);
 
 }  // namespace evp::validation
