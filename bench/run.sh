@@ -23,6 +23,8 @@
 #             test` has just built (figures from a dev build are not comparable)
 #   KEEP=1    keep the temp directory (server and processor logs) after the run
 #   PG_BIN    PostgreSQL server binaries [/usr/lib/postgresql/15/bin]
+#   NATS_STORE_PARENT  directory for nats-server's file store [the temp directory], e.g.
+#             /dev/shm to keep NATS's write-back off PostgreSQL's disk
 # Processor settings such as BATCH_SIZE or DB_POOL_SIZE are passed through to the processor;
 # TENANTS here is the number of tenants and is removed from the processor's environment (where
 # it would be an allow-list).
@@ -82,8 +84,8 @@ DRAIN_TIMEOUT="${DRAIN_TIMEOUT:-$((120 + EVENTS / 500))}"
 
 COMMAND_LINE="SMOKE=$SMOKE RUNS=$RUNS EVENTS=$EVENTS TENANTS=$TENANTS LATENCY_RATE=$LATENCY_RATE"
 COMMAND_LINE+=" LATENCY_SECONDS=$LATENCY_SECONDS NAIVE_EVENTS=$NAIVE_EVENTS BUILD=$BUILD"
-for v in BATCH_SIZE DB_POOL_SIZE BATCH_MAX_WAIT MAX_ACK_PENDING; do
-  [[ -n "${!v:-}" ]] && COMMAND_LINE+=" $v=${!v}"
+for v in BATCH_SIZE DB_POOL_SIZE BATCH_MAX_WAIT MAX_ACK_PENDING NATS_STORE_PARENT PGOPTIONS; do
+  [[ -n "${!v:-}" ]] && COMMAND_LINE+=" $v=$(printf '%q' "${!v}")"
 done
 COMMAND_LINE+=" bench/run.sh"
 
@@ -108,6 +110,11 @@ changed="$(git -C "$ROOT" --no-optional-locks status --porcelain --untracked-fil
 [[ -z "$changed" ]] || commit+=" + uncommitted changes to: $changed"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/evp-bench.XXXXXX")"
+nats_store="$WORK/nats"
+if [[ -n "${NATS_STORE_PARENT:-}" ]]; then
+  nats_store="$(mktemp -d "$NATS_STORE_PARENT/evp-bench-nats.XXXXXX")" ||
+    die "cannot create a directory under NATS_STORE_PARENT=$NATS_STORE_PARENT"
+fi
 chmod 755 "$WORK"
 mkdir -p "$WORK/logs"
 
@@ -152,9 +159,9 @@ cleanup() {
   fi
   if [[ "$KEEP" == 1 || $status -ne 0 ]]; then
     echo "bench: logs kept in $WORK/logs and $pg_dir/postgres.log" >&2
-    rm -rf "$WORK/nats" "$pg_dir/data"
+    rm -rf "$nats_store" "$pg_dir/data"
   else
-    rm -rf "$WORK"
+    rm -rf "$nats_store" "$WORK"
   fi
 }
 trap cleanup EXIT
@@ -399,9 +406,9 @@ for ((run = 1; run <= RUNS; run++)); do
   tag="run $run/$RUNS"
   db="bench_r$run"
   dsn="postgresql://postgres@127.0.0.1:$pg_port/$db"
-  rm -rf "$WORK/nats"
-  mkdir -p "$WORK/nats"
-  start_nats "$WORK/nats"
+  rm -rf "$nats_store"
+  mkdir -p "$nats_store"
+  start_nats "$nats_store"
   psql_db postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
 
   # Preload: one stream, EVENTS standard-mix events over TENANTS tenants.
