@@ -6,7 +6,7 @@ JOBS ?= 2
 FORMAT_FILES = $(shell find cmd internal tests -type f \( -name '*.cpp' -o -name '*.hpp' \) 2>/dev/null | sort)
 
 .PHONY: help bootstrap build release run test test-asan format format-check stack-start \
-        stack-stop stack-status clean check-deploy check-metrics chaos chaos-ci fuzz bench bench-smoke
+        stack-stop stack-status clean check-deploy check-metrics chaos chaos-ci fuzz bench bench-smoke bench-cpu
 
 help: ## Show the targets
 	@echo "Targets:"
@@ -50,6 +50,10 @@ bench: bootstrap ## Benchmark of docs/performance.md (release build, own servers
 
 bench-smoke: bootstrap ## A tiny benchmark run on the dev build, as CI runs it (checks the command works)
 	SMOKE=1 PRESET=dev bench/run.sh
+
+bench-cpu: bootstrap ## The processor's own CPU per event (decode, validate, plan), no servers
+	cmake --preset release >/dev/null && cmake --build --preset release -j2 --target evp_bench_prepare_cpu
+	build/release/bench/evp_bench_prepare_cpu
 
 chaos-ci: ## A shortened chaos selection, as CI runs it (a few minutes)
 	CHAOS_EVENTS=$${CHAOS_EVENTS:-3000} CTEST_ARGS="-L chaos -R (ProcessorKilled|PostgresRestart|NatsServerRestart|PoisonMix|DlqWorkerKilled|ConcurrentReplicas|TwoReplicas)" scripts/test.sh
