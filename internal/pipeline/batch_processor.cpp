@@ -229,6 +229,7 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
   // 2. Make sure every tenant of the batch has its schema (cached after the first time).
   std::set<std::string> tenants;
   for (const auto& m : work.mutations) tenants.insert(m.company_id);
+  store_.PrepareTenants({tenants.begin(), tenants.end()});
   std::set<std::string> unavailable;
   for (const std::string& t : tenants) {
     auto r = store_.EnsureTenant(t);

@@ -60,6 +60,9 @@ class EventStore {
   virtual ~EventStore() = default;
   // Creates the tenant's schema and tables on first sight; idempotent and cheap once known.
   virtual Result<Unit, StoreError> EnsureTenant(const std::string& company_id) = 0;
+  // A hint before EnsureTenant is called for each of these: a store with several
+  // connections may create the missing schemas in parallel. Errors surface in EnsureTenant.
+  virtual void PrepareTenants(const std::vector<std::string>& /*company_ids*/) {}
   // Applies the mutations of one or more tenants in one transaction, in order. An error of
   // one mutation must not fail the others: the store isolates it and reports kFatal or
   // kRetry for it alone. Losing the database (connection, shutdown) fails the whole call.

@@ -398,7 +398,45 @@ PgWriterPool::PgWriterPool(const Config& config, int size) {
 }
 
 Result<Unit, StoreError> PgWriterPool::EnsureTenant(const std::string& company_id) {
-  return stores_.front()->EnsureTenant(company_id);
+  {
+    std::lock_guard lock(known_mu_);
+    if (known_tenants_.count(company_id) != 0) return Unit{};
+  }
+  auto r = stores_.front()->EnsureTenant(company_id);
+  if (r.ok()) {
+    std::lock_guard lock(known_mu_);
+    known_tenants_.insert(company_id);
+  }
+  return r;
+}
+
+void PgWriterPool::PrepareTenants(const std::vector<std::string>& company_ids) {
+  std::vector<std::string> unknown;
+  {
+    std::lock_guard lock(known_mu_);
+    for (const auto& id : company_ids) {
+      if (known_tenants_.count(id) == 0) unknown.push_back(id);
+    }
+  }
+  if (unknown.size() < 2 || stores_.size() < 2) return;  // EnsureTenant does it
+  // Connection k creates tenants k, k + n, k + 2n, ...; failures are left to EnsureTenant,
+  // which repeats the attempt and reports the error.
+  const size_t n = std::min(stores_.size(), unknown.size());
+  std::vector<std::future<std::vector<std::string>>> created;
+  for (size_t k = 0; k < n; ++k) {
+    created.push_back(std::async(std::launch::async, [this, k, n, &unknown] {
+      std::vector<std::string> ready;
+      for (size_t i = k; i < unknown.size(); i += n) {
+        if (stores_[k]->EnsureTenant(unknown[i]).ok()) ready.push_back(unknown[i]);
+      }
+      return ready;
+    }));
+  }
+  for (auto& f : created) {
+    std::vector<std::string> ready = f.get();
+    std::lock_guard lock(known_mu_);
+    known_tenants_.insert(ready.begin(), ready.end());
+  }
 }
 
 bool PgWriterPool::Ping() { return stores_.front()->Ping(); }

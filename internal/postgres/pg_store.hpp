@@ -61,6 +61,9 @@ class PgWriterPool final : public pipeline::EventStore, public pipeline::Exhaust
   PgWriterPool(const Config& config, int size);
 
   Result<Unit, pipeline::StoreError> EnsureTenant(const std::string& company_id) override;
+  // Creates the unknown tenants' schemas over all the connections at once (DDL is mostly
+  // waiting for commits: 1,000 first-seen tenants would otherwise be created one by one).
+  void PrepareTenants(const std::vector<std::string>& company_ids) override;
   Result<std::vector<pipeline::ApplyResult>, pipeline::StoreError> Apply(
       std::span<const handlers::Mutation> mutations) override;
   bool Ping() override;
@@ -69,6 +72,8 @@ class PgWriterPool final : public pipeline::EventStore, public pipeline::Exhaust
 
  private:
   std::vector<std::unique_ptr<PgStore>> stores_;
+  std::mutex known_mu_;
+  std::set<std::string> known_tenants_;  // ready, whichever connection created them
 };
 
 }  // namespace evp::postgres

@@ -2,6 +2,7 @@
 // several events for one key in one batch, and idempotent re-sends.
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <csignal>
 #include <nlohmann/json.hpp>
 
@@ -153,6 +154,46 @@ TEST(Batch, ResendingTheSameBatchChangesNothing) {
       "message_id)) FROM " +
       s + ".messages WHERE message_id <> 'marker'";
   EXPECT_EQ(QueryString(stack.Dsn(), snapshot_without_marker), before);
+}
+
+TEST(Batch, ManyFirstSeenTenantsInOneBatchEachGetTheirSchema) {
+  // The schemas of a batch's new tenants are created over several connections at once; ids
+  // differing only by case still never share a schema, whichever is created first.
+  Stack stack;
+  const std::string prefix = UniqueName("fan");
+  std::vector<std::string> tenants;
+  for (int i = 0; i < 40; ++i) tenants.push_back(prefix + "_" + std::to_string(i));
+  std::string upper = tenants[7];
+  upper[0] = static_cast<char>(std::toupper(upper[0]));
+  stack.Processor().Signal(SIGTERM);
+  ASSERT_TRUE(stack.Processor().Wait(std::chrono::seconds(30)).has_value());
+  const json chat{{"chat_id", "c"}, {"jid", "j"}, {"phone_number", "+1"}};
+  for (const auto& t : tenants) ASSERT_TRUE(stack.Publish("v1.chats.upsert." + t, chat.dump()).ok);
+  ASSERT_TRUE(stack.Publish("v1.chats.upsert." + upper, chat.dump()).ok);
+  ChildProcess processor(BinaryPath("events-processor"), {}, [&] {
+    auto env = stack.Env();
+    env["HTTP_PORT"] = std::to_string(FreeTcpPort());
+    env["BATCH_SIZE"] = "1000";
+    env["DB_POOL_SIZE"] = "4";
+    return env;
+  }());
+  EXPECT_TRUE(stack.WaitCount(
+      "SELECT count(*) FROM events_ops.exhausted_events WHERE reason LIKE 'invalid_tenant: %'", 1,
+      std::chrono::seconds(60)))
+      << processor.Log();
+  const std::string registered =
+      "SELECT count(*) FROM events_ops.tenants WHERE lower(company_id) LIKE '" + prefix + "\\_%'";
+  EXPECT_TRUE(stack.WaitCount(registered, 40)) << processor.Log();
+  int64_t rows = 0;
+  for (const auto& t : tenants) {
+    rows += stack.Count("SELECT count(*) FROM tenant_" + t + ".chats");
+  }
+  EXPECT_EQ(rows, 40);  // tenant 7's row went to whichever of its two spellings won
+  const auto exhausted = QueryString(
+      stack.Dsn(), "SELECT reason FROM events_ops.exhausted_events WHERE company_id IN ('" +
+                       tenants[7] + "', '" + upper + "')");
+  ASSERT_TRUE(exhausted.has_value());
+  EXPECT_NE(exhausted->find("collides"), std::string::npos) << *exhausted;
 }
 
 TEST(Batch, AwkwardTextAndJsonValuesArriveUnchanged) {
