@@ -25,6 +25,15 @@ json Message(const std::string& id, const std::string& text = "hi") {
       {"message_id", id}, {"chat_id", "c"}, {"jid", "j"}, {"flow", "OUT"}, {"message_text", text}};
 }
 
+// A second processor on the stack's servers, with `extra` settings (the stack's own one is
+// stopped first, so that queued events reach this one in one batch).
+ChildProcess StartProcessor(const Stack& stack, const Env& extra) {
+  auto env = stack.Env();
+  env["HTTP_PORT"] = std::to_string(FreeTcpPort());
+  for (const auto& [k, v] : extra) env[k] = v;
+  return ChildProcess(BinaryPath("events-processor"), {}, env);
+}
+
 TEST(Batch, HistoryBatchOfFiveThousandItemsLandsCompletely) {
   Stack stack;
   const std::string t = UniqueName("bulk");
@@ -60,13 +69,8 @@ TEST(Batch, OnePoisonEventAmongNineHundredNinetyNineValidOnesIsIsolated) {
               .ok);
     }
     // A fresh processor on the same servers drains them.
-    ChildProcess processor(BinaryPath("events-processor"), {}, [&] {
-      auto env = seed.Env();
-      env["HTTP_PORT"] = std::to_string(FreeTcpPort());
-      env["BATCH_SIZE"] = "1000";
-      env["BATCH_MAX_WAIT"] = "1s";
-      return env;
-    }());
+    ChildProcess processor =
+        StartProcessor(seed, {{"BATCH_SIZE", "1000"}, {"BATCH_MAX_WAIT", "1s"}});
     EXPECT_TRUE(
         seed.WaitCount("SELECT count(*) FROM " + s + ".messages", 1000, std::chrono::seconds(60)))
         << processor.Log();
@@ -170,13 +174,7 @@ TEST(Batch, ManyFirstSeenTenantsInOneBatchEachGetTheirSchema) {
   const json chat{{"chat_id", "c"}, {"jid", "j"}, {"phone_number", "+1"}};
   for (const auto& t : tenants) ASSERT_TRUE(stack.Publish("v1.chats.upsert." + t, chat.dump()).ok);
   ASSERT_TRUE(stack.Publish("v1.chats.upsert." + upper, chat.dump()).ok);
-  ChildProcess processor(BinaryPath("events-processor"), {}, [&] {
-    auto env = stack.Env();
-    env["HTTP_PORT"] = std::to_string(FreeTcpPort());
-    env["BATCH_SIZE"] = "1000";
-    env["DB_POOL_SIZE"] = "4";
-    return env;
-  }());
+  ChildProcess processor = StartProcessor(stack, {{"BATCH_SIZE", "1000"}, {"DB_POOL_SIZE", "4"}});
   EXPECT_TRUE(stack.WaitCount(
       "SELECT count(*) FROM events_ops.exhausted_events WHERE reason LIKE 'invalid_tenant: %'", 1,
       std::chrono::seconds(60)))

@@ -25,12 +25,21 @@ std::string Message(const std::string& id) {
       .dump();
 }
 
+std::string MessageCount(const std::string& tenant) {
+  return "SELECT count(*) FROM tenant_" + tenant + ".messages";
+}
+
+// The processor applies a first message of `tenant`: it is consuming before the deletion.
+bool Consuming(Stack& stack, const std::string& tenant) {
+  return stack.Publish("v1.messages.upsert." + tenant, Message("m1")).ok &&
+         stack.WaitCount(MessageCount(tenant), 1);
+}
+
 TEST(Recovery, DeletedConsumerIsRecreatedAndConsumingResumes) {
   Stack stack;
   const std::string t = UniqueName("rec");
-  const std::string count = "SELECT count(*) FROM tenant_" + t + ".messages";
-  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("m1")).ok);
-  ASSERT_TRUE(stack.WaitCount(count, 1));
+  const std::string count = MessageCount(t);
+  ASSERT_TRUE(Consuming(stack, t));
 
   TestPublisher admin(stack.Nats().Url());
   jsErrCode jerr = static_cast<jsErrCode>(0);
@@ -56,9 +65,8 @@ TEST(Recovery, DeletedConsumerIsRecreatedAndConsumingResumes) {
 TEST(Recovery, DeletedStreamIsRecreatedAndConsumingResumes) {
   Stack stack;
   const std::string t = UniqueName("rec");
-  const std::string count = "SELECT count(*) FROM tenant_" + t + ".messages";
-  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("m1")).ok);
-  ASSERT_TRUE(stack.WaitCount(count, 1));
+  const std::string count = MessageCount(t);
+  ASSERT_TRUE(Consuming(stack, t));
 
   TestPublisher admin(stack.Nats().Url());
   jsErrCode jerr = static_cast<jsErrCode>(0);
