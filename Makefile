@@ -56,7 +56,7 @@ bench-cpu: bootstrap ## The processor's own CPU per event (decode, validate, pla
 	build/release/bench/evp_bench_prepare_cpu
 
 chaos-ci: ## A shortened chaos selection, as CI runs it (a few minutes)
-	CHAOS_EVENTS=$${CHAOS_EVENTS:-3000} CTEST_ARGS="-L chaos -R (ProcessorKilled|PostgresRestart|NatsServerRestart|PoisonMix|DlqWorkerKilled|ConcurrentReplicas|TwoReplicas)" scripts/test.sh
+	CHAOS_EVENTS=$${CHAOS_EVENTS:-3000} CTEST_ARGS="-L chaos -R (ProcessorKilled|Sigterm|PostgresRestart|NatsServerRestart|PoisonMix|DlqWorkerKilled|ConcurrentReplicas|TwoReplicas)" scripts/test.sh
 
 fuzz: ## libFuzzer targets under ASan/UBSan, FUZZ_SECONDS per target (default 60)
 	scripts/fuzz.sh $${FUZZ_SECONDS:-60}

@@ -303,7 +303,11 @@ namespace {
 // "no wait" request with an expiry): a full batch under backlog, fewer messages at once when
 // fewer are pending, and the first arrival (or nothing after `timeout_ms`) when idle.
 natsStatus FetchInto(natsSubscription* sub, int batch, int64_t timeout_ms,
-                     std::vector<natsMsg*>& out, jsErrCode* jerr) {
+                     std::vector<natsMsg*>& out, jsErrCode* jerr, PullLog& log) {
+  // Counted whether or not nats.c needs to send a request (it does not when enough
+  // messages are queued already).
+  ++log.sent;
+  log.longest_expiry = std::max(log.longest_expiry, std::chrono::milliseconds(timeout_ms));
   jsFetchRequest req;
   jsFetchRequest_Init(&req);
   req.Batch = batch;
@@ -320,7 +324,7 @@ natsStatus FetchInto(natsSubscription* sub, int batch, int64_t timeout_ms,
   return s;
 }
 
-void TakeQueued(natsSubscription* sub, int max, std::vector<natsMsg*>& out) {
+void TakeQueued(natsSubscription* sub, int max, std::vector<natsMsg*>& out, PullLog& log) {
   // libnats 3.4.1 overruns its result array when a fetch starts with more than half of its
   // batch already queued (messages the server sent after an earlier fetch stopped waiting),
   // so queued messages are taken one per fetch; a batch of one cannot overrun. Each call
@@ -330,7 +334,7 @@ void TakeQueued(natsSubscription* sub, int max, std::vector<natsMsg*>& out) {
   int bytes = 0;
   while (static_cast<int>(out.size()) < max &&
          natsSubscription_GetPending(sub, &queued, &bytes) == NATS_OK && queued > 0) {
-    if (FetchInto(sub, 1, 1, out, nullptr) != NATS_OK) break;
+    if (FetchInto(sub, 1, 1, out, nullptr, log) != NATS_OK) break;
   }
 }
 
@@ -364,22 +368,43 @@ pipeline::InboundMessage Convert(natsMsg* m, const std::string& stream) {
 
 }  // namespace
 
+std::vector<natsMsg*> JetStreamSource::CollectLateDeliveries() {
+  // A flush round-trip proves that the server has registered every request sent before it,
+  // so each has expired by the time the flush returned plus its expiry; a second flush after
+  // that receives everything the server delivered to them. Taking queued messages may send
+  // small requests of its own (1 ms), hence another round for those.
+  std::vector<natsMsg*> late;
+  for (int round = 0; round < 4 && pulls_.sent != pulls_.waited_out; ++round) {
+    const uint64_t sent = pulls_.sent;
+    const auto expiry = pulls_.longest_expiry;
+    pulls_.longest_expiry = std::chrono::milliseconds(0);
+    if (natsConnection_FlushTimeout(conn_->raw(), 1000) != NATS_OK) break;
+    std::this_thread::sleep_for(expiry + kLatePullMargin);
+    if (natsConnection_FlushTimeout(conn_->raw(), 1000) != NATS_OK) break;
+    pulls_.waited_out = sent;
+    TakeQueued(sub_, std::numeric_limits<int>::max(), late, pulls_);
+  }
+  return late;
+}
+
+pipeline::FetchedBatch JetStreamSource::FetchLate() {
+  std::vector<natsMsg*> late = CollectLateDeliveries();
+  pipeline::FetchedBatch batch;
+  if (late.empty()) return batch;
+  batch.messages.reserve(late.size());
+  for (natsMsg* m : late) batch.messages.push_back(Convert(m, spec_.stream));
+  std::lock_guard lock(mu_);
+  batch.token = next_token_++;
+  pending_[batch.token] = std::move(late);
+  return batch;
+}
+
 JetStreamSource::~JetStreamSource() {
   if (sub_ != nullptr) {
     // Hand back at once what this process holds but will not process, so that another
     // replica gets it now rather than after AckWait: unsettled batches and messages the
     // server delivered after the last fetch had stopped waiting.
-    // A pull request may still be answered while we stop: wait until the last one has
-    // expired on the server, then read what arrived (a flush round-trip receives everything
-    // the server sent before it).
-    std::vector<natsMsg*> left;
-    const auto quiet = last_fetch_ + kLatePullMargin;
-    do {
-      natsConnection_FlushTimeout(conn_->raw(), 1000);
-      TakeQueued(sub_, std::numeric_limits<int>::max(), left);
-      if (std::chrono::steady_clock::now() >= quiet) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    } while (true);
+    std::vector<natsMsg*> left = CollectLateDeliveries();
     for (auto& [token, msgs] : pending_) left.insert(left.end(), msgs.begin(), msgs.end());
     pending_.clear();
     for (natsMsg* m : left) {
@@ -397,16 +422,15 @@ JetStreamSource::~JetStreamSource() {
 Result<pipeline::FetchedBatch, std::string> JetStreamSource::Fetch(int max,
                                                                    std::chrono::milliseconds wait) {
   std::vector<natsMsg*> owned;
-  TakeQueued(sub_, max, owned);
+  TakeQueued(sub_, max, owned, pulls_);
   if (owned.empty()) {
     jsErrCode jerr = static_cast<jsErrCode>(0);
     const auto started = std::chrono::steady_clock::now();
-    natsStatus s = FetchInto(sub_, max, std::max<int64_t>(1, wait.count()), owned, &jerr);
-    last_fetch_ = std::chrono::steady_clock::now();
+    natsStatus s = FetchInto(sub_, max, std::max<int64_t>(1, wait.count()), owned, &jerr, pulls_);
     if (s != NATS_OK && s != NATS_TIMEOUT && owned.empty()) {
       return Err{"fetch from " + spec_.durable + " failed: " + StatusText(s, jerr)};
     }
-    if (owned.empty() && last_fetch_ - started < wait / 2) {
+    if (owned.empty() && std::chrono::steady_clock::now() - started < wait / 2) {
       // The server turned the request down at once (another replica's request is waiting
       // for the same messages): pause instead of spinning.
       std::this_thread::sleep_for(std::min(wait, std::chrono::milliseconds(10)));

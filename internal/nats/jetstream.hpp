@@ -72,6 +72,15 @@ class NatsConnection {
   __jsCtx* js_ = nullptr;
 };
 
+// The pull requests a subscription has sent. A request may be answered until it expires,
+// and its expiry runs from when the server registered it, which under load can be well after
+// the client stopped waiting: shutdown waits them out (JetStreamSource::CollectLateDeliveries).
+struct PullLog {
+  uint64_t sent = 0;
+  uint64_t waited_out = 0;  // requests [1, waited_out] can deliver nothing more
+  std::chrono::milliseconds longest_expiry{0};
+};
+
 class JetStreamSource final : public pipeline::EventSource {
  public:
   // Binds to an existing durable pull consumer (see NatsConnection::EnsureConsumer).
@@ -88,6 +97,7 @@ class JetStreamSource final : public pipeline::EventSource {
   // Runs `ensure` (create or update the streams and the consumer), then subscribes again.
   // Unsettled messages of the old subscription are dropped: the server redelivers them.
   bool Recover() override;
+  pipeline::FetchedBatch FetchLate() override;
   void SetRecovery(std::function<Result<Unit, std::string>()> ensure) {
     ensure_ = std::move(ensure);
   }
@@ -101,9 +111,11 @@ class JetStreamSource final : public pipeline::EventSource {
   std::mutex mu_;  // guards pending_ (InProgress comes from a heartbeat thread)
   uint64_t next_token_ = 1;
   std::map<uint64_t, std::vector<__natsMsg*>> pending_;
-  // When the last pull request returned; the server may answer it a little later.
-  static constexpr std::chrono::milliseconds kLatePullMargin{250};
-  std::chrono::steady_clock::time_point last_fetch_{};
+  // Waits out every pull request sent so far and returns what they delivered.
+  std::vector<__natsMsg*> CollectLateDeliveries();
+  // Slack for a delivery that the server decided on just before a request expired.
+  static constexpr std::chrono::milliseconds kLatePullMargin{100};
+  PullLog pulls_;
 };
 
 class JetStreamMessageStore final : public dlq::MessageStore {

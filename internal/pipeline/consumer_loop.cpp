@@ -85,6 +85,17 @@ bool WaitForStore(EventStore& store, const std::atomic<bool>& stop, LoopHealth& 
   return true;
 }
 
+// At shutdown: a pull request may deliver after its fetch returned. Writing those messages
+// now, rather than handing them back, leaves nothing for redelivery.
+void WriteLateDeliveries(EventSource& source, BatchHandler& handler, const LoopHealth& health) {
+  if (!health.store_ok.load() || !health.source_ok.load()) return;  // the source hands them back
+  FetchedBatch late = source.FetchLate();
+  if (late.messages.empty()) return;
+  observability::LogInfo("writing messages delivered after the last fetch",
+                         {{"messages", late.messages.size()}});
+  source.Settle(late.token, handler.Process(late.messages));
+}
+
 }  // namespace
 
 void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore& store,
@@ -152,6 +163,7 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
     });
   }
   settle();
+  WriteLateDeliveries(source, processor, health);
   health.running = false;
 }
 
@@ -194,6 +206,7 @@ void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& s
       observability::LogWarn("database unavailable; pausing fetches", {{"consumer", options.name}});
     }
   }
+  WriteLateDeliveries(source, processor, health);
   health.running = false;
 }
 

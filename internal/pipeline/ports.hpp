@@ -136,6 +136,10 @@ class EventSource {
   // After fetches keep failing while connected: recreates what the source reads from (a
   // stream or consumer deleted by an operator) and binds to it again. True when re-bound.
   virtual bool Recover() { return false; }
+  // At shutdown, after the last Fetch: waits until the pull requests already sent can deliver
+  // nothing more, and returns what they delivered after their fetch had returned (often
+  // nothing). Settle it like any batch.
+  virtual FetchedBatch FetchLate() { return {}; }
 };
 
 }  // namespace evp::pipeline

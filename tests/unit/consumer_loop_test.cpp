@@ -96,5 +96,54 @@ TEST(ConsumerLoop, NoRecoveryWhileDisconnected) {
   EXPECT_EQ(source.recoveries, 0);
 }
 
+// A source whose last pull request delivers after its fetch returned (seen at shutdown).
+class LateDeliverySource final : public EventSource {
+ public:
+  Result<FetchedBatch, std::string> Fetch(int, milliseconds) override {
+    ++fetches;
+    return FetchedBatch{};
+  }
+  void Settle(uint64_t token, std::span<const Decision> decisions) override {
+    settled_token = token;
+    settled.assign(decisions.begin(), decisions.end());
+  }
+  void InProgress(uint64_t) override {}
+  bool Connected() override { return true; }
+  bool Lag(uint64_t*, uint64_t*) override { return false; }
+  FetchedBatch FetchLate() override {
+    FetchedBatch late;
+    late.token = 42;
+    late.messages.resize(3);
+    return late;
+  }
+
+  std::atomic<int> fetches{0};
+  uint64_t settled_token = 0;
+  std::vector<Decision> settled;
+};
+
+TEST(ConsumerLoop, MessagesDeliveredAfterTheLastFetchAreProcessedAtShutdown) {
+  LateDeliverySource source;
+  testing::InMemoryEventStore store;
+  observability::Metrics metrics("test");
+  NoopHandler handler;
+  std::atomic<bool> stop{false};
+  LoopHealth health;
+  std::thread loop([&] {
+    RunConsumerLoop(source, handler, store, metrics,
+                    {"test", 10, milliseconds(1), milliseconds(0), milliseconds(60'000)}, stop,
+                    health);
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (source.fetches < 3 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(5));  // poll period
+  }
+  stop = true;
+  loop.join();
+  EXPECT_EQ(source.settled_token, 42u);
+  ASSERT_EQ(source.settled.size(), 3u);
+  for (const Decision& d : source.settled) EXPECT_EQ(d.kind, Decision::Kind::kAck);
+}
+
 }  // namespace
 }  // namespace evp::pipeline
