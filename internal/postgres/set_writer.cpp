@@ -41,8 +41,9 @@ std::string RecordType(ColumnType t) {
     case ColumnType::kBool:
       return "boolean";
     case ColumnType::kJsonb:
-    case ColumnType::kTextArray:
       return "jsonb";
+    case ColumnType::kTextArray:
+      return "text[]";  // jsonb_to_recordset turns a JSON array into an array itself
   }
   return "text";
 }
@@ -50,10 +51,6 @@ std::string RecordType(ColumnType t) {
 // Value of staged column `c` as stored: absent (NULL) stays NULL.
 std::string Staged(const handlers::Column& c) {
   const std::string v = "r." + Quoted(c.name);
-  if (c.type == ColumnType::kTextArray) {
-    return "CASE WHEN " + v + " IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(" +
-           v + ")) END";
-  }
   if (c.name == "is_deleted") return "COALESCE(" + v + ", false)";
   return v;
 }
@@ -178,18 +175,18 @@ std::string SetWriter::StepSql(const WriteStep& step) {
   if (step.op == 'o') {
     return "WITH r AS (SELECT DISTINCT ON (agent_id, phone_number) * FROM "
            "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, chat_id text, "
-           "message_id text, origin text, tags jsonb, assigned_to text)), created AS (INSERT "
+           "message_id text, origin text, tags text[], assigned_to text)), created AS (INSERT "
            "INTO " +
            schema +
            ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, "
            "assigned_to, ver_ts, ver_src, ver_seq) SELECT agent_id, phone_number, $2, "
-           "NULLIF(chat_id, ''), origin, ARRAY(SELECT jsonb_array_elements_text(r.tags)), "
+           "NULLIF(chat_id, ''), origin, tags, "
            "NULLIF(assigned_to, ''), 0, 0, 0 FROM r ON CONFLICT (agent_id, phone_number) DO "
            "NOTHING RETURNING agent_id, phone_number) INSERT INTO " +
            schema +
            ".onboarding_log (agent_id, phone_number, company_id, chat_id, message_id, origin, "
            "tags) SELECT r.agent_id, r.phone_number, $2, NULLIF(r.chat_id, ''), r.message_id, "
-           "r.origin, ARRAY(SELECT jsonb_array_elements_text(r.tags)) FROM r JOIN created c "
+           "r.origin, r.tags FROM r JOIN created c "
            "USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO NOTHING";
   }
   return BuildSql(schema + "." + Quoted(step.def->name), *step.def, step.op);
