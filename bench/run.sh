@@ -10,14 +10,16 @@
 #   (a) reference  bench/reference.cpp: fetch 4096 -> COPY upsert over 2 writers -> ack each
 #   (b) processor  build/release/events-processor draining the same backlog from its start
 #   (d) latency    publish -> commit p50/p99 of the caught-up processor at LATENCY_RATE events/s
+#   (e) history    HISTORY_EVENTS history.messages events of HISTORY_ITEMS items, items/s
 #   (c) naive      reference.cpp --naive: one transaction + one AckSync per event
 # then prints each run's figures, one table of medians and PASS/MISS against QUALITY.md.
 #
 # Settings (environment):
 #   RUNS [3]  EVENTS [200000]  TENANTS [50]  LATENCY_RATE [5000]  LATENCY_SECONDS [20]
 #   NAIVE_EVENTS [20000, at most EVENTS]   DRAIN_TIMEOUT [120 + EVENTS/500 seconds]
+#   HISTORY_EVENTS [20]  HISTORY_ITEMS [5000]  (MAX_EVENT_BYTES is raised to fit one event)
 #   SMOKE=1   defaults become RUNS=1 EVENTS=5000 TENANTS=5 LATENCY_RATE=500 LATENCY_SECONDS=5
-#             NAIVE_EVENTS=500 (explicit values still win)
+#             NAIVE_EVENTS=500 HISTORY_EVENTS=2 HISTORY_ITEMS=1000 (explicit values still win)
 #   BUILD=0   skip the build and use the binaries already in build/$PRESET
 #   PRESET    CMake preset of the binaries [release]; CI's smoke run uses dev, which `make
 #             test` has just built (figures from a dev build are not comparable)
@@ -44,7 +46,8 @@ SMOKE="${SMOKE:-0}"
 if [[ "$SMOKE" == 1 ]]; then
   RUNS="${RUNS:-1}" EVENTS="${EVENTS:-5000}" TENANTS="${TENANTS:-5}"
   LATENCY_RATE="${LATENCY_RATE:-500}" LATENCY_SECONDS="${LATENCY_SECONDS:-5}"
-  NAIVE_EVENTS="${NAIVE_EVENTS:-500}"
+  NAIVE_EVENTS="${NAIVE_EVENTS:-500}" HISTORY_EVENTS="${HISTORY_EVENTS:-2}"
+  HISTORY_ITEMS="${HISTORY_ITEMS:-1000}"
 fi
 RUNS="${RUNS:-3}"
 EVENTS="${EVENTS:-200000}"
@@ -52,6 +55,8 @@ TENANTS="${TENANTS:-50}"
 LATENCY_RATE="${LATENCY_RATE:-5000}"
 LATENCY_SECONDS="${LATENCY_SECONDS:-20}"
 NAIVE_EVENTS="${NAIVE_EVENTS:-20000}"
+HISTORY_EVENTS="${HISTORY_EVENTS:-20}"
+HISTORY_ITEMS="${HISTORY_ITEMS:-5000}"
 BUILD="${BUILD:-1}"
 KEEP="${KEEP:-0}"
 
@@ -75,16 +80,25 @@ die() {
   exit 1
 }
 
-for v in RUNS EVENTS TENANTS LATENCY_RATE LATENCY_SECONDS NAIVE_EVENTS; do
+for v in RUNS EVENTS TENANTS LATENCY_RATE LATENCY_SECONDS NAIVE_EVENTS HISTORY_EVENTS HISTORY_ITEMS; do
   [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
 ((NAIVE_EVENTS <= EVENTS)) || NAIVE_EVENTS=$EVENTS
 DRAIN_TIMEOUT="${DRAIN_TIMEOUT:-$((120 + EVENTS / 500))}"
+# A history event carries HISTORY_ITEMS items of about 450 bytes: unless set, the processor's
+# MAX_EVENT_BYTES is raised to fit one, and nats-server's max_payload to 1 MiB above that (so
+# that an oversized event still arrives, to be exhausted as too_large).
+if [[ -z "${MAX_EVENT_BYTES:-}" ]] && ((HISTORY_ITEMS * 600 + 65536 > 921600)); then
+  export MAX_EVENT_BYTES=$((HISTORY_ITEMS * 600 + 65536))
+fi
+NATS_MAX_PAYLOAD=$((${MAX_EVENT_BYTES:-921600} + 1048576))
+HISTORY_STREAM=EVENTS_HISTORY
 [[ "$DRAIN_TIMEOUT" =~ ^[0-9]+$ ]] || die "DRAIN_TIMEOUT must be a number of seconds"
 
 COMMAND_LINE="SMOKE=$SMOKE RUNS=$RUNS EVENTS=$EVENTS TENANTS=$TENANTS LATENCY_RATE=$LATENCY_RATE"
-COMMAND_LINE+=" LATENCY_SECONDS=$LATENCY_SECONDS NAIVE_EVENTS=$NAIVE_EVENTS BUILD=$BUILD"
-for v in BATCH_SIZE DB_POOL_SIZE BATCH_MAX_WAIT MAX_ACK_PENDING NATS_STORE_PARENT PGOPTIONS; do
+COMMAND_LINE+=" LATENCY_SECONDS=$LATENCY_SECONDS NAIVE_EVENTS=$NAIVE_EVENTS"
+COMMAND_LINE+=" HISTORY_EVENTS=$HISTORY_EVENTS HISTORY_ITEMS=$HISTORY_ITEMS BUILD=$BUILD"
+for v in BATCH_SIZE DB_POOL_SIZE BATCH_MAX_WAIT MAX_ACK_PENDING MAX_EVENT_BYTES NATS_STORE_PARENT PGOPTIONS; do
   [[ -n "${!v:-}" ]] && COMMAND_LINE+=" $v=$(printf '%q' "${!v}")"
 done
 COMMAND_LINE+=" bench/run.sh"
@@ -232,7 +246,9 @@ start_nats() { # store dir
   for attempt in 1 2 3 4 5; do
     nats_port="$(free_port)"
     nats_mon="$(free_port)"
-    nats-server -js -sd "$1" -a 127.0.0.1 -p "$nats_port" -m "$nats_mon" \
+    # History events of HISTORY_ITEMS realistic items are larger than the default 1 MB.
+    printf 'max_payload: %d\n' "$NATS_MAX_PAYLOAD" >"$WORK/nats.conf"
+    nats-server -c "$WORK/nats.conf" -js -sd "$1" -a 127.0.0.1 -p "$nats_port" -m "$nats_mon" \
       </dev/null >>"$WORK/logs/nats.log" 2>&1 &
     nats_pid=$!
     for ((i = 0; i < 100; i++)); do
@@ -257,8 +273,8 @@ start_nats() { # store dir
 jsz() { curl -fsS --max-time 2 "http://127.0.0.1:$nats_mon/jsz?consumers=true"; }
 
 # num_pending + num_ack_pending of a consumer; empty while it does not exist.
-consumer_backlog() {
-  jsz 2>/dev/null | jq -r --arg s "$STREAM" --arg c "$1" \
+consumer_backlog() { # consumer [stream]
+  jsz 2>/dev/null | jq -r --arg s "${2:-$STREAM}" --arg c "$1" \
     '[.account_details[]?.stream_detail[]? | select(.name == $s) | .consumer_detail[]? |
       select(.name == $c) | (.num_pending + .num_ack_pending)] | first // empty' 2>/dev/null || true
 }
@@ -271,11 +287,11 @@ stream_messages() {
 # Polls every 200 ms until the consumer exists with nothing pending or unacknowledged; sets
 # drained_at (EPOCHREALTIME). Returns 2 when pid died without draining (after a 5 s grace for
 # acks in flight), 3 on timeout.
-wait_drained() { # consumer, pid, timeout seconds
-  local consumer="$1" pid="$2" deadline backlog dead_since=""
+wait_drained() { # consumer, pid, timeout seconds [, stream]
+  local consumer="$1" pid="$2" stream="${4:-$STREAM}" deadline backlog dead_since=""
   deadline=$((SECONDS + $3))
   while true; do
-    backlog="$(consumer_backlog "$consumer")"
+    backlog="$(consumer_backlog "$consumer" "$stream")"
     if [[ "$backlog" == 0 ]]; then
       drained_at="$EPOCHREALTIME"
       return 0
@@ -310,8 +326,8 @@ vmhwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true;
 mb() { awk -v k="$1" 'BEGIN { if (k == "" || k == "n/a") print "n/a"; else printf "%.0f MB", k / 1024 }'; }
 
 # Sum of evp_events_total by outcome, "applied=N stale_skipped=N ..." from a /metrics dump.
-outcomes() {
-  awk '/^evp_events_total\{/ { if (match($1, /outcome="[^"]*"/)) { o = substr($1, RSTART + 9, RLENGTH - 10); n[o] += $2 } }
+outcomes() { # metrics dump [, event type]
+  awk -v t="${2:-}" '/^evp_events_total\{/ && (t == "" || index($1, "type=\"" t "\"")) { if (match($1, /outcome="[^"]*"/)) { o = substr($1, RSTART + 9, RLENGTH - 10); n[o] += $2 } }
        END { for (o in n) printf "%s=%d\n", o, n[o] }' "$1" | sort | paste -sd ' ' -
 }
 
@@ -397,7 +413,7 @@ echo "servers:  $(nats-server --version), PostgreSQL $("$pg_bin/postgres" --vers
 echo "date:     $started_at"
 echo
 
-ref_rates=() proc_rates=() run_ratios=() ref_this_run="" naive_rates=() p50s=() p99s=() ref_rss=() proc_rss=() naive_rss=()
+ref_rates=() proc_rates=() run_ratios=() hist_rates=() hist_ratios=() ref_this_run="" naive_rates=() p50s=() p99s=() ref_rss=() proc_rss=() naive_rss=()
 product_failed=0
 failure_notes=() # what went wrong, repeated after the table (CI shows the end of the output)
 nats_port="" nats_mon="" http_port="" drained_at="" last_backlog=""
@@ -452,7 +468,7 @@ for ((run = 1; run <= RUNS; run++)); do
   proc_log="$WORK/logs/processor-$run.log"
   t0="$EPOCHREALTIME"
   env -u TENANTS NATS_URL="nats://127.0.0.1:$nats_port" POSTGRES_DSN="$dsn" HTTP_PORT="$http_port" \
-    REALTIME_STREAM="$STREAM" REALTIME_CONSUMER="$PROC_CONSUMER" \
+    REALTIME_STREAM="$STREAM" REALTIME_CONSUMER="$PROC_CONSUMER" HISTORY_STREAM="$HISTORY_STREAM" \
     HISTORY_CONSUMER="$PROC_CONSUMER-history" DLQ_CONSUMER="$PROC_CONSUMER-dlq" \
     LOG_FORMAT=json LOG_LEVEL=info "$PROCESSOR" >"$proc_log" 2>&1 &
   proc_pid=$!
@@ -466,6 +482,7 @@ for ((run = 1; run <= RUNS; run++)); do
     product_failed=1
     failure_notes+=("$tag: processor $reason (backlog $last_backlog)")
     proc_rates+=("n/a") proc_rss+=("n/a") p50s+=("n/a") p99s+=("n/a") run_ratios+=("n/a")
+    hist_rates+=("n/a") hist_ratios+=("n/a")
   else
     secs="$(elapsed "$t0" "$drained_at")"
     r="$(rate "$EVENTS" "$secs")"
@@ -498,8 +515,36 @@ for ((run = 1; run <= RUNS; run++)); do
       echo "$tag: latency    $n events observed at ${offered:-?} events/s offered" \
         "(target $LATENCY_RATE): p50 ${p50} ms, p99 ${p99} ms"
     fi
+
     rss_end="$(vmhwm_kb "$proc_pid")"
     proc_rss+=("${rss_end:-n/a}")
+    # (e) history imports: HISTORY_EVENTS history.messages events of HISTORY_ITEMS items each,
+    # published at once to the caught-up processor; items/s from the first publish until its
+    # history consumer has drained. After the RSS reading above: the memory bar is about the
+    # realtime backlog; the history phase's peak is printed on its own line.
+    t0="$EPOCHREALTIME"
+    env -u TENANTS NATS_URL="nats://127.0.0.1:$nats_port" "$EVENTCTL" load --tenants "$TENANTS" \
+      --mix history.messages=1 --history-items "$HISTORY_ITEMS" --rate 0 --count "$HISTORY_EVENTS" \
+      --concurrency 1 --quiet --run-id "bench-hist$run" >"$WORK/logs/history-load-$run.log" 2>&1 ||
+      die "history load failed: $(tail -n 3 "$WORK/logs/history-load-$run.log")"
+    status=0
+    wait_drained "$PROC_CONSUMER-history" "$proc_pid" "$DRAIN_TIMEOUT" "$HISTORY_STREAM" || status=$?
+    if ((status != 0)); then
+      echo "$tag: history    FAILED: processor did not drain the history imports (backlog $last_backlog)"
+      product_failed=1
+      failure_notes+=("$tag: processor did not drain the history imports (backlog $last_backlog)")
+      hist_rates+=("n/a") hist_ratios+=("n/a")
+    else
+      secs="$(elapsed "$t0" "$drained_at")"
+      r_hist="$(rate $((HISTORY_EVENTS * HISTORY_ITEMS)) "$secs")"
+      hist_rates+=("$r_hist")
+      hist_ratios+=("$(ratio "$r_hist" "${proc_rates[-1]}")")
+      metrics_dump "$WORK/logs/metrics-$run-history.txt" || die "cannot read the processor's /metrics"
+      echo "$tag: history    $HISTORY_EVENTS events x $HISTORY_ITEMS items in ${secs} s" \
+        "= $r_hist items/s = ${hist_ratios[-1]} x this run's realtime events/s" \
+        "(history.messages events so far: $(outcomes "$WORK/logs/metrics-$run-history.txt" history.messages);" \
+        "peak RSS now $(mb "$(vmhwm_kb "$proc_pid")"))"
+    fi
   fi
 
   # Stop the processor (SIGTERM: it drains), then the naive design on a bounded slice.
@@ -578,6 +623,9 @@ echo
 echo "per run (events/s): reference ${ref_rates[*]} | processor ${proc_rates[*]} |" \
   "naive ${naive_rates[*]} | p50 ms ${p50s[*]} | p99 ms ${p99s[*]}"
 echo "processor / reference within each run: ${run_ratios[*]} (median $(median "${run_ratios[@]}"))"
+echo "history imports ($HISTORY_EVENTS events x $HISTORY_ITEMS items): items/s ${hist_rates[*]}" \
+  "(median $(median "${hist_rates[@]}")); items/s / realtime events/s within each run:" \
+  "${hist_ratios[*]} (median $(median "${hist_ratios[@]}"))"
 echo "latency precision is bounded by the histogram buckets (1, 2.5, 5, 7.5, 10, 15, 20, 30, 40, 50, 75, 100 ms ...):"
 echo "a quantile is interpolated linearly inside its bucket."
 echo
@@ -597,6 +645,7 @@ verdict "throughput: processor / reference" "$(ratio "$proc_med" "$ref_med")" ge
 verdict "latency p50 at ${LATENCY_RATE} events/s" "$p50_med" le 10 " ms"
 verdict "latency p99 at ${LATENCY_RATE} events/s" "$p99_med" le 50 " ms"
 verdict "peak RSS with a ${EVENTS}-event backlog" "$proc_rss_mb" le 100 " MB"
+verdict "history items/s / realtime events/s" "$(median "${hist_ratios[@]}")" ge 1.00 "x"
 if ((SMOKE == 1 || EVENTS != 200000 || LATENCY_RATE != 5000)); then
   echo "(bars are defined for EVENTS=200000 and LATENCY_RATE=5000; this run used other sizes)"
 fi
