@@ -185,12 +185,15 @@ dockerfile_packages() {
       status=1
     }
   done
-  # Every apt package the Dockerfile names exists in Debian 12.
-  if apt-cache policy libc6 | grep -q 'Candidate: [0-9]'; then
+  # Every apt package the Dockerfile names exists in Debian 12. (apt-cache's output is read
+  # whole before grep: with pipefail, `apt-cache ... | grep -q` fails whenever grep exits
+  # before apt-cache has written everything.)
+  known() { grep -q 'Candidate: [0-9]' <<<"$(apt-cache policy "$1" 2>/dev/null)"; }
+  if known libc6; then
     for pkg in $(sed -n '/apt-get install/,/rm -rf/p' Dockerfile | tr -c 'a-z0-9.+-' '\n' |
       grep -E '^[a-z0-9][a-z0-9.+-]+$' | grep -vxE 'apt-get|install|rm|rf|lists|var|lib|apt|noninteractive' |
       sort -u); do
-      apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [0-9]' || {
+      known "$pkg" || {
         echo "Dockerfile installs $pkg, which apt does not know"
         status=1
       }
