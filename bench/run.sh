@@ -11,6 +11,7 @@
 #   (b) processor  build/release/events-processor draining the same backlog from its start
 #   (d) latency    publish -> commit p50/p99 of the caught-up processor at LATENCY_RATE events/s
 #   (e) history    HISTORY_EVENTS history.messages events of HISTORY_ITEMS items, items/s
+#   (f) redrive    `eventctl exhausted redrive` of REDRIVE_EVENTS exhausted events, events/s
 #   (c) naive      reference.cpp --naive: one transaction + one AckSync per event
 # then prints each run's figures, one table of medians and PASS/MISS against QUALITY.md.
 #
@@ -18,8 +19,10 @@
 #   RUNS [3]  EVENTS [200000]  TENANTS [50]  LATENCY_RATE [5000]  LATENCY_SECONDS [20]
 #   NAIVE_EVENTS [20000, at most EVENTS]   DRAIN_TIMEOUT [120 + EVENTS/500 seconds]
 #   HISTORY_EVENTS [20]  HISTORY_ITEMS [5000]  (MAX_EVENT_BYTES is raised to fit one event)
+#   REDRIVE_EVENTS [10000]
 #   SMOKE=1   defaults become RUNS=1 EVENTS=5000 TENANTS=5 LATENCY_RATE=500 LATENCY_SECONDS=5
-#             NAIVE_EVENTS=500 HISTORY_EVENTS=2 HISTORY_ITEMS=1000 (explicit values still win)
+#             NAIVE_EVENTS=500 HISTORY_EVENTS=2 HISTORY_ITEMS=1000 REDRIVE_EVENTS=500
+#             (explicit values still win)
 #   BUILD=0   skip the build and use the binaries already in build/$PRESET
 #   PRESET    CMake preset of the binaries [release]; CI's smoke run uses dev, which `make
 #             test` has just built (figures from a dev build are not comparable)
@@ -47,7 +50,7 @@ if [[ "$SMOKE" == 1 ]]; then
   RUNS="${RUNS:-1}" EVENTS="${EVENTS:-5000}" TENANTS="${TENANTS:-5}"
   LATENCY_RATE="${LATENCY_RATE:-500}" LATENCY_SECONDS="${LATENCY_SECONDS:-5}"
   NAIVE_EVENTS="${NAIVE_EVENTS:-500}" HISTORY_EVENTS="${HISTORY_EVENTS:-2}"
-  HISTORY_ITEMS="${HISTORY_ITEMS:-1000}"
+  HISTORY_ITEMS="${HISTORY_ITEMS:-1000}" REDRIVE_EVENTS="${REDRIVE_EVENTS:-500}"
 fi
 RUNS="${RUNS:-3}"
 EVENTS="${EVENTS:-200000}"
@@ -57,6 +60,7 @@ LATENCY_SECONDS="${LATENCY_SECONDS:-20}"
 NAIVE_EVENTS="${NAIVE_EVENTS:-20000}"
 HISTORY_EVENTS="${HISTORY_EVENTS:-20}"
 HISTORY_ITEMS="${HISTORY_ITEMS:-5000}"
+REDRIVE_EVENTS="${REDRIVE_EVENTS:-10000}"
 BUILD="${BUILD:-1}"
 KEEP="${KEEP:-0}"
 
@@ -80,7 +84,7 @@ die() {
   exit 1
 }
 
-for v in RUNS EVENTS TENANTS LATENCY_RATE LATENCY_SECONDS NAIVE_EVENTS HISTORY_EVENTS HISTORY_ITEMS; do
+for v in RUNS EVENTS TENANTS LATENCY_RATE LATENCY_SECONDS NAIVE_EVENTS HISTORY_EVENTS HISTORY_ITEMS REDRIVE_EVENTS; do
   [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
 ((NAIVE_EVENTS <= EVENTS)) || NAIVE_EVENTS=$EVENTS
@@ -97,7 +101,8 @@ HISTORY_STREAM=EVENTS_HISTORY
 
 COMMAND_LINE="SMOKE=$SMOKE RUNS=$RUNS EVENTS=$EVENTS TENANTS=$TENANTS LATENCY_RATE=$LATENCY_RATE"
 COMMAND_LINE+=" LATENCY_SECONDS=$LATENCY_SECONDS NAIVE_EVENTS=$NAIVE_EVENTS"
-COMMAND_LINE+=" HISTORY_EVENTS=$HISTORY_EVENTS HISTORY_ITEMS=$HISTORY_ITEMS BUILD=$BUILD"
+COMMAND_LINE+=" HISTORY_EVENTS=$HISTORY_EVENTS HISTORY_ITEMS=$HISTORY_ITEMS"
+COMMAND_LINE+=" REDRIVE_EVENTS=$REDRIVE_EVENTS BUILD=$BUILD"
 for v in BATCH_SIZE DB_POOL_SIZE BATCH_MAX_WAIT MAX_ACK_PENDING MAX_EVENT_BYTES NATS_STORE_PARENT PGOPTIONS; do
   [[ -n "${!v:-}" ]] && COMMAND_LINE+=" $v=$(printf '%q' "${!v}")"
 done
@@ -331,6 +336,17 @@ outcomes() { # metrics dump [, event type]
        END { for (o in n) printf "%s=%d\n", o, n[o] }' "$1" | sort | paste -sd ' ' -
 }
 
+metric_value() { # metrics dump, metric name [, labels that must all appear, e.g. 'type="x"']
+  awk -v m="$2" -v l="${3:-}" '
+    { name = $1; sub(/\{.*/, "", name) }
+    name == m {
+      ok = 1; n = split(l, want, ",")
+      for (i = 1; i <= n; i++) if (!index($1, want[i])) ok = 0
+      if (ok) v += $2
+    }
+    END { printf "%.0f", v }' "$1"
+}
+
 # "N batches of M messages (mean), T ms per batch (mean), R redeliveries" from a /metrics dump.
 batch_stats() {
   awk '$1 == "evp_batch_size_messages_count" { n = $2 } $1 == "evp_batch_size_messages_sum" { m = $2 }
@@ -413,7 +429,8 @@ echo "servers:  $(nats-server --version), PostgreSQL $("$pg_bin/postgres" --vers
 echo "date:     $started_at"
 echo
 
-ref_rates=() proc_rates=() run_ratios=() hist_rates=() hist_ratios=() ref_this_run="" naive_rates=() p50s=() p99s=() ref_rss=() proc_rss=() naive_rss=()
+ref_rates=() proc_rates=() run_ratios=() hist_rates=() hist_ratios=() redrive_rates=()
+redrive_applied_rates=() ref_this_run="" naive_rates=() p50s=() p99s=() ref_rss=() proc_rss=() naive_rss=()
 product_failed=0
 failure_notes=() # what went wrong, repeated after the table (CI shows the end of the output)
 nats_port="" nats_mon="" http_port="" drained_at="" last_backlog=""
@@ -482,7 +499,7 @@ for ((run = 1; run <= RUNS; run++)); do
     product_failed=1
     failure_notes+=("$tag: processor $reason (backlog $last_backlog)")
     proc_rates+=("n/a") proc_rss+=("n/a") p50s+=("n/a") p99s+=("n/a") run_ratios+=("n/a")
-    hist_rates+=("n/a") hist_ratios+=("n/a")
+    hist_rates+=("n/a") hist_ratios+=("n/a") redrive_rates+=("n/a") redrive_applied_rates+=("n/a")
   else
     secs="$(elapsed "$t0" "$drained_at")"
     r="$(rate "$EVENTS" "$secs")"
@@ -544,6 +561,55 @@ for ((run = 1; run <= RUNS; run++)); do
         "= $r_hist items/s = ${hist_ratios[-1]} x this run's realtime events/s" \
         "(history.messages events so far: $(outcomes "$WORK/logs/metrics-$run-history.txt" history.messages);" \
         "peak RSS now $(mb "$(vmhwm_kb "$proc_pid")"))"
+    fi
+
+    # (f) redrive: REDRIVE_EVENTS valid messages.upsert events recorded as exhausted (as the
+    # DLQ worker records events whose retries ran out during a database outage), then one
+    # `eventctl exhausted redrive`: its own rate (select, publish, mark resolved), and the rate
+    # until the processor has applied them all.
+    psql_db "$db" -c "INSERT INTO events_ops.exhausted_events (idempotency_key, company_id,
+        source_subject, error_class, reason, attempts, original_payload, first_failed_at,
+        last_failed_at)
+      SELECT 'bench-redrive-$run:' || g, t, 'v1.messages.upsert.' || t, 'retryable',
+        'retries_exhausted: database unavailable (benchmark seed)', 20,
+        convert_to(json_build_object('message_id', 'redrive-$run-' || g, 'company_id', t,
+          'chat_id', 'chat-' || (g % 100), 'jid', '5511' || (900000000 + g % 100) || '@s.whatsapp.net',
+          'flow', 'OUT', 'message_type', 'text',
+          'message_text', 'redriven message ' || g, 'status', 'sent',
+          'message_timestamp', extract(epoch FROM now())::bigint)::text, 'UTF8'),
+        now(), now()
+      FROM generate_series(1, $REDRIVE_EVENTS) g,
+        LATERAL (SELECT 'load_t' || lpad((g % $TENANTS)::text, 4, '0') AS t) x" >/dev/null
+    metrics_dump "$WORK/logs/metrics-$run-before-redrive.txt" || die "cannot read the processor's /metrics"
+    redriven_before="$(metric_value "$WORK/logs/metrics-$run-before-redrive.txt" evp_redriven_events_total)"
+    applied_before="$(metric_value "$WORK/logs/metrics-$run-before-redrive.txt" evp_events_total \
+      'type="messages.upsert",outcome="applied"')"
+    t0="$EPOCHREALTIME"
+    env -u TENANTS NATS_URL="nats://127.0.0.1:$nats_port" POSTGRES_DSN="$dsn" "$EVENTCTL" \
+      exhausted redrive --reason retries_exhausted --limit "$REDRIVE_EVENTS" --note benchmark \
+      >"$WORK/logs/redrive-$run.log" 2>&1 ||
+      die "redrive failed: $(tail -n 3 "$WORK/logs/redrive-$run.log")"
+    redrive_line="$(tr '\r' '\n' <"$WORK/logs/redrive-$run.log" | grep '^redriven ' | tail -n 1 || true)"
+    r_redrive="$(sed -n 's/^redriven .*(\([0-9]*\) events\/s).*/\1/p' <<<"$redrive_line")"
+    redrive_rates+=("${r_redrive:-n/a}")
+    status=0
+    wait_drained "$PROC_CONSUMER" "$proc_pid" "$DRAIN_TIMEOUT" || status=$?
+    if ((status != 0)); then
+      echo "$tag: redrive    FAILED: processor did not drain the redriven events (backlog $last_backlog)"
+      product_failed=1
+      failure_notes+=("$tag: processor did not drain the redriven events (backlog $last_backlog)")
+      redrive_applied_rates+=("n/a")
+    else
+      secs="$(elapsed "$t0" "$drained_at")"
+      redrive_applied_rates+=("$(rate "$REDRIVE_EVENTS" "$secs")")
+      metrics_dump "$WORK/logs/metrics-$run-redrive.txt" || die "cannot read the processor's /metrics"
+      redriven_after="$(metric_value "$WORK/logs/metrics-$run-redrive.txt" evp_redriven_events_total)"
+      applied_after="$(metric_value "$WORK/logs/metrics-$run-redrive.txt" evp_events_total \
+        'type="messages.upsert",outcome="applied"')"
+      echo "$tag: redrive    ${redrive_line:-no summary line from eventctl};" \
+        "all applied ${secs} s after the command started = ${redrive_applied_rates[-1]} events/s" \
+        "($((redriven_after - redriven_before)) counted by evp_redriven_events_total," \
+        "$((applied_after - applied_before)) applied)"
     fi
   fi
 
@@ -626,6 +692,9 @@ echo "processor / reference within each run: ${run_ratios[*]} (median $(median "
 echo "history imports ($HISTORY_EVENTS events x $HISTORY_ITEMS items): items/s ${hist_rates[*]}" \
   "(median $(median "${hist_rates[@]}")); items/s / realtime events/s within each run:" \
   "${hist_ratios[*]} (median $(median "${hist_ratios[@]}"))"
+echo "redrive ($REDRIVE_EVENTS exhausted events): eventctl events/s ${redrive_rates[*]}" \
+  "(median $(median "${redrive_rates[@]}")); until applied: ${redrive_applied_rates[*]}" \
+  "(median $(median "${redrive_applied_rates[@]}"))"
 echo "latency precision is bounded by the histogram buckets (1, 2.5, 5, 7.5, 10, 15, 20, 30, 40, 50, 75, 100 ms ...):"
 echo "a quantile is interpolated linearly inside its bucket."
 echo
@@ -646,6 +715,7 @@ verdict "latency p50 at ${LATENCY_RATE} events/s" "$p50_med" le 10 " ms"
 verdict "latency p99 at ${LATENCY_RATE} events/s" "$p99_med" le 50 " ms"
 verdict "peak RSS with a ${EVENTS}-event backlog" "$proc_rss_mb" le 100 " MB"
 verdict "history items/s / realtime events/s" "$(median "${hist_ratios[@]}")" ge 1.00 "x"
+verdict "redrive of ${REDRIVE_EVENTS} exhausted events" "$(median "${redrive_rates[@]}")" ge 5000 " events/s"
 if ((SMOKE == 1 || EVENTS != 200000 || LATENCY_RATE != 5000)); then
   echo "(bars are defined for EVENTS=200000 and LATENCY_RATE=5000; this run used other sizes)"
 fi

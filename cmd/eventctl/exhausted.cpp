@@ -133,7 +133,10 @@ int Redrive(const Config& config, const Options& o) {
       std::printf("would redrive %lld %s (%zu bytes) %s\n", static_cast<long long>(r.id),
                   r.source_subject.c_str(), r.payload.size(), Truncate(r.reason, 80).c_str());
     }
-    std::printf("%zu event(s) would be redriven\n", rows->size());
+    std::printf("%zu event(s) would be redriven%s\n", rows->size(),
+                static_cast<int64_t>(rows->size()) == o.filter.limit
+                    ? " (limit reached: --limit; more may match)"
+                    : "");
     return 0;
   }
   auto conn = nats::NatsConnection::Connect(config, "eventctl-redrive");
@@ -182,6 +185,12 @@ int Redrive(const Config& config, const Options& o) {
   std::printf("redriven %zu event(s) in %.2f s (%.0f events/s), %d failed, %lld marked resolved\n",
               done.size(), secs, secs > 0 ? static_cast<double>(done.size()) / secs : 0.0, failures,
               static_cast<long long>(resolved.value()));
+  if (static_cast<int64_t>(rows->size()) == o.filter.limit) {
+    std::printf(
+        "limit reached (--limit %lld): more events may match; run the same command again "
+        "to continue (redriven rows are resolved and skipped), or raise --limit\n",
+        static_cast<long long>(o.filter.limit));
+  }
   return failures == 0 ? 0 : 1;
 }
 

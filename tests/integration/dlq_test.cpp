@@ -160,6 +160,8 @@ TEST(DlqWorker, RedriveTwiceOfAThousandExhaustedEventsAppliesEachOnce) {
   };
   const std::string first = redrive({});
   EXPECT_NE(first.find("redriven 1000 event(s)"), std::string::npos) << first;
+  // 1,000 is also the default --limit: the operator is told that more may match.
+  EXPECT_NE(first.find("limit reached (--limit 1000)"), std::string::npos) << first;
   ASSERT_TRUE(
       stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 1001, std::chrono::seconds(60)));
   EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events WHERE resolved AND notes "
@@ -168,6 +170,7 @@ TEST(DlqWorker, RedriveTwiceOfAThousandExhaustedEventsAppliesEachOnce) {
   // Again: resolved rows are not selected; forcing them in with --all is deduplicated.
   const std::string second = redrive({});
   EXPECT_NE(second.find("redriven 0 event(s)"), std::string::npos) << second;
+  EXPECT_EQ(second.find("limit reached"), std::string::npos) << second;
   redrive({"--all"});
   ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("marker")).ok);
   ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 1002));
