@@ -6,7 +6,7 @@ JOBS ?= 2
 FORMAT_FILES = $(shell find cmd internal tests -type f \( -name '*.cpp' -o -name '*.hpp' \) 2>/dev/null | sort)
 
 .PHONY: help bootstrap build release run test test-asan format format-check stack-start \
-        stack-stop stack-status clean check-deploy check-metrics chaos chaos-ci fuzz bench bench-smoke bench-cpu
+        stack-stop stack-status clean check-deploy check-metrics chaos chaos-ci fuzz bench bench-smoke bench-cpu soak
 
 help: ## Show the targets
 	@echo "Targets:"
@@ -47,6 +47,9 @@ chaos: ## Chaos suite (kills, restarts, outages under load); CHAOS_EVENTS=100000
 
 bench: bootstrap ## Benchmark of docs/performance.md (release build, own servers; RUNS, EVENTS, ...)
 	bench/run.sh
+
+soak: bootstrap ## Benchmark plus a 10-minute soak at 5,000 events/s with the processor's RSS sampled (RUNS=1)
+	RUNS=$${RUNS:-1} SOAK_SECONDS=$${SOAK_SECONDS:-600} bench/run.sh
 
 bench-smoke: bootstrap ## A tiny benchmark run on the dev build, as CI runs it (checks the command works)
 	SMOKE=1 PRESET=dev bench/run.sh

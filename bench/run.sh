@@ -12,6 +12,8 @@
 #   (d) latency    publish -> commit p50/p99 of the caught-up processor at LATENCY_RATE events/s
 #   (e) history    HISTORY_EVENTS history.messages events of HISTORY_ITEMS items, items/s
 #   (f) redrive    `eventctl exhausted redrive` of REDRIVE_EVENTS exhausted events, events/s
+#   (g) soak       only with SOAK_SECONDS > 0: SOAK_RATE events/s for SOAK_SECONDS, the
+#                  processor's RSS sampled every 10 s (the "flat over 10 minutes" bar)
 #   (c) naive      reference.cpp --naive: one transaction + one AckSync per event
 # then prints each run's figures, one table of medians and PASS/MISS against QUALITY.md.
 #
@@ -19,7 +21,7 @@
 #   RUNS [3]  EVENTS [200000]  TENANTS [50]  LATENCY_RATE [5000]  LATENCY_SECONDS [20]
 #   NAIVE_EVENTS [20000, at most EVENTS]   DRAIN_TIMEOUT [120 + EVENTS/500 seconds]
 #   HISTORY_EVENTS [20]  HISTORY_ITEMS [5000]  (MAX_EVENT_BYTES is raised to fit one event)
-#   REDRIVE_EVENTS [10000]
+#   REDRIVE_EVENTS [10000]  SOAK_SECONDS [0 = no soak; make soak: 600]  SOAK_RATE [LATENCY_RATE]
 #   SMOKE=1   defaults become RUNS=1 EVENTS=5000 TENANTS=5 LATENCY_RATE=500 LATENCY_SECONDS=5
 #             NAIVE_EVENTS=500 HISTORY_EVENTS=2 HISTORY_ITEMS=1000 REDRIVE_EVENTS=500
 #             (explicit values still win)
@@ -61,6 +63,8 @@ NAIVE_EVENTS="${NAIVE_EVENTS:-20000}"
 HISTORY_EVENTS="${HISTORY_EVENTS:-20}"
 HISTORY_ITEMS="${HISTORY_ITEMS:-5000}"
 REDRIVE_EVENTS="${REDRIVE_EVENTS:-10000}"
+SOAK_SECONDS="${SOAK_SECONDS:-0}"
+SOAK_RATE="${SOAK_RATE:-$LATENCY_RATE}"
 BUILD="${BUILD:-1}"
 KEEP="${KEEP:-0}"
 
@@ -84,10 +88,11 @@ die() {
   exit 1
 }
 
-for v in RUNS EVENTS TENANTS LATENCY_RATE LATENCY_SECONDS NAIVE_EVENTS HISTORY_EVENTS HISTORY_ITEMS REDRIVE_EVENTS; do
+for v in RUNS EVENTS TENANTS LATENCY_RATE LATENCY_SECONDS NAIVE_EVENTS HISTORY_EVENTS HISTORY_ITEMS REDRIVE_EVENTS SOAK_RATE; do
   [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
 ((NAIVE_EVENTS <= EVENTS)) || NAIVE_EVENTS=$EVENTS
+[[ "$SOAK_SECONDS" =~ ^[0-9]+$ ]] || die "SOAK_SECONDS must be a number of seconds (0 = no soak)"
 DRAIN_TIMEOUT="${DRAIN_TIMEOUT:-$((120 + EVENTS / 500))}"
 # A history event carries HISTORY_ITEMS items of about 450 bytes: unless set, the processor's
 # MAX_EVENT_BYTES is raised to fit one, and nats-server's max_payload to 1 MiB above that (so
@@ -103,6 +108,7 @@ COMMAND_LINE="SMOKE=$SMOKE RUNS=$RUNS EVENTS=$EVENTS TENANTS=$TENANTS LATENCY_RA
 COMMAND_LINE+=" LATENCY_SECONDS=$LATENCY_SECONDS NAIVE_EVENTS=$NAIVE_EVENTS"
 COMMAND_LINE+=" HISTORY_EVENTS=$HISTORY_EVENTS HISTORY_ITEMS=$HISTORY_ITEMS"
 COMMAND_LINE+=" REDRIVE_EVENTS=$REDRIVE_EVENTS BUILD=$BUILD"
+((SOAK_SECONDS == 0)) || COMMAND_LINE+=" SOAK_SECONDS=$SOAK_SECONDS SOAK_RATE=$SOAK_RATE"
 for v in BATCH_SIZE DB_POOL_SIZE BATCH_MAX_WAIT MAX_ACK_PENDING MAX_EVENT_BYTES NATS_STORE_PARENT PGOPTIONS; do
   [[ -n "${!v:-}" ]] && COMMAND_LINE+=" $v=$(printf '%q' "${!v}")"
 done
@@ -328,6 +334,7 @@ median() { # values... ; ">N" (beyond the top bucket) sorts above N; non-numbers
 }
 maximum() { printf '%s\n' "$@" | awk '/^[0-9.]+$/' | sort -g | tail -n 1; }
 vmhwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
+vmrss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 mb() { awk -v k="$1" 'BEGIN { if (k == "" || k == "n/a") print "n/a"; else printf "%.0f MB", k / 1024 }'; }
 
 # Sum of evp_events_total by outcome, "applied=N stale_skipped=N ..." from a /metrics dump.
@@ -429,6 +436,7 @@ echo "servers:  $(nats-server --version), PostgreSQL $("$pg_bin/postgres" --vers
 echo "date:     $started_at"
 echo
 
+soak_growths=()
 ref_rates=() proc_rates=() run_ratios=() hist_rates=() hist_ratios=() redrive_rates=()
 redrive_applied_rates=() ref_this_run="" naive_rates=() p50s=() p99s=() ref_rss=() proc_rss=() naive_rss=()
 product_failed=0
@@ -611,6 +619,39 @@ for ((run = 1; run <= RUNS; run++)); do
         "($((redriven_after - redriven_before)) counted by evp_redriven_events_total," \
         "$((applied_after - applied_before)) applied)"
     fi
+
+    # (g) soak: SOAK_RATE events/s for SOAK_SECONDS with the processor's resident memory
+    # sampled every 10 s. "Growth" is the last sample minus the sample after the first
+    # minute (allocator pools and caches fill up during the first minute).
+    if ((SOAK_SECONDS > 0)); then
+      eventctl_load --rate "$SOAK_RATE" --duration "${SOAK_SECONDS}s" --run-id "bench-soak$run" \
+        >"$WORK/logs/soak-load-$run.log" 2>&1 &
+      load_pid=$!
+      soak_start=$SECONDS
+      : >"$WORK/logs/soak-rss-$run.txt"
+      while kill -0 "$load_pid" 2>/dev/null; do
+        echo "$((SECONDS - soak_start)) $(vmrss_kb "$proc_pid")" >>"$WORK/logs/soak-rss-$run.txt"
+        sleep 10
+      done
+      wait "$load_pid" || die "soak load failed: $(tail -n 3 "$WORK/logs/soak-load-$run.log")"
+      status=0
+      wait_drained "$PROC_CONSUMER" "$proc_pid" "$DRAIN_TIMEOUT" || status=$?
+      echo "$((SECONDS - soak_start)) $(vmrss_kb "$proc_pid")" >>"$WORK/logs/soak-rss-$run.txt"
+      if ((status != 0)); then
+        echo "$tag: soak       FAILED: processor did not keep up with the soak load (backlog $last_backlog)"
+        product_failed=1
+        failure_notes+=("$tag: processor did not keep up with the soak load (backlog $last_backlog)")
+        soak_growths+=("n/a")
+      else
+        read -r first last peak < <(awk '$1 >= 60 && first == "" { first = $2 }
+          { last = $2; if ($2 > peak) peak = $2 } END { print (first == "" ? last : first), last, peak }' \
+          "$WORK/logs/soak-rss-$run.txt")
+        soak_growths+=("$(awk -v a="$first" -v b="$last" 'BEGIN { printf "%.1f", (b - a) / 1024 }')")
+        echo "$tag: soak       $SOAK_SECONDS s at $SOAK_RATE events/s offered: RSS $(mb "$first") after" \
+          "1 min, $(mb "$last") at the end, $(mb "$peak") at most; growth ${soak_growths[-1]} MB" \
+          "(samples in logs/soak-rss-$run.txt)"
+      fi
+    fi
   fi
 
   # Stop the processor (SIGTERM: it drains), then the naive design on a bounded slice.
@@ -716,6 +757,13 @@ verdict "latency p99 at ${LATENCY_RATE} events/s" "$p99_med" le 50 " ms"
 verdict "peak RSS with a ${EVENTS}-event backlog" "$proc_rss_mb" le 100 " MB"
 verdict "history items/s / realtime events/s" "$(median "${hist_ratios[@]}")" ge 1.00 "x"
 verdict "redrive of ${REDRIVE_EVENTS} exhausted events" "$(median "${redrive_rates[@]}")" ge 5000 " events/s"
+if ((SOAK_SECONDS > 0)); then
+  # "Flat": less than 5 MB more than after the first minute, for the worst run (a shrinking
+  # RSS counts as 0).
+  worst_growth="$(printf '%s\n' "${soak_growths[@]}" | awk '/^-?[0-9.]+$/' | sort -g | tail -n 1)"
+  worst_growth="$(awk -v g="$worst_growth" 'BEGIN { if (g == "") print "n/a"; else printf "%.1f", (g < 0 ? 0 : g) }')"
+  verdict "RSS growth over a ${SOAK_SECONDS} s soak" "$worst_growth" le 5 " MB"
+fi
 if ((SMOKE == 1 || EVENTS != 200000 || LATENCY_RATE != 5000)); then
   echo "(bars are defined for EVENTS=200000 and LATENCY_RATE=5000; this run used other sizes)"
 fi
