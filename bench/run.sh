@@ -343,6 +343,13 @@ outcomes() { # metrics dump [, event type]
        END { for (o in n) printf "%s=%d\n", o, n[o] }' "$1" | sort | paste -sd ' ' -
 }
 
+# A phase whose work the processor did not finish: printed now, repeated after the table.
+phase_failed() { # tag, phase, what the processor did not do
+  printf '%s: %-10s FAILED: processor %s (backlog %s)\n' "$1" "$2" "$3" "$last_backlog"
+  product_failed=1
+  failure_notes+=("$1: processor $3 (backlog $last_backlog)")
+}
+
 metric_value() { # metrics dump, metric name [, labels that must all appear, e.g. 'type="x"']
   awk -v m="$2" -v l="${3:-}" '
     { name = $1; sub(/\{.*/, "", name) }
@@ -527,9 +534,7 @@ for ((run = 1; run <= RUNS; run++)); do
     status=0
     wait_drained "$PROC_CONSUMER" "$proc_pid" "$DRAIN_TIMEOUT" || status=$?
     if ((status != 0)); then
-      echo "$tag: latency    FAILED: processor did not drain the latency load (backlog $last_backlog)"
-      product_failed=1
-      failure_notes+=("$tag: processor did not drain the latency load (backlog $last_backlog)")
+      phase_failed "$tag" latency "did not drain the latency load"
       p50s+=("n/a") p99s+=("n/a")
     else
       metrics_dump "$WORK/logs/metrics-$run-after.txt" || die "cannot read the processor's /metrics"
@@ -555,9 +560,7 @@ for ((run = 1; run <= RUNS; run++)); do
     status=0
     wait_drained "$PROC_CONSUMER-history" "$proc_pid" "$DRAIN_TIMEOUT" "$HISTORY_STREAM" || status=$?
     if ((status != 0)); then
-      echo "$tag: history    FAILED: processor did not drain the history imports (backlog $last_backlog)"
-      product_failed=1
-      failure_notes+=("$tag: processor did not drain the history imports (backlog $last_backlog)")
+      phase_failed "$tag" history "did not drain the history imports"
       hist_rates+=("n/a") hist_ratios+=("n/a")
     else
       secs="$(elapsed "$t0" "$drained_at")"
@@ -603,9 +606,7 @@ for ((run = 1; run <= RUNS; run++)); do
     status=0
     wait_drained "$PROC_CONSUMER" "$proc_pid" "$DRAIN_TIMEOUT" || status=$?
     if ((status != 0)); then
-      echo "$tag: redrive    FAILED: processor did not drain the redriven events (backlog $last_backlog)"
-      product_failed=1
-      failure_notes+=("$tag: processor did not drain the redriven events (backlog $last_backlog)")
+      phase_failed "$tag" redrive "did not drain the redriven events"
       redrive_applied_rates+=("n/a")
     else
       secs="$(elapsed "$t0" "$drained_at")"
@@ -638,9 +639,7 @@ for ((run = 1; run <= RUNS; run++)); do
       wait_drained "$PROC_CONSUMER" "$proc_pid" "$DRAIN_TIMEOUT" || status=$?
       echo "$((SECONDS - soak_start)) $(vmrss_kb "$proc_pid")" >>"$WORK/logs/soak-rss-$run.txt"
       if ((status != 0)); then
-        echo "$tag: soak       FAILED: processor did not keep up with the soak load (backlog $last_backlog)"
-        product_failed=1
-        failure_notes+=("$tag: processor did not keep up with the soak load (backlog $last_backlog)")
+        phase_failed "$tag" soak "did not keep up with the soak load"
         soak_growths+=("n/a")
       else
         read -r first last peak < <(awk '$1 >= 60 && first == "" { first = $2 }

@@ -4,6 +4,7 @@
 // Thread-safety: a NatsConnection may be shared (nats.c is thread-safe); a JetStreamSource
 // belongs to one consumer loop.
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
