@@ -1,8 +1,10 @@
 #include "exhausted.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "core/dead_letter.hpp"
@@ -108,9 +110,9 @@ std::string RedriveBody(const postgres::ExhaustedRow& r) {
   if (!item || r.source_subject.rfind(prefix, 0) != 0) return r.payload;
   const std::string rest = r.source_subject.substr(prefix.size());
   const std::string key = rest.substr(0, rest.find('.'));
-  auto parsed = nlohmann::json::parse(r.payload, nullptr, false);
-  if (parsed.is_discarded()) return r.payload;
-  return nlohmann::json{{key, nlohmann::json::array({parsed})}}.dump();
+  // The item's exact bytes go back inside an envelope of one item.
+  if (!nlohmann::json::accept(r.payload)) return r.payload;
+  return nlohmann::json(key).dump() + ":[" + r.payload + "]}";
 }
 
 int Redrive(const Config& config, const Options& o) {
@@ -145,7 +147,7 @@ int Redrive(const Config& config, const Options& o) {
     return 1;
   }
   const auto started = std::chrono::steady_clock::now();
-  std::vector<int64_t> done;
+  std::map<std::string, int64_t> sent;  // Nats-Msg-Id -> exhausted row id
   size_t n = 0;
   int failures = 0;
   for (const auto& r : *rows) {
@@ -159,19 +161,25 @@ int Redrive(const Config& config, const Options& o) {
       ++failures;
       continue;
     }
-    done.push_back(r.id);
+    sent.emplace(msg_id, r.id);
     if (++n % 1000 == 0) {
       std::fprintf(stderr, "\rredriving: %zu/%zu", n, rows->size());
     }
   }
   auto complete = (*conn)->PublishAsyncComplete(std::chrono::seconds(30));
-  const int64_t async_errors = (*conn)->TakeAsyncErrors();
-  if (!complete.ok() || async_errors > 0) {
-    std::fprintf(
-        stderr, "\nnot every publish was acknowledged (%s, %lld failed); nothing marked resolved\n",
-        complete.ok() ? "ok" : complete.error().c_str(), static_cast<long long>(async_errors));
-    return 1;
+  // Only acknowledged publishes are resolved: the others stay unresolved for the next run.
+  for (const std::string& msg_id : (*conn)->TakeUnacknowledged(complete.ok())) {
+    auto it = sent.find(msg_id);
+    if (it == sent.end()) continue;
+    std::fprintf(stderr, "\nid %lld: publish to its subject not acknowledged (%s)\n",
+                 static_cast<long long>(it->second),
+                 complete.ok() ? "refused" : complete.error().c_str());
+    sent.erase(it);
+    ++failures;
   }
+  std::vector<int64_t> done;
+  for (const auto& [msg_id, id] : sent) done.push_back(id);
+  std::sort(done.begin(), done.end());
   const std::string note =
       "redriven by eventctl" + (o.note.empty() ? std::string() : ": " + o.note);
   auto resolved = repo.Resolve(done, note);
@@ -196,7 +204,7 @@ int Redrive(const Config& config, const Options& o) {
 
 int Resolve(const Config& config, const Options& o) {
   postgres::ExhaustedRepository repo(config.postgres_dsn, config.ops_schema);
-  auto r = repo.Resolve(o.ids, o.note);
+  auto r = repo.Resolve(o.ids, o.note.empty() ? std::string("resolved by eventctl") : o.note);
   if (!r.ok()) {
     std::fprintf(stderr, "%s\n", r.error().c_str());
     return 1;
@@ -240,7 +248,7 @@ std::function<int(const Config&)> AddExhaustedCommands(CLI::App& app) {
   redrive->add_option("--note", o->note, "note appended to the resolved rows");
   auto* resolve = ex->add_subcommand("resolve", "mark exhausted events resolved without redriving");
   resolve->add_option("id", o->ids, "exhausted event id(s)")->required();
-  resolve->add_option("--note", o->note, "why it is resolved")->required();
+  resolve->add_option("--note", o->note, "why it is resolved [resolved by eventctl]");
 
   return [o, list, show, redrive, resolve](const Config& config) -> int {
     if (config.postgres_dsn.empty()) {

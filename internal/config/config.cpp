@@ -303,6 +303,8 @@ Result<Config, std::vector<std::string>> Config::FromEnvironment(Binary binary,
   std::vector<std::string> explicit_consumers;
   for (const Key& key : Keys(binary)) {
     std::optional<std::string> value = getenv(key.name);
+    // Set but empty counts as unset (templated manifests often render empty values).
+    if (value && Trim(*value).empty()) value.reset();
     if (!value) {
       // Secrets may come from a mounted file: KEY_FILE=/run/secrets/...
       if (auto file = getenv(key.name + "_FILE"); file && !file->empty()) {
@@ -366,10 +368,9 @@ std::vector<std::string> Config::Describe() const {
   for (const Key& key : Keys(Binary::kProcessor)) {
     std::string v = key.show(*this);
     if (key.name == "POSTGRES_DSN" || key.name == "NATS_URL") {
-      // Both may carry user:password@ (nats://user:pass@host, one or more URLs).
-      std::string masked;
-      for (const auto& part : SplitList(v)) masked += (masked.empty() ? "" : ",") + MaskDsn(part);
-      v = key.name == "NATS_URL" ? masked : MaskDsn(v);
+      // Both may carry credentials (nats://user:pass@host or nats://token@host, one or more
+      // URLs; postgresql://user:pass@host or password=...).
+      v = key.name == "NATS_URL" ? MaskNatsUrls(v) : MaskDsn(v);
     } else if (key.secret && !v.empty()) {
       v = "****";
     }
@@ -385,6 +386,22 @@ std::string MaskDsn(const std::string& dsn) {
   // key=value form: password=secret or password='secret'
   static const std::regex kKv(R"((password\s*=\s*)('[^']*'|\S+))");
   out = std::regex_replace(out, kKv, "$1****");
+  return out;
+}
+
+std::string MaskNatsUrls(const std::string& urls) {
+  // nats://user:password@host keeps the user; nats://token@host hides the whole token.
+  static const std::regex kUserInfo(R"(^([a-z]+://)([^:/@]*)(:[^@]*)?@)");
+  std::string out;
+  for (const auto& part : SplitList(urls)) {
+    std::smatch m;
+    std::string masked = part;
+    if (std::regex_search(part, m, kUserInfo)) {
+      masked = m[1].str() + (m[3].matched ? m[2].str() + ":****" : std::string("****")) + "@" +
+               m.suffix().str();
+    }
+    out += (out.empty() ? "" : ",") + masked;
+  }
   return out;
 }
 

@@ -86,5 +86,8 @@ struct Config {
 
 // postgresql://user:secret@host/db -> postgresql://user:****@host/db (also password=... form).
 std::string MaskDsn(const std::string& dsn);
+// NATS_URL (comma-separated URLs) with credentials masked: user:password@ -> user:****@,
+// token@ -> ****@.
+std::string MaskNatsUrls(const std::string& urls);
 
 }  // namespace evp

@@ -13,7 +13,9 @@ std::optional<std::chrono::milliseconds> ParseDuration(std::string_view text) {
   if (ec != std::errc() || ptr == begin || value < 0) return std::nullopt;
   std::string_view unit(ptr, static_cast<size_t>(end - ptr));
   int64_t factor = 0;
-  if (unit == "ms") {
+  if (unit.empty() && value == 0) {
+    return std::chrono::milliseconds(0);  // "0" needs no unit
+  } else if (unit == "ms") {
     factor = 1;
   } else if (unit == "s") {
     factor = 1000;

@@ -41,7 +41,9 @@ void OnDisconnected(natsConnection* nc, void*) {
 void OnReconnected(natsConnection*, void*) { observability::LogInfo("NATS reconnected"); }
 
 void OnPublishAckError(jsCtx*, jsPubAckErr* pae, void* closure) {
-  static_cast<std::atomic<int64_t>*>(closure)->fetch_add(1);
+  const char* msg_id = nullptr;
+  if (pae->Msg != nullptr) natsMsgHeader_Get(pae->Msg, "Nats-Msg-Id", &msg_id);
+  static_cast<NatsConnection::AsyncFailures*>(closure)->Record(msg_id != nullptr ? msg_id : "");
   observability::LogWarn("async publish failed",
                          {{"error", pae->ErrText != nullptr ? pae->ErrText : ""}});
 }
@@ -85,12 +87,12 @@ Result<std::shared_ptr<NatsConnection>, std::string> NatsConnection::Connect(
   if (s == NATS_OK) s = natsConnection_Connect(&c->conn_, opts);
   natsOptions_Destroy(opts);
   if (s != NATS_OK)
-    return Err{"cannot connect to NATS at " + MaskDsn(config.nats_url) + ": " + StatusText(s)};
+    return Err{"cannot connect to NATS at " + MaskNatsUrls(config.nats_url) + ": " + StatusText(s)};
   jsOptions jso;
   jsOptions_Init(&jso);
   jso.Wait = 10000;
   jso.PublishAsync.ErrHandler = OnPublishAckError;
-  jso.PublishAsync.ErrHandlerClosure = &c->async_errors_;
+  jso.PublishAsync.ErrHandlerClosure = &c->async_failures_;
   jso.PublishAsync.MaxPending = 4096;
   jso.PublishAsync.StallWait = 5000;
   s = natsConnection_JetStream(&c->js_, c->conn_, &jso);
@@ -248,7 +250,41 @@ Result<Unit, std::string> NatsConnection::PublishAsyncComplete(std::chrono::mill
   return Unit{};
 }
 
-int64_t NatsConnection::TakeAsyncErrors() { return async_errors_.exchange(0); }
+void NatsConnection::AsyncFailures::Record(std::string msg_id) {
+  count.fetch_add(1);
+  std::lock_guard lock(mu);
+  msg_ids.push_back(std::move(msg_id));
+}
+
+int64_t NatsConnection::TakeAsyncErrors() {
+  {
+    std::lock_guard lock(async_failures_.mu);
+    async_failures_.msg_ids.clear();
+  }
+  return async_failures_.count.exchange(0);
+}
+
+std::vector<std::string> NatsConnection::TakeUnacknowledged(bool complete) {
+  std::vector<std::string> out;
+  {
+    std::lock_guard lock(async_failures_.mu);
+    out.swap(async_failures_.msg_ids);
+  }
+  async_failures_.count.store(0);
+  // Publishes still waiting for their ack (after a PublishAsyncComplete timeout; nats.c's
+  // pending list must not be asked for when nothing is pending).
+  natsMsgList pending{};
+  if (!complete && js_PublishAsyncGetPendingList(&pending, js_) == NATS_OK) {
+    for (int i = 0; i < pending.Count; ++i) {
+      const char* id = nullptr;
+      if (natsMsgHeader_Get(pending.Msgs[i], "Nats-Msg-Id", &id) == NATS_OK && id != nullptr) {
+        out.emplace_back(id);
+      }
+    }
+    natsMsgList_Destroy(&pending);
+  }
+  return out;
+}
 
 void NatsConnection::Drain(std::chrono::milliseconds timeout) {
   if (conn_ == nullptr) return;

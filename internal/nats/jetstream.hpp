@@ -34,6 +34,14 @@ struct ConsumerSpec {
 
 class NatsConnection {
  public:
+  // Failed async publishes, recorded by the ack error handler (a nats.c thread).
+  struct AsyncFailures {
+    std::atomic<int64_t> count{0};
+    std::mutex mu;
+    std::vector<std::string> msg_ids;
+    void Record(std::string msg_id);
+  };
+
   // Connects (reconnecting forever afterwards). Error text names the URL and cause.
   static Result<std::shared_ptr<NatsConnection>, std::string> Connect(const Config& config,
                                                                       const std::string& name);
@@ -59,6 +67,10 @@ class NatsConnection {
                                          const std::string& msg_id, const HeaderMap& headers = {});
   // Async publishes that failed so far (JetStream error or timeout); reset by the call.
   int64_t TakeAsyncErrors();
+  // The Nats-Msg-Ids of async publishes that failed, plus (complete = false: after
+  // PublishAsyncComplete failed) those still unacknowledged, which are given up. Resets the
+  // failure count too.
+  std::vector<std::string> TakeUnacknowledged(bool complete);
   Result<Unit, std::string> PublishAsyncComplete(std::chrono::milliseconds timeout);
   // Drains subscriptions and closes (graceful shutdown).
   void Drain(std::chrono::milliseconds timeout);
@@ -68,7 +80,7 @@ class NatsConnection {
 
  private:
   NatsConnection() = default;
-  std::atomic<int64_t> async_errors_{0};
+  AsyncFailures async_failures_;
   __natsConnection* conn_ = nullptr;
   __jsCtx* js_ = nullptr;
 };

@@ -9,6 +9,7 @@
 #include "observability/logging.hpp"
 #include "routing/subject.hpp"
 #include "validation/decoder.hpp"
+#include "validation/json_spans.hpp"
 
 namespace evp::pipeline {
 
@@ -183,6 +184,18 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
     // History: each item is validated alone; a bad item is dead-lettered by itself.
     const EventType item_type = HistoryItemType(type);
     const auto& items = doc.at(std::string(HistoryArrayKey(type)));
+    // The exact text of each item, found only once an item fails.
+    std::optional<std::vector<std::string_view>> item_texts;
+    bool item_texts_searched = false;
+    auto original_item = [&](size_t j, const nlohmann::json& item) {
+      if (!item_texts_searched) {
+        item_texts_searched = true;
+        item_texts = validation::ArrayElementSpans(msg.data, HistoryArrayKey(type));
+        if (item_texts && item_texts->size() != items.size()) item_texts.reset();
+      }
+      if (item_texts) return std::string((*item_texts)[j]);
+      return item.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    };
     for (size_t j = 0; j < items.size(); ++j) {
       const nlohmann::json& item = items[j];
       std::optional<Failure> f =
@@ -190,7 +203,7 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
       if (!f) f = mismatch(item);
       if (f) {
         DeadLetter dl;
-        dl.original = item.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+        dl.original = original_item(j, item);
         dl.source_subject = msg.subject;
         dl.company_id = company;
         dl.error_class = ErrorClass::kFatal;

@@ -68,7 +68,16 @@ std::string Cast(ColumnType t, const std::string& param) {
 std::string Quoted(std::string_view name) { return "\"" + std::string(name) + "\""; }
 
 std::string MetadataJson(const DeadLetter& dl) {
+  // Everything the DLQ message carried besides its body (SPEC §7), so that a row explains
+  // itself without its columns: subject, tenant, class, reason, attempts, failure times.
   nlohmann::json meta = {
+      {"subject", SafeUtf8(dl.source_subject)},
+      {"company_id", SafeUtf8(dl.company_id)},
+      {"error_class", std::string(ErrorClassName(dl.error_class))},
+      {"reason", SafeUtf8(dl.reason)},
+      {"attempts", dl.attempts},
+      {"first_failed_ms", dl.first_failed_ms},
+      {"last_failed_ms", dl.last_failed_ms},
       {"source_stream", SafeUtf8(dl.source_stream)},
       {"stream_seq", dl.stream_seq},
       {"published_ns", dl.published_ns},

@@ -206,6 +206,39 @@ TEST(DlqWorker, ExhaustedListShowAndResolveWork) {
   ChildProcess none(BinaryPath("eventctl"), {"exhausted", "list", "--tenant", t}, stack.Env());
   ASSERT_EQ(none.Wait(std::chrono::seconds(20)), 0);
   EXPECT_NE(none.Log().find("0 row(s)"), std::string::npos) << none.Log();
+  // A note is optional.
+  ASSERT_TRUE(stack.Publish("v1.contacts.upsert." + t, "{\"again\"").ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM events_ops.exhausted_events", 2));
+  const int64_t second =
+      QueryInt(stack.Dsn(), "SELECT id FROM events_ops.exhausted_events WHERE NOT resolved");
+  ChildProcess bare(BinaryPath("eventctl"), {"exhausted", "resolve", std::to_string(second)},
+                    stack.Env());
+  ASSERT_EQ(bare.Wait(std::chrono::seconds(20)), 0) << bare.Log();
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events WHERE resolved"), 2);
+}
+
+// A row whose publish is refused (no stream captures its subject any more) stays unresolved;
+// the rows that were published are resolved, and the command says what failed.
+TEST(DlqWorker, RedriveResolvesOnlyTheEventsWhosePublishWasAcknowledged) {
+  Stack stack;
+  const std::string t = UniqueName("partial");
+  ASSERT_TRUE(stack.Publish("v1.contacts.upsert." + t, "{\"one\"").ok);
+  ASSERT_TRUE(stack.Publish("v1.contacts.upsert." + t, "{\"two\"").ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM events_ops.exhausted_events", 2));
+  const int64_t moved = QueryInt(stack.Dsn(), "SELECT min(id) FROM events_ops.exhausted_events");
+  Exec(stack.Dsn(), "UPDATE events_ops.exhausted_events SET source_subject = 'v9.gone." + t +
+                        "' WHERE id = " + std::to_string(moved));
+  ChildProcess cli(BinaryPath("eventctl"), {"exhausted", "redrive", "--tenant", t}, stack.Env());
+  EXPECT_EQ(cli.Wait(std::chrono::seconds(60)), 1) << cli.Log();
+  EXPECT_NE(cli.Log().find("id " + std::to_string(moved) + ": publish"), std::string::npos)
+      << cli.Log();
+  EXPECT_NE(cli.Log().find("redriven 1 event(s)"), std::string::npos) << cli.Log();
+  // (The redriven body is still malformed: it comes back as a new row, unresolved too.)
+  EXPECT_EQ(QueryString(stack.Dsn(),
+                        "SELECT string_agg(id::text || ':' || resolved::text, ',' "
+                        "ORDER BY id) FROM events_ops.exhausted_events WHERE id <= " +
+                            std::to_string(moved + 1)),
+            std::to_string(moved) + ":false," + std::to_string(moved + 1) + ":true");
 }
 
 TEST(DlqWorker, PoisonEventDoesNotDelayItsNeighbours) {

@@ -182,14 +182,15 @@ TEST(FatalPath, DataTheDatabaseRefusesIsIsolatedAsConstraintViolation) {
 TEST(FatalPath, HistoryBatchStoresValidItemsAndExhaustsEachInvalidItemAlone) {
   Stack stack;
   const std::string t = UniqueName("hist");
-  json items = json::array();
-  items.push_back(json{{"chat_id", "h1"}, {"jid", "j"}, {"phone_number", "+1"}});
-  items.push_back(json{{"chat_id", "h2"}, {"jid", "j"}});  // phone_number missing
-  items.push_back(json{{"chat_id", "h3"}, {"jid", "j"}, {"phone_number", "+3"}});
-  ASSERT_TRUE(stack.Publish("v1.history.chats." + t, json{{"chats", items}}.dump()).ok);
+  // Written by hand (keys unsorted, spaces, an escape): the invalid item is stored with its
+  // exact bytes, not a re-serialisation.
+  const std::string bad = R"({ "jid" : "j\u00e9",  "chat_id": "h2" })";  // phone_number missing
+  const std::string body = R"({"chats": [ {"chat_id": "h1", "jid": "j", "phone_number": "+1"}, )" +
+                           bad + R"(, {"phone_number": "+3", "jid": "j", "chat_id": "h3"} ]})";
+  ASSERT_TRUE(stack.Publish("v1.history.chats." + t, body).ok);
   ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM tenant_" + t + ".chats", 2));
   Row r = ExhaustedRow(stack, "v1.history.chats." + t);
-  EXPECT_EQ(json::parse(r.payload), items[1]);
+  EXPECT_EQ(r.payload, bad);
   EXPECT_EQ(r.reason.rfind("schema_violation: ", 0), 0u) << r.reason;
   EXPECT_NE(r.reason.find("phone_number"), std::string::npos) << r.reason;
   EXPECT_EQ(QueryString(stack.Dsn(),
@@ -197,6 +198,17 @@ TEST(FatalPath, HistoryBatchStoresValidItemsAndExhaustsEachInvalidItemAlone) {
                         "company_id = '" +
                             t + "'"),
             "1");
+  // The metadata names the batch's subject and stream sequence too (SPEC §11).
+  EXPECT_EQ(QueryString(stack.Dsn(),
+                        "SELECT dlq_metadata->>'subject' FROM events_ops.exhausted_events WHERE "
+                        "company_id = '" +
+                            t + "'"),
+            "v1.history.chats." + t);
+  EXPECT_NE(QueryString(stack.Dsn(),
+                        "SELECT dlq_metadata->>'stream_seq' FROM events_ops.exhausted_events "
+                        "WHERE company_id = '" +
+                            t + "'"),
+            "0");
 }
 
 }  // namespace

@@ -336,6 +336,23 @@ TEST(Config, MasksCredentialsEmbeddedInTheNatsUrlInDescribe) {
   EXPECT_EQ(all.find("hunter2"), std::string::npos) << DescribeLine(c, "NATS_URL");
 }
 
+TEST(Config, AnEmptyValueMeansTheDefault) {
+  Config c = Load(With(kMinimal, {{"BATCH_SIZE", ""}, {"NATS_URL", "  "}, {"ORDERING_GRACE", ""}}));
+  EXPECT_EQ(c.batch_size, Config{}.batch_size);
+  EXPECT_EQ(c.nats_url, "nats://127.0.0.1:4222");
+  EXPECT_EQ(DescribeLine(c, "ORDERING_GRACE").rfind("ORDERING_GRACE=6s  # ", 0), 0u);
+  EXPECT_EQ(Load(With(kMinimal, {{"ORDERING_GRACE", "0"}})).ordering_grace.count(), 0);
+}
+
+TEST(MaskNatsUrls, HidesPasswordsAndTokensOfEveryUrl) {
+  EXPECT_EQ(MaskNatsUrls("nats://s3cr3ttoken@h:4222"), "nats://****@h:4222");
+  EXPECT_EQ(MaskNatsUrls("nats://a:pw1@h1:4222,tls://b:pw2@h2:4222,nats://tok@h3"),
+            "nats://a:****@h1:4222,tls://b:****@h2:4222,nats://****@h3");
+  EXPECT_EQ(MaskNatsUrls("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+  Config c = Load(With(kMinimal, {{"NATS_URL", "nats://s3cr3ttoken@nats:4222"}}));
+  EXPECT_EQ(Joined(c.Describe()).find("s3cr3ttoken"), std::string::npos);
+}
+
 TEST(Config, DescribesEveryDocumentedKeyWithADocLine) {
   Config c = Load(kMinimal);
   for (const char* key :

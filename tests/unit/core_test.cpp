@@ -27,6 +27,7 @@ TEST(Duration, ParsesMillisecondsSecondsMinutesAndHours) {
   EXPECT_EQ(ParseDuration("5m"), milliseconds(300000));
   EXPECT_EQ(ParseDuration("1h"), milliseconds(3600000));
   EXPECT_EQ(ParseDuration("0s"), milliseconds(0));
+  EXPECT_EQ(ParseDuration("0"), milliseconds(0));  // zero alone needs no unit
   EXPECT_EQ(ParseDuration("720h"), milliseconds(int64_t{720} * 3600000));
 }
 

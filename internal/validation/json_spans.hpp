@@ -1,0 +1,20 @@
+#pragma once
+// The exact text of the elements of one array member of a JSON object, so that a bad history
+// item is recorded with its own original bytes rather than a re-serialisation (SPEC §6/§11:
+// exact original bytes).
+//
+// Thread-safety: pure function; safe to call concurrently.
+#include <optional>
+#include <string_view>
+#include <vector>
+
+namespace evp::validation {
+
+// For a document that nlohmann::json has already parsed successfully: the byte spans of the
+// elements of the array held by the top-level member `key` (the last one, if the key
+// repeats, as the parser keeps the last). std::nullopt when the text is not an object with
+// such an array member; callers then fall back to a re-serialisation.
+std::optional<std::vector<std::string_view>> ArrayElementSpans(std::string_view doc,
+                                                               std::string_view key);
+
+}  // namespace evp::validation

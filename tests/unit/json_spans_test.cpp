@@ -1,0 +1,56 @@
+// ArrayElementSpans: the exact text of each history item, whatever the spacing, escapes,
+// nesting or key order of the envelope.
+#include "validation/json_spans.hpp"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace evp::validation {
+namespace {
+
+std::vector<std::string> Spans(const std::string& doc, const std::string& key) {
+  EXPECT_TRUE(nlohmann::json::accept(doc)) << doc;
+  auto spans = ArrayElementSpans(doc, key);
+  if (!spans) return {"<none>"};
+  return {spans->begin(), spans->end()};
+}
+
+TEST(ArrayElementSpans, ReturnsEachElementExactlyAsWritten) {
+  const std::string doc =
+      "{ \"chats\" :\n [ {\"b\": 1, \"a\" : \"x,]}\"} ,{\"c\":[1,[2,{\"d\":\"\\\"}\"}]]},\t"
+      "{} ] }";
+  EXPECT_EQ(Spans(doc, "chats"),
+            (std::vector<std::string>{"{\"b\": 1, \"a\" : \"x,]}\"}",
+                                      "{\"c\":[1,[2,{\"d\":\"\\\"}\"}]]}", "{}"}));
+}
+
+TEST(ArrayElementSpans, ScalarsAndAnEmptyArray) {
+  EXPECT_EQ(Spans(R"({"messages":[1, -2.5e3 ,true,null,"s"]})", "messages"),
+            (std::vector<std::string>{"1", "-2.5e3", "true", "null", "\"s\""}));
+  EXPECT_EQ(Spans(R"({"messages": []})", "messages"), std::vector<std::string>{});
+}
+
+TEST(ArrayElementSpans, SkipsOtherMembersAndFindsAnEscapedKey) {
+  EXPECT_EQ(Spans(R"({"x": {"chats": [9]}, "y": "[", "\u0063hats": [{"k": 1}]})", "chats"),
+            (std::vector<std::string>{R"({"k": 1})"}));
+}
+
+TEST(ArrayElementSpans, TheLastOfARepeatedKeyWinsAsInTheParsedDocument) {
+  const std::string doc = R"({"chats": [1], "chats": [2, 3]})";
+  EXPECT_EQ(nlohmann::json::parse(doc).at("chats").size(), 2u);
+  EXPECT_EQ(Spans(doc, "chats"), (std::vector<std::string>{"2", "3"}));
+}
+
+TEST(ArrayElementSpans, NoSpansWithoutAnArrayUnderTheKey) {
+  EXPECT_EQ(Spans(R"({"chats": {"a": 1}})", "chats"), std::vector<std::string>{"<none>"});
+  EXPECT_EQ(Spans(R"({"other": [1]})", "chats"), std::vector<std::string>{"<none>"});
+  EXPECT_EQ(Spans(R"([{"chats": [1]}])", "chats"), std::vector<std::string>{"<none>"});
+  EXPECT_EQ(Spans(R"({})", "chats"), std::vector<std::string>{"<none>"});
+  EXPECT_FALSE(ArrayElementSpans(R"({"chats": [1, )", "chats").has_value());
+}
+
+}  // namespace
+}  // namespace evp::validation
