@@ -6,6 +6,7 @@
 #include "core/backoff.hpp"
 #include "observability/logging.hpp"
 #include "pipeline/batch_processor.hpp"
+#include "routing/subject.hpp"
 
 namespace evp::dlq {
 
@@ -129,16 +130,31 @@ Decision DlqHandler::Record(const InboundMessage& msg, const DeadLetter& dl,
 
 Decision DlqHandler::HandleOne(const InboundMessage& msg) {
   DeadLetter dl = DeadLetterFromMessage(msg, clock_.UnixMillis());
+  if (!routing::TenantIdError(dl.company_id) && !config_.AllowsTenant(dl.company_id)) {
+    // An allow-listed deployment leaves other tenants' dead letters to their own worker
+    // (each worker reads the whole DLQ stream): nothing of theirs lands in this database.
+    metrics_.CountDlqMessage("other_tenant_skipped");
+    return Decision::Ack();
+  }
   if (dl.error_class == ErrorClass::kFatal) return Record(msg, dl, dl.reason);
   return Retry(msg, std::move(dl));
 }
 
 Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
   const int64_t now_ms = clock_.UnixMillis();
-  if (dl.not_before_ms > now_ms) {
+  int64_t due_ms = dl.not_before_ms;
+  if (due_ms == 0) {
+    // A letter not scheduled by the worker yet (the processor's, or the advisory handler's):
+    // the first retry waits about DLQ_BASE_DELAY after that failure. The jitter is drawn
+    // from the event's own key, so every redelivery of the letter agrees on the time.
+    std::mt19937_64 per_event(std::hash<std::string>{}(dl.IdempotencyKey()));
+    due_ms = dl.last_failed_ms +
+             BackoffDelay(config_.dlq_base_delay, config_.dlq_max_delay, 1, per_event).count();
+  }
+  if (due_ms > now_ms) {
     // Not due yet: wait without counting an attempt.
     metrics_.CountDlqMessage("deferred");
-    return Decision::Nak(milliseconds(dl.not_before_ms - now_ms));
+    return Decision::Nak(milliseconds(due_ms - now_ms));
   }
   if (dl.attempts >= config_.dlq_max_attempts) {
     // Already out of attempts (a lowered DLQ_MAX_ATTEMPTS, or a forged count): no retry.
@@ -203,8 +219,9 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
                                                              " attempts; last error: " + last_error}
                       .Reason());
   }
-  // Schedule the next attempt: the republished letter carries the count; the old one is
-  // acked only after JetStream stored the new one.
+  // Schedule the next attempt (retry number `attempt`: about base * 2^(attempt - 1) after
+  // this failure): the republished letter carries the count; the old one is acked only
+  // after JetStream stored the new one.
   dl.not_before_ms =
       now_ms + BackoffDelay(config_.dlq_base_delay, config_.dlq_max_delay, attempt, rng_).count();
   auto published = dlq_.Publish(dl);

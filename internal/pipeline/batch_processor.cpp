@@ -128,6 +128,12 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
     auto route = routing::ParseSubject(msg.subject);
     if (!route.ok()) {
       work.done[i] = true;
+      const std::string& raw = route.error().raw_tenant;
+      if (!routing::TenantIdError(raw) && !config_.AllowsTenant(raw)) {
+        // Another deployment's tenant: that deployment records it.
+        metrics_.CountEvent("unknown", EventOutcome::kOtherTenant, raw);
+        continue;
+      }
       DeadLetterMessage(msg, route.error().raw_tenant, route.error().failure, ErrorClass::kFatal,
                         decisions[i], work.stats);
       metrics_.CountEvent("unknown", EventOutcome::kDeadLettered, route.error().raw_tenant);

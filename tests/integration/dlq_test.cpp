@@ -69,8 +69,9 @@ TEST(DlqWorker, EventFailingEveryTimeIsExhaustedWithMaxAttemptsAsRetryable) {
 }
 
 TEST(DlqWorker, EventFailingTwiceThenSucceedingIsAppliedOnTheThirdAttempt) {
-  // Attempt 1 is the processor's; attempt 2 the worker's first retry; attempt 3 comes at
-  // least DLQ_BASE_DELAY * 2 / 2 = 2 s later, which leaves time to repair the table.
+  // Attempt 1 is the processor's; attempt 2 the worker's first retry (1-2 s later); attempt 3
+  // comes at least DLQ_BASE_DELAY * 2 / 2 = 2 s after that, which leaves time to repair the
+  // table.
   Stack stack(Env{{"MAX_DELIVER", "2"}, {"DLQ_MAX_ATTEMPTS", "5"}, {"DLQ_BASE_DELAY", "2s"}});
   const std::string t = UniqueName("third");
   BreakMessagesTable(stack, t);

@@ -228,6 +228,26 @@ DeadLetter Retryable(uint64_t seq, const std::string& body, int attempts = 1) {
 
 const std::string kChat = R"({"chat_id":"c1","jid":"j","phone_number":"+1","push_name":"Ann"})";
 
+TEST_F(DlqHandlerTest, AnAllowListedWorkerLeavesOtherTenantsDeadLettersToTheirOwnWorker) {
+  config_->tenants = {"acme"};
+  DeadLetter other = Letter(3);
+  other.company_id = "beta";
+  other.source_subject = "v1.chats.upsert.beta";
+  DeadLetter retry = Retryable(4, kChat);
+  retry.company_id = "beta";
+  retry.source_subject = "v1.chats.upsert.beta";
+  DeadLetter invalid = Letter(5, ReasonCode::kInvalidTenant);
+  invalid.company_id = "1bad";
+  invalid.source_subject = "v1.chats.upsert.1bad";
+  auto d = Run({FromLetter(other), FromLetter(retry), FromLetter(invalid), FromLetter(Letter(6))});
+  for (const auto& x : d) EXPECT_TRUE(IsAck(x));
+  ASSERT_EQ(exhausted_.size(), 2u) << "the invalid tenant's and acme's, not beta's";
+  EXPECT_EQ(exhausted_.Rows()[0].letter.company_id, "1bad");
+  EXPECT_EQ(exhausted_.Rows()[1].letter.company_id, "acme");
+  EXPECT_EQ(store_.apply_calls, 0);
+  EXPECT_TRUE(sink_.published.empty());
+}
+
 TEST_F(DlqHandlerTest, ReappliesARetryableDeadLetterAndAcksWhenItSucceeds) {
   auto d = Run({FromLetter(Retryable(5, kChat))});
   EXPECT_TRUE(IsAck(d[0]));
@@ -258,6 +278,25 @@ TEST_F(DlqHandlerTest, WaitsWithoutSpendingAnAttemptUntilTheRetryIsDue) {
   EXPECT_EQ(store_.TotalRows(), 0u);
   EXPECT_TRUE(sink_.published.empty());
   EXPECT_EQ(exhausted_.size(), 0u);
+}
+
+TEST_F(DlqHandlerTest, TheFirstRetryWaitsAboutTheBaseDelayAfterTheProcessorsFailure) {
+  DeadLetter dl = Retryable(5, kChat, 1);
+  dl.first_failed_ms = dl.last_failed_ms = clock_.UnixMillis();
+  auto first = Run({FromLetter(dl)});
+  ASSERT_TRUE(IsNak(first[0]));
+  EXPECT_GE(first[0].delay, config_->dlq_base_delay / 2);
+  EXPECT_LE(first[0].delay, config_->dlq_base_delay);
+  EXPECT_EQ(store_.apply_calls, 0);
+  // A redelivery agrees on the due time (the jitter belongs to the event).
+  clock_.Advance(milliseconds(100));
+  auto again = Run({FromLetter(dl)});
+  ASSERT_TRUE(IsNak(again[0]));
+  EXPECT_EQ(again[0].delay, first[0].delay - milliseconds(100));
+  clock_.Advance(first[0].delay);
+  auto due = Run({FromLetter(dl)});
+  EXPECT_TRUE(IsAck(due[0]));
+  EXPECT_EQ(store_.Column("acme", handlers::Table::kChats, "chat_id=c1", "push_name"), "Ann");
 }
 
 TEST_F(DlqHandlerTest, ReschedulesAFailedRetryWithOneMoreAttemptAndABackoff) {

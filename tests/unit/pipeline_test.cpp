@@ -803,15 +803,25 @@ TEST_F(Pipeline, KeepsAPartialUpdateFromErasingOtherFields) {
 
 TEST_F(Pipeline, AcksOtherTenantsEventsUntouchedWhenAllowListed) {
   Configure({{"TENANTS", "acme"}});
-  auto d =
-      Run({Msg("v1.chats.upsert.beta", kChatUpsert), Msg("v1.chats.upsert.beta", "{bad"),
-           Msg("v1.chats.update.beta", kChatUpdate), Msg("v1.chats.upsert.acme", kChatUpsert)});
+  auto d = Run({Msg("v1.chats.upsert.beta", kChatUpsert), Msg("v1.chats.upsert.beta", "{bad"),
+                Msg("v1.chats.update.beta", kChatUpdate), Msg("v1.chats.delete.beta", kChatUpsert),
+                Msg("v1.chats.upsert.acme", kChatUpsert)});
   for (const auto& x : d) EXPECT_TRUE(IsAck(x));
   EXPECT_TRUE(sink_.published.empty()) << "another deployment owns beta's events";
   EXPECT_EQ(exhausted_.size(), 0u);
   EXPECT_FALSE(store_.HasTenant("beta"));
   EXPECT_EQ(store_.RowCount("beta", Table::kChats), 0u);
   EXPECT_EQ(store_.RowCount("acme", Table::kChats), 1u);
+}
+
+TEST_F(Pipeline, AnAllowListedDeploymentStillDeadLettersItsOwnAndInvalidTenantsSubjects) {
+  Configure({{"TENANTS", "acme"}});
+  auto d =
+      Run({Msg("v1.chats.delete.acme", kChatUpsert), Msg("v1.chats.upsert.1bad", kChatUpsert)});
+  for (const auto& x : d) EXPECT_TRUE(IsAck(x));
+  ASSERT_EQ(sink_.published.size(), 2u);
+  EXPECT_EQ(sink_.published[0].Code(), ReasonCode::kUnknownType);
+  EXPECT_EQ(sink_.published[1].Code(), ReasonCode::kInvalidTenant);
 }
 
 TEST_F(Pipeline, DeadLettersATenantThatCollidesByCaseWithARegisteredOne) {
