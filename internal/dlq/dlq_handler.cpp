@@ -209,7 +209,25 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
     metrics_.CountDlqMessage("deferred");
     return Decision::Nak(config_.dlq_base_delay);
   }
-  const std::string last_error = stats.last_error.empty() ? "still failing" : stats.last_error;
+  // An update whose row is still missing once ORDERING_GRACE has passed since its first
+  // failure is final (SPEC §11): not retried further.
+  const int64_t grace_end_ms = dl.first_failed_ms + config_.ordering_grace.count();
+  if (stats.not_yet > 0 && now_ms >= grace_end_ms) {
+    dl.attempts = attempt;
+    dl.last_failed_ms = now_ms;
+    dl.error_class = ErrorClass::kFatal;
+    return Record(
+        msg, dl,
+        Failure{ReasonCode::kNotFoundAfterGrace,
+                "target row (" + stats.not_yet_key + ") still missing " +
+                    std::to_string(now_ms - dl.first_failed_ms) + " ms after the first failure (" +
+                    std::to_string(attempt) + " attempts)"}
+            .Reason());
+  }
+  const std::string last_error = stats.not_yet > 0
+                                     ? "target row (" + stats.not_yet_key + ") missing"
+                                 : stats.last_error.empty() ? "still failing"
+                                                            : stats.last_error;
   dl.attempts = attempt;
   dl.last_failed_ms = now_ms;
   if (attempt >= config_.dlq_max_attempts) {
@@ -224,6 +242,8 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
   // after JetStream stored the new one.
   dl.not_before_ms =
       now_ms + BackoffDelay(config_.dlq_base_delay, config_.dlq_max_delay, attempt, rng_).count();
+  // A missing row gets the rest of its window before the next look.
+  if (stats.not_yet > 0) dl.not_before_ms = std::max(dl.not_before_ms, grace_end_ms);
   auto published = dlq_.Publish(dl);
   if (!published.ok()) {
     observability::LogWarn("cannot reschedule dead letter; will retry",

@@ -75,7 +75,7 @@ bool BatchProcessor::SendDeadLetter(DeadLetter letter) {
 
 void BatchProcessor::DeadLetterMessage(const InboundMessage& msg, const std::string& company_id,
                                        const Failure& failure, ErrorClass cls, Decision& decision,
-                                       BatchStats& stats) {
+                                       BatchStats& stats, int64_t first_failed_ms) {
   DeadLetter dl;
   dl.original = msg.data;
   dl.source_subject = msg.subject;
@@ -83,7 +83,8 @@ void BatchProcessor::DeadLetterMessage(const InboundMessage& msg, const std::str
   dl.error_class = cls;
   dl.reason = failure.Reason();
   dl.attempts = 1;
-  dl.first_failed_ms = dl.last_failed_ms = clock_.UnixMillis();
+  dl.last_failed_ms = clock_.UnixMillis();
+  dl.first_failed_ms = first_failed_ms > 0 ? first_failed_ms : dl.last_failed_ms;
   dl.source_stream = msg.stream;
   dl.stream_seq = msg.stream_seq;
   dl.published_ns = msg.publish_time_ns;
@@ -425,20 +426,33 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
                             ErrorClass::kFatal, decisions[i], work.stats);
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
-          // Out of deliveries but still inside the grace: the DLQ worker retries it later.
+          // Out of deliveries but still inside the grace (the delays below are sized to
+          // prevent this; a restart, which forgets first sights, can still get here): the
+          // DLQ worker retries it, and once the window since its first failure is over, a
+          // row still missing makes it not_found_after_grace there.
           grace_.Forget(grace_key);
           DeadLetterMessage(msg, company,
                             {ReasonCode::kRetriesExhausted,
                              "target row (" + per_message[i]->message + ") missing after " +
                                  std::to_string(msg.delivered) + " deliveries"},
-                            ErrorClass::kRetryable, decisions[i], work.stats);
+                            ErrorClass::kRetryable, decisions[i], work.stats,
+                            clock_.UnixMillis() - waited.count());
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else {
+          // Spread the retries over the window so that MAX_DELIVER outlasts it: each delay is
+          // at least the remaining time divided by the deliveries left, so the last delivery
+          // comes after the window and ends as not_found_after_grace, never as an exhausted
+          // delivery count.
           const milliseconds remaining = config_.ordering_grace - waited;
+          const auto left =
+              static_cast<int64_t>(static_cast<uint64_t>(config_.max_deliver) - msg.delivered);
           milliseconds delay = std::min(NakDelay(msg.delivered), remaining);
+          delay = std::max(delay, milliseconds((remaining.count() + left - 1) / left));
           delay = std::max(delay, milliseconds(50));
           decisions[i] = Decision::Nak(delay);
           ++work.stats.retried;
+          ++work.stats.not_yet;
+          work.stats.not_yet_key = per_message[i]->message;
           metrics_.CountEvent(type_name, EventOutcome::kNotYetRetried, company);
         }
         break;

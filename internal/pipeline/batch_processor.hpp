@@ -42,6 +42,8 @@ struct BatchStats {
   size_t stale = 0;
   size_t dead_lettered = 0;
   size_t retried = 0;
+  size_t not_yet = 0;              // updates retried because their row does not exist yet
+  std::string not_yet_key;         // the missing row of the last of them
   bool store_unavailable = false;  // a transient database error happened: pause fetching
   std::string last_error;          // text of the last transient database error
 };
@@ -80,9 +82,10 @@ class BatchProcessor final : public BatchHandler {
   const BatchStats& last_stats() const { return stats_; }
 
  private:
+  // first_failed_ms: when the event first failed (0: now).
   void DeadLetterMessage(const InboundMessage& msg, const std::string& company_id,
                          const Failure& failure, ErrorClass cls, Decision& decision,
-                         BatchStats& stats);
+                         BatchStats& stats, int64_t first_failed_ms = 0);
   std::vector<Decision> Finish(PreparedBatch& work);
   bool SendDeadLetter(DeadLetter letter);
   std::chrono::milliseconds NakDelay(uint64_t delivered);

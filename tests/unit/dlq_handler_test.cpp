@@ -299,6 +299,34 @@ TEST_F(DlqHandlerTest, TheFirstRetryWaitsAboutTheBaseDelayAfterTheProcessorsFail
   EXPECT_EQ(store_.Column("acme", handlers::Table::kChats, "chat_id=c1", "push_name"), "Ann");
 }
 
+TEST_F(DlqHandlerTest, AnUpdateWhoseRowIsStillMissingAfterTheGraceEndsAsNotFoundAfterGrace) {
+  const std::string update = R"({"chat_id":"c9","unread_count":1})";
+  DeadLetter dl = Retryable(5, update, 1);
+  dl.source_subject = "v1.chats.update.acme";
+  dl.reason = "retries_exhausted: target row (chat_id=c9) missing after 20 deliveries";
+  // Failed first 2 s ago: still inside the 6 s window. The retry finds no row and comes back
+  // when the window is over.
+  dl.first_failed_ms = clock_.UnixMillis() - 2000;
+  dl.last_failed_ms = clock_.UnixMillis() - 1000;
+  ASSERT_TRUE(IsAck(Run({FromLetter(dl)})[0]));
+  ASSERT_EQ(sink_.published.size(), 1u);
+  DeadLetter next = sink_.published[0];
+  EXPECT_EQ(next.attempts, 2);
+  EXPECT_GE(next.not_before_ms, dl.first_failed_ms + config_->ordering_grace.count());
+  EXPECT_EQ(exhausted_.size(), 0u);
+  // Due: the row is still missing, the window is over: final, not retried again.
+  clock_.Advance(milliseconds(next.not_before_ms - clock_.UnixMillis()));
+  sink_.published.clear();
+  ASSERT_TRUE(IsAck(Run({FromLetter(next)})[0]));
+  EXPECT_TRUE(sink_.published.empty());
+  ASSERT_EQ(exhausted_.size(), 1u);
+  const auto row = exhausted_.Rows()[0];
+  EXPECT_EQ(row.reason.rfind("not_found_after_grace: ", 0), 0u) << row.reason;
+  EXPECT_NE(row.reason.find("chat_id=c9"), std::string::npos) << row.reason;
+  EXPECT_EQ(row.letter.error_class, ErrorClass::kFatal);
+  EXPECT_EQ(row.letter.attempts, 3);
+}
+
 TEST_F(DlqHandlerTest, ReschedulesAFailedRetryWithOneMoreAttemptAndABackoff) {
   store_.retry_key = std::make_pair(std::string("acme"), std::string("chat_id=c1"));
   const DeadLetter dl = Retryable(5, kChat, 1);

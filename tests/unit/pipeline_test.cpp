@@ -591,6 +591,42 @@ TEST_F(Pipeline, NotYetRetriesEndByGraceBeforeMaxDeliverWithDefaults) {
       << sink_.published[0].reason;
 }
 
+TEST_F(Pipeline, NotYetDelaysStretchSoThatFewDeliveriesOutlastALongGrace) {
+  // 3 deliveries for a 10-minute window: the NAK delays spread over the window, and the last
+  // delivery ends as not_found_after_grace, not as an exhausted delivery count.
+  Configure({{"MAX_DELIVER", "3"}, {"ORDERING_GRACE", "10m"}, {"NAK_MAX_DELAY", "30s"}});
+  InboundMessage msg = Msg("v1.contacts.update.acme", kContactUpdate);
+  Decision d = RunOne(msg);
+  int deliveries = 1;
+  while (IsNak(d) && deliveries < 10) {
+    EXPECT_GE(d.delay, milliseconds(200'000)) << "delivery " << deliveries;
+    clock_.Advance(d.delay);
+    msg = Again(msg);
+    d = RunOne(msg);
+    ++deliveries;
+  }
+  ASSERT_TRUE(IsAck(d));
+  EXPECT_EQ(deliveries, 3);
+  ASSERT_EQ(sink_.published.size(), 1u);
+  EXPECT_EQ(sink_.published[0].Code(), ReasonCode::kNotFoundAfterGrace)
+      << sink_.published[0].reason;
+  EXPECT_EQ(sink_.published[0].error_class, ErrorClass::kFatal);
+}
+
+TEST_F(Pipeline, AnUpdateOutOfDeliveriesInsideTheGraceKeepsItsFirstFailureTime) {
+  // A restart forgot the first sight: the last delivery comes inside the new window.
+  Configure({{"MAX_DELIVER", "3"}});
+  InboundMessage msg = Msg("v1.contacts.update.acme", kContactUpdate);
+  msg.delivered = 3;
+  const int64_t first_try = clock_.UnixMillis();
+  ASSERT_TRUE(IsAck(RunOne(msg)));
+  ASSERT_EQ(sink_.published.size(), 1u);
+  const DeadLetter& dl = sink_.published[0];
+  EXPECT_EQ(dl.Code(), ReasonCode::kRetriesExhausted) << dl.reason;
+  EXPECT_EQ(dl.error_class, ErrorClass::kRetryable) << "the DLQ worker looks again";
+  EXPECT_EQ(dl.first_failed_ms, first_try);
+}
+
 TEST_F(Pipeline, RetriesAnUpdateThatPrecedesItsUpsertInTheSameBatch) {
   const InboundMessage update = Msg("v1.chats.update.acme", kChatUpdate);
   const InboundMessage upsert = Msg("v1.chats.upsert.acme", kChatUpsert);
