@@ -578,8 +578,9 @@ Result<std::optional<pipeline::InboundMessage>, std::string> JetStreamMessageSto
 }
 
 Result<Unit, std::string> JetStreamDeadLetterSink::Publish(const DeadLetter& letter) {
-  auto r = conn_->Publish(routing::DlqSubjectFor(letter.company_id), letter.original,
-                          letter.DlqMsgId(), EncodeDeadLetterHeaders(letter));
+  auto r = conn_->Publish(
+      routing::DlqSubjectFor(letter.company_id, letter.Code() == ReasonCode::kInvalidTenant),
+      letter.original, letter.DlqMsgId(), EncodeDeadLetterHeaders(letter));
   if (!r.ok()) return Err{r.error()};
   return Unit{};
 }

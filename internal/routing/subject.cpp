@@ -80,8 +80,10 @@ std::string SubjectFor(EventType type, std::string_view company_id) {
   return "v1." + std::string(EventTypeName(type)) + "." + std::string(company_id);
 }
 
-std::string DlqSubjectFor(std::string_view company_id) {
-  if (TenantIdError(company_id)) return "v1.dlq." + std::string(kInvalidTenantToken);
+std::string DlqSubjectFor(std::string_view company_id, bool invalid_tenant) {
+  if (invalid_tenant || TenantIdError(company_id)) {
+    return "v1.dlq." + std::string(kInvalidTenantToken);
+  }
   return "v1.dlq." + std::string(company_id);
 }
 

@@ -34,7 +34,8 @@ std::optional<std::string> TenantIdError(std::string_view company_id);
 Result<Route, RouteError> ParseSubject(std::string_view subject);
 
 std::string SubjectFor(EventType type, std::string_view company_id);
-// v1.dlq.<company_id>, or v1.dlq._invalid when the id itself is invalid.
-std::string DlqSubjectFor(std::string_view company_id);
+// v1.dlq.<company_id>, or v1.dlq._invalid when the id itself is invalid (or, with
+// invalid_tenant = true, refused for another reason such as a case collision).
+std::string DlqSubjectFor(std::string_view company_id, bool invalid_tenant = false);
 
 }  // namespace evp::routing

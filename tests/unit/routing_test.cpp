@@ -172,6 +172,8 @@ TEST(Routing, NamesTheBadTenantPrintablyInTheMessage) {
 TEST(Routing, BuildsDlqSubjectForValidTenant) {
   EXPECT_EQ(DlqSubjectFor("acme"), "v1.dlq.acme");
   EXPECT_EQ(DlqSubjectFor("Acme_2"), "v1.dlq.Acme_2");
+  // A well-formed id refused as invalid_tenant (a case collision) goes to _invalid too.
+  EXPECT_EQ(DlqSubjectFor("acme", true), "v1.dlq._invalid");
 }
 
 TEST(Routing, SendsInvalidTenantsToTheInvalidDlqSubject) {
