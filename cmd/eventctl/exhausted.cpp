@@ -154,8 +154,13 @@ int Redrive(const Config& config, const Options& o) {
     // A fresh id per exhausted row: never deduplicated against the original, while running the
     // same redrive twice within the dedup window publishes once.
     const std::string msg_id = "redrive:" + config.ops_schema + ":" + std::to_string(r.id);
-    auto p = (*conn)->PublishAsync(r.source_subject, RedriveBody(r), msg_id,
-                                   {{dlq_headers::kRedriveOf, std::to_string(r.id)}});
+    HeaderMap headers = {{dlq_headers::kRedriveOf, std::to_string(r.id)}};
+    // The publisher's trace id follows the event (dlq_metadata.trace_id).
+    auto meta = nlohmann::json::parse(r.metadata_json, nullptr, false);
+    if (meta.is_object() && meta.contains("trace_id") && meta["trace_id"].is_string()) {
+      headers[dlq_headers::kTraceId] = meta["trace_id"].get<std::string>();
+    }
+    auto p = (*conn)->PublishAsync(r.source_subject, RedriveBody(r), msg_id, headers);
     if (!p.ok()) {
       std::fprintf(stderr, "\nid %lld: %s\n", static_cast<long long>(r.id), p.error().c_str());
       ++failures;

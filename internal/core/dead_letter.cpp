@@ -1,5 +1,6 @@
 #include "core/dead_letter.hpp"
 
+#include <algorithm>
 #include <charconv>
 
 namespace evp {
@@ -58,7 +59,33 @@ HeaderMap EncodeDeadLetterHeaders(const DeadLetter& dl) {
   if (!dl.orig_msg_id.empty()) out[h::kOrigMsgId] = Clean(dl.orig_msg_id, 512);
   if (dl.item_index) out[h::kItemIndex] = std::to_string(*dl.item_index);
   if (dl.not_before_ms > 0) out[h::kNotBefore] = std::to_string(dl.not_before_ms);
+  if (!dl.trace_id.empty()) out[h::kTraceId] = Clean(dl.trace_id, 128);
   return out;
+}
+
+std::string TraceIdOf(const HeaderMap& headers) {
+  auto printable = [](std::string_view v) {
+    if (v.empty() || v.size() > 128) return false;
+    return std::all_of(v.begin(), v.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+  };
+  if (auto it = headers.find("traceparent"); it != headers.end()) {
+    // version "-" 32 hex trace-id "-" 16 hex parent-id "-" 2 hex flags
+    const std::string& v = it->second;
+    auto hex = [](std::string_view s) {
+      return std::all_of(s.begin(), s.end(),
+                         [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+    };
+    if (v.size() >= 55 && v[2] == '-' && v[35] == '-' && v[52] == '-') {
+      const std::string_view id = std::string_view(v).substr(3, 32);
+      if (hex(id) && id != std::string(32, '0')) return std::string(id);
+    }
+  }
+  for (const char* name : {dlq_headers::kTraceId, "X-Trace-Id"}) {
+    if (auto it = headers.find(name); it != headers.end() && printable(it->second)) {
+      return it->second;
+    }
+  }
+  return "";
 }
 
 Result<DeadLetter, std::string> DecodeDeadLetter(const HeaderMap& headers, std::string body) {
@@ -97,6 +124,7 @@ Result<DeadLetter, std::string> DecodeDeadLetter(const HeaderMap& headers, std::
   dl.published_ns = ParseNum<int64_t>(get(h::kPublishedAt).value_or("0")).value_or(0);
   dl.orig_msg_id = get(h::kOrigMsgId).value_or("");
   dl.not_before_ms = ParseNum<int64_t>(get(h::kNotBefore).value_or("0")).value_or(0);
+  dl.trace_id = get(h::kTraceId).value_or("");
   if (auto idx = get(h::kItemIndex)) {
     auto v = ParseNum<int64_t>(*idx);
     if (!v) return Err{std::string("bad header ") + h::kItemIndex};

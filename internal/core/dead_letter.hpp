@@ -27,6 +27,7 @@ struct DeadLetter {
   std::string orig_msg_id;            // Nats-Msg-Id of the original, if any
   std::optional<int64_t> item_index;  // history item index
   int64_t not_before_ms = 0;          // the DLQ worker retries it no earlier than this (unix ms)
+  std::string trace_id;               // the publisher's trace id, if it sent one
 
   // Unique per event (stream, sequence, publish time, item): one exhausted row per event.
   // The publish time keeps keys unique when a stream is recreated and sequences restart.
@@ -52,9 +53,15 @@ inline constexpr const char* kOrigMsgId = "Evp-Orig-Msg-Id";
 inline constexpr const char* kItemIndex = "Evp-Item-Index";
 inline constexpr const char* kRedriveOf = "Evp-Redrive-Of";
 inline constexpr const char* kNotBefore = "Evp-Not-Before";
+inline constexpr const char* kTraceId = "Evp-Trace-Id";
 }  // namespace dlq_headers
 
 using HeaderMap = std::map<std::string, std::string>;
+
+// The trace id a publisher sent with an event: the trace-id of a W3C `traceparent` header,
+// else the value of `Evp-Trace-Id` or `X-Trace-Id` (printable ASCII, at most 128 bytes).
+// Empty when there is none.
+std::string TraceIdOf(const HeaderMap& headers);
 
 // Header values never carry CR/LF or other control characters.
 HeaderMap EncodeDeadLetterHeaders(const DeadLetter& dl);

@@ -116,6 +116,8 @@ Decision DlqHandler::Record(const InboundMessage& msg, const DeadLetter& dl,
     observability::LogWarn("event exhausted", {{"company_id", dl.company_id},
                                                {"subject", dl.source_subject},
                                                {"stream_seq", dl.stream_seq},
+                                               {"event_id", dl.orig_msg_id},
+                                               {"trace_id", dl.trace_id},
                                                {"attempts", dl.attempts},
                                                {"class", ErrorClassName(dl.error_class)},
                                                {"reason", final_reason}});
@@ -175,6 +177,7 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
   replay.stream_seq = dl.stream_seq;
   replay.delivered = 1;
   replay.publish_time_ns = dl.published_ns;
+  if (!dl.trace_id.empty()) replay.headers[dlq_headers::kTraceId] = dl.trace_id;
   CapturingSink sink;
   RefusingExhaustedStore no_direct_writes;
   pipeline::BatchProcessor processor(config_, schemas_, store_, sink, no_direct_writes, clock_,
@@ -199,6 +202,8 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
     observability::LogInfo("event applied on retry", {{"company_id", dl.company_id},
                                                       {"subject", dl.source_subject},
                                                       {"stream_seq", dl.stream_seq},
+                                                      {"event_id", dl.orig_msg_id},
+                                                      {"trace_id", dl.trace_id},
                                                       {"attempts", attempt}});
     return Decision::Ack();
   }
@@ -254,6 +259,8 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
   observability::LogInfo("retry failed; rescheduled", {{"company_id", dl.company_id},
                                                        {"subject", dl.source_subject},
                                                        {"stream_seq", dl.stream_seq},
+                                                       {"event_id", dl.orig_msg_id},
+                                                       {"trace_id", dl.trace_id},
                                                        {"attempts", attempt},
                                                        {"error", last_error}});
   return Decision::Ack();

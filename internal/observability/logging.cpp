@@ -37,7 +37,9 @@ void Log(spdlog::level::level_enum level, std::string_view msg,
     nlohmann::ordered_json obj;
     obj["msg"] = std::string(msg);
     obj["service"] = g_binary;
-    for (const Field& f : fields) obj[std::string(f.key)] = f.value;
+    for (const Field& f : fields) {
+      if (!f.value.empty()) obj[std::string(f.key)] = f.value;
+    }
     std::string body = obj.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     // Strip the braces: the pattern supplies them around ts and level.
     spdlog::default_logger_raw()->log(level, "{}",
@@ -45,6 +47,7 @@ void Log(spdlog::level::level_enum level, std::string_view msg,
   } else {
     std::string line(msg);
     for (const Field& f : fields) {
+      if (f.value.empty()) continue;
       line += " ";
       line += f.key;
       line += "=";

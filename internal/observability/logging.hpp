@@ -1,7 +1,8 @@
 #pragma once
 // Structured logs through spdlog: one JSON object per line (LOG_FORMAT=json) or a readable
 // line for local runs (text). Fields: ts, level, msg, then the given fields (company_id,
-// subject, stream_seq, delivered, event_id, ...). Never pass payload bodies at info level.
+// subject, stream_seq, delivered, event_id, trace_id, ...); a field with an empty value is left
+// out ("where present"). Never pass payload bodies at info level.
 // Thread-safe.
 #include <spdlog/spdlog.h>
 

@@ -89,11 +89,13 @@ void BatchProcessor::DeadLetterMessage(const InboundMessage& msg, const std::str
   dl.stream_seq = msg.stream_seq;
   dl.published_ns = msg.publish_time_ns;
   dl.orig_msg_id = msg.msg_id;
+  dl.trace_id = TraceIdOf(msg.headers);
   LogWarn("event dead-lettered", {{"company_id", company_id},
                                   {"subject", msg.subject},
                                   {"stream_seq", msg.stream_seq},
                                   {"delivered", msg.delivered},
                                   {"event_id", msg.msg_id},
+                                  {"trace_id", dl.trace_id},
                                   {"reason", dl.reason}});
   if (SendDeadLetter(std::move(dl))) {
     decision = Decision::Ack();
@@ -221,9 +223,12 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
         dl.published_ns = msg.publish_time_ns;
         dl.orig_msg_id = msg.msg_id;
         dl.item_index = static_cast<int64_t>(j);
+        dl.trace_id = TraceIdOf(msg.headers);
         LogWarn("history item dead-lettered", {{"company_id", company},
                                                {"subject", msg.subject},
                                                {"stream_seq", msg.stream_seq},
+                                               {"event_id", msg.msg_id},
+                                               {"trace_id", dl.trace_id},
                                                {"item_index", j},
                                                {"reason", dl.reason}});
         if (!SendDeadLetter(std::move(dl))) {

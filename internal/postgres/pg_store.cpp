@@ -87,6 +87,7 @@ std::string MetadataJson(const DeadLetter& dl) {
       {"payload_valid_utf8", IsValidUtf8(dl.original)},
   };
   if (dl.item_index) meta["item_index"] = *dl.item_index;
+  if (!dl.trace_id.empty()) meta["trace_id"] = SafeUtf8(dl.trace_id);
   std::string out = meta.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   // jsonb refuses \u0000; SafeUtf8 already removed NULs, this is belt and braces.
   return out;

@@ -179,6 +179,22 @@ TEST(FatalPath, DataTheDatabaseRefusesIsIsolatedAsConstraintViolation) {
   EXPECT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 3));
 }
 
+TEST(FatalPath, ThePublishersTraceIdIsLoggedAndKeptWithTheExhaustedRow) {
+  Stack stack;
+  const std::string t = UniqueName("trace");
+  const std::string trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+  ASSERT_TRUE(stack
+                  .Publish("v1.chats.upsert." + t, "{oops", "",
+                           {{"traceparent", "00-" + trace + "-00f067aa0ba902b7-01"}})
+                  .ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM events_ops.exhausted_events", 1));
+  EXPECT_EQ(
+      QueryString(stack.Dsn(), "SELECT dlq_metadata->>'trace_id' FROM events_ops.exhausted_events"),
+      trace);
+  EXPECT_NE(stack.Processor().Log().find("trace_id=" + trace), std::string::npos)
+      << stack.Processor().Log();
+}
+
 TEST(FatalPath, HistoryBatchStoresValidItemsAndExhaustsEachInvalidItemAlone) {
   Stack stack;
   const std::string t = UniqueName("hist");

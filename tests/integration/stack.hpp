@@ -74,8 +74,9 @@ class Stack {
   PostgresServer* PrivatePostgres() { return private_pg_.get(); }
 
   PubResult Publish(const std::string& subject, std::string_view bytes,
-                    const std::string& msg_id = "") {
-    return publisher_->Publish(subject, bytes, msg_id.empty() ? UniqueName("m") : msg_id);
+                    const std::string& msg_id = "",
+                    const std::map<std::string, std::string>& headers = {}) {
+    return publisher_->Publish(subject, bytes, msg_id.empty() ? UniqueName("m") : msg_id, headers);
   }
 
   const std::string& Dsn() const { return env_.at("POSTGRES_DSN"); }

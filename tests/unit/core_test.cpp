@@ -82,6 +82,7 @@ DeadLetter FullLetter() {
   dl.not_before_ms = 1700000012345;
   dl.orig_msg_id = "pub-42";
   dl.item_index = 7;
+  dl.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
   return dl;
 }
 
@@ -103,6 +104,7 @@ TEST(DeadLetter, RoundTripsThroughHeadersAndBody) {
   EXPECT_EQ(back->not_before_ms, dl.not_before_ms);
   EXPECT_EQ(back->orig_msg_id, dl.orig_msg_id);
   EXPECT_EQ(back->item_index, dl.item_index);
+  EXPECT_EQ(back->trace_id, dl.trace_id);
   EXPECT_EQ(back->IdempotencyKey(), dl.IdempotencyKey());
 }
 
@@ -474,6 +476,24 @@ TEST(EventNames, DescribesHistoryTypes) {
 TEST(EventNames, FormatsAFailureAsCodeColonMessage) {
   Failure f{ReasonCode::kSchemaViolation, "/chat_id: required property missing"};
   EXPECT_EQ(f.Reason(), "schema_violation: /chat_id: required property missing");
+}
+
+TEST(TraceIdOf, TakesTheTraceIdOfAW3cTraceparentHeader) {
+  EXPECT_EQ(TraceIdOf({{"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}),
+            "4bf92f3577b34da6a3ce929d0e0e4736");
+  EXPECT_EQ(TraceIdOf({{"X-Trace-Id", "req-42"}}), "req-42");
+  EXPECT_EQ(TraceIdOf({{"Evp-Trace-Id", "abc"}, {"X-Trace-Id", "other"}}), "abc");
+  EXPECT_EQ(TraceIdOf({}), "");
+}
+
+TEST(TraceIdOf, IgnoresMalformedValues) {
+  EXPECT_EQ(TraceIdOf({{"traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"}}),
+            "");
+  EXPECT_EQ(TraceIdOf({{"traceparent", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"}}),
+            "");
+  EXPECT_EQ(TraceIdOf({{"traceparent", "garbage"}}), "");
+  EXPECT_EQ(TraceIdOf({{"X-Trace-Id", "has space"}}), "");
+  EXPECT_EQ(TraceIdOf({{"X-Trace-Id", std::string(129, 'a')}}), "");
 }
 
 }  // namespace

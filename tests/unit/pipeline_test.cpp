@@ -445,6 +445,17 @@ TEST_F(Pipeline, KeepsFatalDecisionsOfABatchThatHitATransientError) {
   EXPECT_EQ(sink_.published.size(), 1u);
 }
 
+TEST_F(Pipeline, ADeadLetterCarriesThePublishersTraceId) {
+  InboundMessage msg = Msg("v1.chats.upsert.acme", "{bad");
+  msg.headers["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  ASSERT_TRUE(IsAck(RunOne(msg)));
+  ASSERT_EQ(sink_.published.size(), 1u);
+  EXPECT_EQ(sink_.published[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+  EXPECT_TRUE(IsAck(RunOne(Msg("v1.chats.upsert.acme", "{bad"))));
+  ASSERT_EQ(sink_.published.size(), 2u);
+  EXPECT_EQ(sink_.published[1].trace_id, "") << "no header, no trace id";
+}
+
 TEST_F(Pipeline, DeadLettersAsRetryableAtMaxDeliverAndAcks) {
   ASSERT_TRUE(IsAck(RunOne(Msg("v1.chats.upsert.acme", Chat("c0", 1699999000, "A")))));
   store_.fail_transiently = true;
