@@ -10,6 +10,12 @@
 //                     connection take alternate batches; the fetcher runs ahead of them.
 //   --naive           the per-event design: per message one transaction (INSERT ... ON
 //                     CONFLICT) and one natsMsg_AckSync.
+//   --wait-drained    polls the consumer --durable of --stream every 50 ms until it exists
+//                     with nothing pending or unacknowledged, and prints the wall-clock time
+//                     it saw that (unix seconds with microseconds). Exit 0 drained, 3 after
+//                     --timeout-s, 4 when --pid died without draining (after 5 s for acks
+//                     in flight). One process with one connection: measuring costs next to
+//                     no CPU, unlike a curl + jq poll.
 //
 // Prints one line "reference: key=value ..." that bench/run.sh parses. Exit status: 0 done,
 // 1 a server or database error, 2 bad arguments.
@@ -17,6 +23,7 @@
 // Thread-safety: the fetcher owns the subscription; each writer owns its connection; nats.c
 // connections are safe to ack on from several threads.
 #include <nats/nats.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <atomic>
@@ -53,6 +60,9 @@ struct Options {
   int idle_exit_ms = 10'000;
   bool naive = false;
   bool ensure_stream = false;
+  bool wait_drained = false;
+  int64_t timeout_s = 600;
+  int64_t pid = 0;  // --wait-drained: the process expected to drain the consumer
 };
 
 [[noreturn]] void Usage(const std::string& why) {
@@ -60,7 +70,9 @@ struct Options {
                "evp_bench_reference: %s\n"
                "usage: evp_bench_reference [--ensure-stream | --naive] --nats URL --pg DSN\n"
                "       [--stream NAME] [--durable NAME] [--table NAME] [--batch N]\n"
-               "       [--writers N] [--limit N] [--idle-exit-ms N]\n",
+               "       [--writers N] [--limit N] [--idle-exit-ms N]\n"
+               "       evp_bench_reference --wait-drained --nats URL --stream NAME --durable NAME\n"
+               "       [--timeout-s N] [--pid PID]\n",
                why.c_str());
   std::exit(2);
 }
@@ -102,11 +114,17 @@ Options ParseArgs(int argc, char** argv) {
       o.naive = true;
     } else if (a == "--ensure-stream") {
       o.ensure_stream = true;
+    } else if (a == "--wait-drained") {
+      o.wait_drained = true;
+    } else if (a == "--timeout-s") {
+      o.timeout_s = number();
+    } else if (a == "--pid") {
+      o.pid = number();
     } else {
       Usage("unknown argument " + a);
     }
   }
-  if (!o.ensure_stream && o.postgres_dsn.empty()) Usage("--pg is required");
+  if (!o.ensure_stream && !o.wait_drained && o.postgres_dsn.empty()) Usage("--pg is required");
   return o;
 }
 
@@ -168,6 +186,18 @@ class Nats {
     if (s != NATS_OK && jerr == JSStreamNameExistErr) s = NATS_OK;
     if (si != nullptr) jsStreamInfo_Destroy(si);
     if (s != NATS_OK) Fail("cannot create stream " + name + ": " + NatsError(s, jerr));
+  }
+
+  // num_pending + num_ack_pending of a consumer; nullopt while it does not exist (or the
+  // server does not answer).
+  std::optional<uint64_t> Backlog(const std::string& stream, const std::string& consumer) {
+    jsConsumerInfo* ci = nullptr;
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    natsStatus s = js_GetConsumerInfo(&ci, js_, stream.c_str(), consumer.c_str(), nullptr, &jerr);
+    if (s != NATS_OK || ci == nullptr) return std::nullopt;
+    const uint64_t backlog = ci->NumPending + static_cast<uint64_t>(ci->NumAckPending);
+    jsConsumerInfo_Destroy(ci);
+    return backlog;
   }
 
   void Bind(const Options& o) {
@@ -496,6 +526,39 @@ int RunNaive(const Options& o) {
 
 }  // namespace
 
+int WaitDrained(const Options& o) {
+  Nats nats(o.nats_url);
+  const auto deadline = Clock::now() + std::chrono::seconds(o.timeout_s);
+  std::optional<Clock::time_point> dead_since;
+  std::string last = "no consumer";
+  while (true) {
+    auto backlog = nats.Backlog(o.stream, o.durable);
+    if (backlog && *backlog == 0) {
+      const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+      std::printf("%lld.%06lld\n", static_cast<long long>(us / 1'000'000),
+                  static_cast<long long>(us % 1'000'000));
+      return 0;
+    }
+    if (backlog) last = std::to_string(*backlog);
+    if (o.pid > 0 && kill(static_cast<pid_t>(o.pid), 0) != 0) {
+      if (!dead_since) dead_since = Clock::now();
+      if (Clock::now() - *dead_since > std::chrono::seconds(5)) {
+        std::fprintf(stderr, "evp_bench_reference: pid %lld died with backlog %s\n",
+                     static_cast<long long>(o.pid), last.c_str());
+        std::printf("%s\n", last.c_str());
+        return 4;
+      }
+    }
+    if (Clock::now() > deadline) {
+      std::printf("%s\n", last.c_str());
+      return 3;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
 int main(int argc, char** argv) {
   const Options o = ParseArgs(argc, argv);
   try {
@@ -504,6 +567,7 @@ int main(int argc, char** argv) {
       nats.EnsureStream(o.stream);
       return 0;
     }
+    if (o.wait_drained) return WaitDrained(o);
     return o.naive ? RunNaive(o) : RunReference(o);
   } catch (const std::exception& e) {
     Fail(e.what());
