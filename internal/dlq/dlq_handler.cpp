@@ -132,7 +132,8 @@ Decision DlqHandler::Record(const InboundMessage& msg, const DeadLetter& dl,
 
 Decision DlqHandler::HandleOne(const InboundMessage& msg) {
   DeadLetter dl = DeadLetterFromMessage(msg, clock_.UnixMillis());
-  if (!routing::TenantIdError(dl.company_id) && !config_.AllowsTenant(dl.company_id)) {
+  if (auto owner = routing::SubjectTenant(dl.source_subject);
+      owner && *owner == dl.company_id && !config_.AllowsTenant(dl.company_id)) {
     // An allow-listed deployment leaves other tenants' dead letters to their own worker
     // (each worker reads the whole DLQ stream): nothing of theirs lands in this database.
     metrics_.CountDlqMessage("other_tenant_skipped");

@@ -1,5 +1,6 @@
 #include "pipeline/batch_processor.hpp"
 
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <set>
@@ -131,10 +132,11 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
     auto route = routing::ParseSubject(msg.subject);
     if (!route.ok()) {
       work.done[i] = true;
-      const std::string& raw = route.error().raw_tenant;
-      if (!routing::TenantIdError(raw) && !config_.AllowsTenant(raw)) {
-        // Another deployment's tenant: that deployment records it.
-        metrics_.CountEvent("unknown", EventOutcome::kOtherTenant, raw);
+      // v1.<domain>.<action>.<another deployment's tenant>: that deployment records it.
+      // (With missing or extra tokens the last one is no tenant: every deployment does.)
+      if (auto owner = routing::SubjectTenant(msg.subject);
+          owner && !config_.AllowsTenant(*owner)) {
+        metrics_.CountEvent("unknown", EventOutcome::kOtherTenant, *owner);
         continue;
       }
       DeadLetterMessage(msg, route.error().raw_tenant, route.error().failure, ErrorClass::kFatal,

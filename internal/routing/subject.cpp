@@ -76,6 +76,12 @@ Result<Route, RouteError> ParseSubject(std::string_view subject) {
   return Route{*type, std::string(t[3])};
 }
 
+std::optional<std::string> SubjectTenant(std::string_view subject) {
+  std::vector<std::string_view> t = Split(subject);
+  if (t.size() != 4 || t[0] != "v1" || TenantIdError(t[3])) return std::nullopt;
+  return std::string(t[3]);
+}
+
 std::string SubjectFor(EventType type, std::string_view company_id) {
   return "v1." + std::string(EventTypeName(type)) + "." + std::string(company_id);
 }

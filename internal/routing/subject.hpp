@@ -34,6 +34,11 @@ std::optional<std::string> TenantIdError(std::string_view company_id);
 Result<Route, RouteError> ParseSubject(std::string_view subject);
 
 std::string SubjectFor(EventType type, std::string_view company_id);
+
+// The tenant an event subject belongs to, routable or not: the last token of a
+// v1.<a>.<b>.<company_id> subject with a valid id. nullopt for other shapes (missing or
+// extra tokens: the last token is no tenant) and invalid ids.
+std::optional<std::string> SubjectTenant(std::string_view subject);
 // v1.dlq.<company_id>, or v1.dlq._invalid when the id itself is invalid (or, with
 // invalid_tenant = true, refused for another reason such as a case collision).
 std::string DlqSubjectFor(std::string_view company_id, bool invalid_tenant = false);

@@ -863,12 +863,13 @@ TEST_F(Pipeline, AcksOtherTenantsEventsUntouchedWhenAllowListed) {
 
 TEST_F(Pipeline, AnAllowListedDeploymentStillDeadLettersItsOwnAndInvalidTenantsSubjects) {
   Configure({{"TENANTS", "acme"}});
-  auto d =
-      Run({Msg("v1.chats.delete.acme", kChatUpsert), Msg("v1.chats.upsert.1bad", kChatUpsert)});
+  auto d = Run({Msg("v1.chats.delete.acme", kChatUpsert), Msg("v1.chats.upsert.1bad", kChatUpsert),
+                Msg("v1.chats.upsert", kChatUpsert)});
   for (const auto& x : d) EXPECT_TRUE(IsAck(x));
-  ASSERT_EQ(sink_.published.size(), 2u);
+  ASSERT_EQ(sink_.published.size(), 3u);
   EXPECT_EQ(sink_.published[0].Code(), ReasonCode::kUnknownType);
   EXPECT_EQ(sink_.published[1].Code(), ReasonCode::kInvalidTenant);
+  EXPECT_EQ(sink_.published[2].Code(), ReasonCode::kUnknownType) << "a missing token: no tenant";
 }
 
 TEST_F(Pipeline, DeadLettersATenantThatCollidesByCaseWithARegisteredOne) {

@@ -169,6 +169,16 @@ TEST(Routing, NamesTheBadTenantPrintablyInTheMessage) {
   }
 }
 
+TEST(Routing, FindsTheTenantOfAnyFourTokenV1Subject) {
+  EXPECT_EQ(SubjectTenant("v1.chats.upsert.acme"), "acme");
+  EXPECT_EQ(SubjectTenant("v1.chats.delete.acme"), "acme") << "unroutable, still acme's";
+  EXPECT_EQ(SubjectTenant("v1.history.chats.Beta_2"), "Beta_2");
+  EXPECT_EQ(SubjectTenant("v1.chats.upsert"), std::nullopt);
+  EXPECT_EQ(SubjectTenant("v1.chats.upsert.acme.x"), std::nullopt);
+  EXPECT_EQ(SubjectTenant("v1.chats.upsert.1bad"), std::nullopt);
+  EXPECT_EQ(SubjectTenant("v2.chats.upsert.acme"), std::nullopt);
+}
+
 TEST(Routing, BuildsDlqSubjectForValidTenant) {
   EXPECT_EQ(DlqSubjectFor("acme"), "v1.dlq.acme");
   EXPECT_EQ(DlqSubjectFor("Acme_2"), "v1.dlq.Acme_2");
