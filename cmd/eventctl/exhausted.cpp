@@ -112,7 +112,7 @@ std::string RedriveBody(const postgres::ExhaustedRow& r) {
   const std::string key = rest.substr(0, rest.find('.'));
   // The item's exact bytes go back inside an envelope of one item.
   if (!nlohmann::json::accept(r.payload)) return r.payload;
-  return nlohmann::json(key).dump() + ":[" + r.payload + "]}";
+  return "{" + nlohmann::json(key).dump() + ":[" + r.payload + "]}";
 }
 
 int Redrive(const Config& config, const Options& o) {

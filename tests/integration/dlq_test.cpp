@@ -218,6 +218,35 @@ TEST(DlqWorker, ExhaustedListShowAndResolveWork) {
   EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events WHERE resolved"), 2);
 }
 
+// A history item exhausted alone goes back wrapped in an envelope of one item.
+TEST(DlqWorker, RedriveOfAnExhaustedHistoryItemAppliesThatItem) {
+  Stack stack;
+  const std::string t = UniqueName("hredrive");
+  const std::string s = "tenant_" + t;
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("seed")).ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 1));
+  Exec(stack.Dsn(),
+       "ALTER TABLE " + s + ".messages ADD CONSTRAINT no_h2 CHECK (message_id <> 'h2')");
+  ASSERT_TRUE(stack
+                  .Publish("v1.history.messages." + t, "{\"messages\":[" + Message("h1") + "," +
+                                                           Message("h2") + "," + Message("h3") +
+                                                           "]}")
+                  .ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM events_ops.exhausted_events", 1));
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 3));
+  EXPECT_EQ(QueryString(stack.Dsn(),
+                        "SELECT convert_from(original_payload, 'UTF8') FROM "
+                        "events_ops.exhausted_events"),
+            Message("h2"));
+  Exec(stack.Dsn(), "ALTER TABLE " + s + ".messages DROP CONSTRAINT no_h2");
+  ChildProcess cli(BinaryPath("eventctl"), {"exhausted", "redrive", "--tenant", t}, stack.Env());
+  ASSERT_EQ(cli.Wait(std::chrono::seconds(60)), 0) << cli.Log();
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages WHERE message_id = 'h2'", 1))
+      << stack.Processor().Log();
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events"), 1)
+      << "the redriven item applied: no new exhausted row";
+}
+
 // A row whose publish is refused (no stream captures its subject any more) stays unresolved;
 // the rows that were published are resolved, and the command says what failed.
 TEST(DlqWorker, RedriveResolvesOnlyTheEventsWhosePublishWasAcknowledged) {
