@@ -18,12 +18,24 @@ StoreError ClassifyCurrentException() {
     // Commit outcome unknown: retrying is safe because every write is idempotent.
     return {StoreErrorKind::kTransient, std::string("commit in doubt: ") + e.what()};
   } catch (const pqxx::sql_error& e) {
-    std::string what = e.what();
-    while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
-    return {pipeline::ClassifySqlState(e.sqlstate()), "SQLSTATE " + e.sqlstate() + ": " + what};
+    return {pipeline::ClassifySqlState(e.sqlstate()),
+            "SQLSTATE " + e.sqlstate() + ": " + PrimaryErrorMessage(e.what())};
   } catch (const std::exception& e) {
     return {StoreErrorKind::kTransient, e.what()};
   }
+}
+
+std::string PrimaryErrorMessage(std::string_view message) {
+  std::string_view line = message.substr(0, message.find('\n'));
+  for (std::string_view severity : {"ERROR:", "FATAL:", "PANIC:"}) {
+    if (line.substr(0, severity.size()) == severity) {
+      line.remove_prefix(severity.size());
+      break;
+    }
+  }
+  while (!line.empty() && (line.front() == ' ')) line.remove_prefix(1);
+  while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.remove_suffix(1);
+  return std::string(line);
 }
 
 }  // namespace evp::postgres

@@ -2,6 +2,7 @@
 // Maps pqxx exceptions to StoreError using pipeline::ClassifySqlState. Thread-safe.
 #include <exception>
 #include <string>
+#include <string_view>
 
 #include "pipeline/ports.hpp"
 
@@ -9,5 +10,10 @@ namespace evp::postgres {
 
 // Classifies the exception currently being handled (call inside a catch block).
 pipeline::StoreError ClassifyCurrentException();
+
+// The primary line of a PostgreSQL error message, without the "ERROR:" severity and without
+// the DETAIL / HINT / CONTEXT lines, which may quote row values (payload data must not reach
+// reasons or logs): 'new row for relation "chats" violates check constraint "c"'.
+std::string PrimaryErrorMessage(std::string_view message);
 
 }  // namespace evp::postgres

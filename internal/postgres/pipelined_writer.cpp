@@ -2,6 +2,8 @@
 
 #include <libpq-fe.h>
 
+#include "postgres/pg_errors.hpp"
+
 namespace evp::postgres {
 
 using pipeline::ApplyResult;
@@ -9,9 +11,9 @@ using pipeline::ApplyResult;
 namespace {
 
 std::string ErrorText(PGconn* conn, const PGresult* res) {
-  std::string text = res != nullptr ? PQresultErrorMessage(res) : PQerrorMessage(conn);
+  const std::string text =
+      PrimaryErrorMessage(res != nullptr ? PQresultErrorMessage(res) : PQerrorMessage(conn));
   const char* state = res != nullptr ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
   return state != nullptr ? "SQLSTATE " + std::string(state) + ": " + text : text;
 }
 

@@ -174,6 +174,10 @@ TEST(FatalPath, DataTheDatabaseRefusesIsIsolatedAsConstraintViolation) {
   Row r = ExhaustedRow(stack, "v1.messages.upsert." + t);
   EXPECT_EQ(r.reason.rfind("constraint_violation: ", 0), 0u) << r.reason;
   EXPECT_NE(r.reason.find("no_poison"), std::string::npos) << r.reason;
+  // PostgreSQL's DETAIL line quotes the row: payload data stays out of reasons and logs.
+  EXPECT_EQ(r.reason.find("DETAIL"), std::string::npos) << r.reason;
+  EXPECT_EQ(r.reason.find("Failing row"), std::string::npos) << r.reason;
+  EXPECT_EQ(stack.Processor().Log().find("Failing row"), std::string::npos);
   EXPECT_EQ(r.payload, poison);
   EXPECT_EQ(r.error_class, "fatal");
   EXPECT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 3));
