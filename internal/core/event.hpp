@@ -49,6 +49,13 @@ enum class ReasonCode {
   kConstraintViolation,
   kRetriesExhausted,
 };
+inline constexpr std::array<ReasonCode, 9> kAllReasonCodes = {
+    ReasonCode::kMalformedJson,      ReasonCode::kSchemaViolation,
+    ReasonCode::kInvalidTenant,      ReasonCode::kTenantMismatch,
+    ReasonCode::kUnknownType,        ReasonCode::kTooLarge,
+    ReasonCode::kNotFoundAfterGrace, ReasonCode::kConstraintViolation,
+    ReasonCode::kRetriesExhausted,
+};
 std::string_view ReasonCodeName(ReasonCode code);
 std::optional<ReasonCode> ReasonCodeFromName(std::string_view name);
 

@@ -3,6 +3,7 @@
 #include <prometheus/text_serializer.h>
 
 #include <algorithm>
+#include <map>
 #include <sstream>
 
 namespace evp::observability {
@@ -25,6 +26,11 @@ std::string_view OutcomeName(EventOutcome o) {
   }
   return "unknown";
 }
+
+constexpr EventOutcome kAllOutcomes[] = {
+    EventOutcome::kApplied,          EventOutcome::kStale,        EventOutcome::kNotYetRetried,
+    EventOutcome::kTransientRetried, EventOutcome::kDeadLettered, EventOutcome::kOtherTenant,
+};
 
 // Dense around the latency objectives (10 ms p50, 50 ms p99), so quantiles read from the
 // buckets are close to the truth there.
@@ -112,6 +118,30 @@ Metrics::Metrics(std::string_view binary, std::vector<std::string> labelled_tena
                    .Help("DLQ workers currently handling a message")
                    .Register(r)
                    .Add({});
+  // Counters of every known label value exist from the start at 0: an alert on rate() or
+  // increase() then sees the first dead letter after a restart, and a dashboard shows 0
+  // rather than "no data". None of these grows with the number of tenants.
+  for (EventType type : kAllEventTypes) {
+    for (EventOutcome o : kAllOutcomes) CountEvent(EventTypeName(type), o, "", 0);
+  }
+  for (EventOutcome o : {EventOutcome::kDeadLettered, EventOutcome::kOtherTenant}) {
+    CountEvent("unknown", o, "", 0);  // subjects without a route
+  }
+  for (ReasonCode code : kAllReasonCodes) {
+    const ErrorClass cls =
+        code == ReasonCode::kRetriesExhausted ? ErrorClass::kRetryable : ErrorClass::kFatal;
+    const std::map<std::string, std::string> labels = {
+        {"reason", std::string(ReasonCodeName(code))}, {"class", std::string(ErrorClassName(cls))}};
+    dead_letters_->Add(labels);
+    exhausted_->Add(labels);
+  }
+  for (const char* cls : {"transient", "fatal"}) db_errors_->Add({{"class", cls}});
+  if (binary == "dlq-worker") {
+    for (const char* outcome : {"exhausted", "duplicate", "applied_on_retry", "retry_scheduled",
+                                "deferred", "store_error", "other_tenant_skipped"}) {
+      dlq_messages_->Add({{"outcome", outcome}});
+    }
+  }
   prometheus::BuildGauge()
       .Name("evp_build_info")
       .Help("Build information")

@@ -1,6 +1,7 @@
 #include "pipeline/consumer_loop.hpp"
 
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -70,11 +71,13 @@ void UpdateLag(EventSource& source, const LoopOptions& options, steady_clock::ti
   next = steady_clock::now() + options.lag_interval;
 }
 
-// Waits while the database is unreachable; false when stopped meanwhile.
+// Waits while the database is unreachable, calling `tick` (the lag gauges keep moving: the
+// backlog grows during an outage); false when stopped meanwhile.
 bool WaitForStore(EventStore& store, const std::atomic<bool>& stop, LoopHealth& health,
-                  const LoopOptions& options) {
+                  const LoopOptions& options, const std::function<void()>& tick) {
   while (!health.store_ok.load()) {
     if (stop.load()) return false;
+    tick();
     if (store.Ping()) {
       health.store_ok = true;
       observability::LogInfo("database reachable again; resuming", {{"consumer", options.name}});
@@ -114,6 +117,7 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
   auto next_lag = steady_clock::now();
   auto& pending_gauge = metrics.ConsumerPending(options.name);
   auto& ack_pending_gauge = metrics.ConsumerAckPending(options.name);
+  auto update_lag = [&] { UpdateLag(source, options, next_lag, pending_gauge, ack_pending_gauge); };
   std::optional<InFlight> writing;
   int failed_fetches = 0;
   std::future<std::vector<Decision>> written;
@@ -133,10 +137,10 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
   while (!stop.load()) {
     if (!health.store_ok.load()) {
       settle();
-      if (!WaitForStore(store, stop, health, options)) break;
+      if (!WaitForStore(store, stop, health, options, update_lag)) break;
       continue;
     }
-    UpdateLag(source, options, next_lag, pending_gauge, ack_pending_gauge);
+    update_lag();
     auto fetched = source.Fetch(options.batch_size, options.max_wait);
     if (!fetched.ok()) {
       health.source_ok = false;
@@ -174,11 +178,12 @@ void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& s
   auto next_lag = steady_clock::now();
   auto& pending_gauge = metrics.ConsumerPending(options.name);
   auto& ack_pending_gauge = metrics.ConsumerAckPending(options.name);
+  auto update_lag = [&] { UpdateLag(source, options, next_lag, pending_gauge, ack_pending_gauge); };
   int failed_fetches = 0;
   while (!stop.load()) {
     // Backpressure: fetch nothing until the database answers.
-    if (!WaitForStore(store, stop, health, options)) break;
-    UpdateLag(source, options, next_lag, pending_gauge, ack_pending_gauge);
+    if (!WaitForStore(store, stop, health, options, update_lag)) break;
+    update_lag();
     auto fetched = source.Fetch(options.batch_size, options.max_wait);
     if (!fetched.ok()) {
       health.source_ok = false;

@@ -19,7 +19,7 @@ struct LoopOptions {
   // When > 0, a helper thread sends in-progress acks at this interval while a batch is
   // processed (long history batches).
   std::chrono::milliseconds heartbeat{0};
-  std::chrono::milliseconds lag_interval{5000};
+  std::chrono::milliseconds lag_interval{2000};  // consumer info for the lag gauges
 };
 
 // Shared health of a loop, read by /readyz.

@@ -131,5 +131,50 @@ TEST(ConsumerLoop, MessagesDeliveredAfterTheLastFetchAreProcessedAtShutdown) {
   for (const Decision& d : source.settled) EXPECT_EQ(d.kind, Decision::Kind::kAck);
 }
 
+// A source whose backlog keeps growing (publishers go on during a database outage).
+class GrowingBacklogSource final : public EventSource {
+ public:
+  Result<FetchedBatch, std::string> Fetch(int, milliseconds) override {
+    ++fetches;
+    return FetchedBatch{};
+  }
+  void Settle(uint64_t, std::span<const Decision>) override {}
+  void InProgress(uint64_t) override {}
+  bool Connected() override { return true; }
+  bool Lag(uint64_t* pending, uint64_t* ack_pending) override {
+    *pending = static_cast<uint64_t>(++lag_checks) * 100;
+    *ack_pending = 3;
+    return true;
+  }
+
+  std::atomic<int> fetches{0};
+  std::atomic<int> lag_checks{0};
+};
+
+TEST(ConsumerLoop, LagGaugesKeepMovingWhileTheDatabaseIsDown) {
+  GrowingBacklogSource source;
+  testing::InMemoryEventStore store;
+  store.fail_transiently = true;
+  observability::Metrics metrics("test");
+  NoopHandler handler;
+  std::atomic<bool> stop{false};
+  LoopHealth health;
+  health.store_ok = false;  // as after a batch that found the database gone
+  std::thread loop([&] {
+    RunConsumerLoop(source, handler, store, metrics,
+                    {"test", 10, milliseconds(1), milliseconds(0), milliseconds(1)}, stop, health);
+  });
+  auto& pending = metrics.ConsumerPending("test");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (pending.Value() < 200 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(5));  // poll period
+  }
+  stop = true;
+  loop.join();
+  EXPECT_GE(pending.Value(), 200) << "the gauge followed the growing backlog";
+  EXPECT_EQ(metrics.ConsumerAckPending("test").Value(), 3);
+  EXPECT_EQ(source.fetches, 0) << "nothing fetched while the database is down";
+}
+
 }  // namespace
 }  // namespace evp::pipeline
