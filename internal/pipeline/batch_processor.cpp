@@ -429,8 +429,10 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
           DeadLetterMessage(msg, company,
                             {ReasonCode::kNotFoundAfterGrace,
                              std::string(type_name) + " target row (" + per_message[i]->message +
-                                 ") still missing after " + std::to_string(waited.count()) + " ms"},
-                            ErrorClass::kFatal, decisions[i], work.stats);
+                                 ") still missing after " + std::to_string(waited.count()) +
+                                 " ms (" + std::to_string(msg.delivered) + " deliveries)"},
+                            ErrorClass::kFatal, decisions[i], work.stats,
+                            clock_.UnixMillis() - waited.count());
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
           // Out of deliveries but still inside the grace (the delays below are sized to

@@ -29,6 +29,15 @@ std::string Printable(std::string_view s) {
   return out;
 }
 
+// Action and domain tokens of v1 subjects.
+bool IsSubjectWord(std::string_view token) {
+  for (std::string_view w :
+       {"upsert", "update", "chats", "messages", "contacts", "connection", "history", "dlq"}) {
+    if (token == w) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 std::optional<std::string> TenantIdError(std::string_view id) {
@@ -47,7 +56,16 @@ std::optional<std::string> TenantIdError(std::string_view id) {
 
 Result<Route, RouteError> ParseSubject(std::string_view subject) {
   std::vector<std::string_view> t = Split(subject);
-  std::string raw_tenant = t.size() >= 2 ? std::string(t.back()) : "";
+  // The token in the tenant's place, for filing an unroutable event: the 4th of
+  // v1.<a>.<b>.<id>[.extra...]; of a 3-token subject, the last one unless it is an action
+  // or domain word (v1.chats.acme names acme, v1.chats.upsert names nobody). Else none
+  // (an empty company_id, on v1.dlq._invalid).
+  std::string raw_tenant;
+  if (t.size() >= 4) {
+    raw_tenant = std::string(t[3]);
+  } else if (t.size() == 3 && !IsSubjectWord(t[2])) {
+    raw_tenant = std::string(t[2]);
+  }
   auto unknown = [&](std::string msg) -> Result<Route, RouteError> {
     return Err{RouteError{{ReasonCode::kUnknownType, std::move(msg)}, raw_tenant}};
   };

@@ -250,7 +250,8 @@ std::vector<FatalCase> FatalCases() {
       {"history envelope not an array", "v1.history.chats.acme", R"({"chats":{}})",
        ReasonCode::kSchemaViolation, "acme"},
       {"unknown type", "v1.chats.delete.acme", valid, ReasonCode::kUnknownType, "acme"},
-      {"extra token", "v1.chats.upsert.acme.extra", valid, ReasonCode::kUnknownType, "extra"},
+      {"extra token", "v1.chats.upsert.acme.extra", valid, ReasonCode::kUnknownType, "acme"},
+      {"no tenant token", "v1.chats.upsert", valid, ReasonCode::kUnknownType, ""},
       {"missing token", "v1.chats.acme", valid, ReasonCode::kUnknownType, "acme"},
       {"invalid tenant (leading digit)", "v1.chats.upsert.1acme", valid, ReasonCode::kInvalidTenant,
        "1acme"},
@@ -540,6 +541,7 @@ TEST_F(Pipeline, RetriesAnUpdateOfAMissingRowInsideTheGraceThenDeadLettersIt) {
   const DeadLetter& dl = sink_.published[0];
   EXPECT_EQ(dl.Code(), ReasonCode::kNotFoundAfterGrace) << dl.reason;
   EXPECT_EQ(dl.error_class, ErrorClass::kFatal) << "the DLQ worker must not retry it";
+  EXPECT_EQ(dl.last_failed_ms - dl.first_failed_ms, 6000) << "first failure = first try";
   EXPECT_TRUE(dl.original == kChatUpdate);
   EXPECT_EQ(dl.company_id, "acme");
   EXPECT_EQ(dl.stream_seq, first.stream_seq);

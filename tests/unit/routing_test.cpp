@@ -102,6 +102,23 @@ TEST(Routing, KeepsTheLastTokenAsRawTenantOfAnUnknownType) {
   EXPECT_EQ(r.error().failure.Reason().rfind("unknown_type: ", 0), 0u);
 }
 
+TEST(Routing, FilesAnUnroutableSubjectUnderTheTokenInTheTenantsPlace) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"v1.chats.upsert.acme.extra", "acme"},
+      {"v1.history.chats.acme.x.y", "acme"},
+      {"v1.chats.acme", "acme"},
+      {"v1.chats.upsert", ""},
+      {"v1.history.chats", ""},
+      {"v1.chats", ""},
+      {"v1", ""},
+  };
+  for (const auto& [subject, tenant] : cases) {
+    auto r = ParseSubject(subject);
+    ASSERT_FALSE(r.ok()) << subject;
+    EXPECT_EQ(r.error().raw_tenant, tenant) << subject;
+  }
+}
+
 TEST(Routing, RejectsInvalidTenantsAndKeepsTheRawToken) {
   const std::vector<std::string> tenants = {
       "",                        // empty
