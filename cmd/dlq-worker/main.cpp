@@ -20,7 +20,10 @@ int main() {
   const Config config = app::LoadConfigOrExit(Binary::kDlqWorker, "dlq-worker");
   observability::InitLogging("dlq-worker", config.log_level, config.log_format);
   std::atomic<bool> stop{false};
-  InstallStopSignals(stop, config.shutdown_grace);
+  InstallStopSignals(stop, config.shutdown_grace, [](std::string_view line) {
+    observability::LogWarn(line);
+    spdlog::default_logger_raw()->flush();  // an _exit may follow
+  });
   app::BoundDatabaseConnectTimeout();
   app::DatabaseProbe db_probe(config, std::chrono::milliseconds(1000));
 

@@ -215,6 +215,12 @@ int Resolve(const Config& config, const Options& o) {
     return 1;
   }
   std::printf("%lld event(s) marked resolved\n", static_cast<long long>(r.value()));
+  const auto unchanged = static_cast<long long>(o.ids.size()) - static_cast<long long>(r.value());
+  if (unchanged > 0) {
+    std::fprintf(stderr, "%lld id(s) not found or already resolved (see `exhausted list --all`)\n",
+                 unchanged);
+    return 1;
+  }
   return 0;
 }
 

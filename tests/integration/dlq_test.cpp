@@ -216,6 +216,11 @@ TEST(DlqWorker, ExhaustedListShowAndResolveWork) {
                     stack.Env());
   ASSERT_EQ(bare.Wait(std::chrono::seconds(20)), 0) << bare.Log();
   EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events WHERE resolved"), 2);
+  // An id that does not exist (or is resolved already) is an error the operator sees.
+  ChildProcess missing(BinaryPath("eventctl"), {"exhausted", "resolve", "999999"}, stack.Env());
+  EXPECT_EQ(missing.Wait(std::chrono::seconds(20)), 1) << missing.Log();
+  EXPECT_NE(missing.Log().find("not found or already resolved"), std::string::npos)
+      << missing.Log();
 }
 
 // A history item exhausted alone goes back wrapped in an envelope of one item.
