@@ -67,12 +67,11 @@ int main() {
   if (!app::MigrateOpsWhenReachable(config, stop)) return 0;
   conn = app::ConnectNatsWhenReachable(config, "dlq-worker", stop);
   if (!conn) return 0;
-  const nats::ConsumerSpec spec{config.dlq_stream,
-                                config.dlq_consumer,
-                                config.dlq_ack_wait,
+  const nats::ConsumerSpec spec{config.dlq_stream, config.dlq_consumer, config.dlq_ack_wait,
                                 -1,  // never drop a dead letter: it is retried until recorded
-                                std::max(config.dlq_workers * 64, 256),
-                                ""};
+                                // Letters waiting for their retry time stay unacknowledged
+                                // (delayed NAK): leave room for a burst of them.
+                                std::max(config.dlq_workers * 64, 10'000), ""};
   std::vector<std::unique_ptr<nats::JetStreamSource>> sources;
   for (int i = 0; i < config.dlq_workers; ++i) {
     auto src = app::BindWhenReady(config, conn, spec, stop);

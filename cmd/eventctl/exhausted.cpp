@@ -141,7 +141,7 @@ int Redrive(const Config& config, const Options& o) {
                     : "");
     return 0;
   }
-  auto conn = nats::NatsConnection::Connect(config, "eventctl-redrive");
+  auto conn = nats::NatsConnection::Connect(config, "eventctl-redrive", /*track_acks=*/true);
   if (!conn.ok()) {
     std::fprintf(stderr, "%s\n", conn.error().c_str());
     return 1;
@@ -172,18 +172,20 @@ int Redrive(const Config& config, const Options& o) {
     }
   }
   auto complete = (*conn)->PublishAsyncComplete(std::chrono::seconds(30));
-  // Only acknowledged publishes are resolved: the others stay unresolved for the next run.
-  for (const std::string& msg_id : (*conn)->TakeUnacknowledged(complete.ok())) {
+  // Only publishes the stream acknowledged are resolved: the others stay unresolved for the
+  // next run (a late ack is harmless: the next run's publish is a duplicate).
+  std::vector<int64_t> done;
+  for (const std::string& msg_id : (*conn)->TakeAcknowledged()) {
     auto it = sent.find(msg_id);
     if (it == sent.end()) continue;
-    std::fprintf(stderr, "\nid %lld: publish to its subject not acknowledged (%s)\n",
-                 static_cast<long long>(it->second),
-                 complete.ok() ? "refused" : complete.error().c_str());
+    done.push_back(it->second);
     sent.erase(it);
+  }
+  for (const auto& [msg_id, id] : sent) {
+    std::fprintf(stderr, "\nid %lld: publish to its subject not acknowledged (%s)\n",
+                 static_cast<long long>(id), complete.ok() ? "refused" : complete.error().c_str());
     ++failures;
   }
-  std::vector<int64_t> done;
-  for (const auto& [msg_id, id] : sent) done.push_back(id);
   std::sort(done.begin(), done.end());
   const std::string note =
       "redriven by eventctl" + (o.note.empty() ? std::string() : ": " + o.note);
@@ -209,13 +211,16 @@ int Redrive(const Config& config, const Options& o) {
 
 int Resolve(const Config& config, const Options& o) {
   postgres::ExhaustedRepository repo(config.postgres_dsn, config.ops_schema);
-  auto r = repo.Resolve(o.ids, o.note.empty() ? std::string("resolved by eventctl") : o.note);
+  std::vector<int64_t> ids = o.ids;
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  auto r = repo.Resolve(ids, o.note.empty() ? std::string("resolved by eventctl") : o.note);
   if (!r.ok()) {
     std::fprintf(stderr, "%s\n", r.error().c_str());
     return 1;
   }
   std::printf("%lld event(s) marked resolved\n", static_cast<long long>(r.value()));
-  const auto unchanged = static_cast<long long>(o.ids.size()) - static_cast<long long>(r.value());
+  const auto unchanged = static_cast<long long>(ids.size()) - static_cast<long long>(r.value());
   if (unchanged > 0) {
     std::fprintf(stderr, "%lld id(s) not found or already resolved (see `exhausted list --all`)\n",
                  unchanged);

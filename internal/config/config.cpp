@@ -390,15 +390,23 @@ std::string MaskDsn(const std::string& dsn) {
 }
 
 std::string MaskNatsUrls(const std::string& urls) {
-  // nats://user:password@host keeps the user; nats://token@host hides the whole token.
-  static const std::regex kUserInfo(R"(^([a-z]+://)([^:/@]*)(:[^@]*)?@)");
+  // nats://user:password@host keeps the user; nats://token@host hides the whole token. The
+  // credentials end at the authority's last '@' (a password may contain '@').
   std::string out;
   for (const auto& part : SplitList(urls)) {
-    std::smatch m;
     std::string masked = part;
-    if (std::regex_search(part, m, kUserInfo)) {
-      masked = m[1].str() + (m[3].matched ? m[2].str() + ":****" : std::string("****")) + "@" +
-               m.suffix().str();
+    const size_t scheme = part.find("://");
+    if (scheme != std::string::npos) {
+      const size_t start = scheme + 3;
+      const size_t authority_end = std::min(part.find('/', start), part.size());
+      const size_t at = part.rfind('@', authority_end == 0 ? 0 : authority_end - 1);
+      if (at != std::string::npos && at >= start) {
+        const std::string userinfo = part.substr(start, at - start);
+        const size_t colon = userinfo.find(':');
+        masked = part.substr(0, start) +
+                 (colon != std::string::npos ? userinfo.substr(0, colon) + ":****" : "****") +
+                 part.substr(at);
+      }
     }
     out += (out.empty() ? "" : ",") + masked;
   }

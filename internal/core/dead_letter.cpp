@@ -1,6 +1,7 @@
 #include "core/dead_letter.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 
 namespace evp {
@@ -64,26 +65,46 @@ HeaderMap EncodeDeadLetterHeaders(const DeadLetter& dl) {
 }
 
 std::string TraceIdOf(const HeaderMap& headers) {
+  // Header names are case-insensitive (clients differ: traceparent, Traceparent, ...).
+  auto find = [&](std::string_view name) -> const std::string* {
+    for (const auto& [k, v] : headers) {
+      if (k.size() == name.size() &&
+          std::equal(k.begin(), k.end(), name.begin(), [](char a, char b) {
+            return std::tolower(static_cast<unsigned char>(a)) ==
+                   std::tolower(static_cast<unsigned char>(b));
+          })) {
+        return &v;
+      }
+    }
+    return nullptr;
+  };
+  auto lower_hex = [](std::string_view s) {
+    return std::all_of(s.begin(), s.end(),
+                       [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+  };
+  auto all_zero = [](std::string_view s) {
+    return std::all_of(s.begin(), s.end(), [](char c) { return c == '0'; });
+  };
+  if (const std::string* tp = find("traceparent")) {
+    // W3C: version "-" trace-id (32 hex) "-" parent-id (16 hex) "-" flags (2 hex); version 00
+    // is exactly 55 characters, later versions may append fields; ff is invalid.
+    const std::string_view v = *tp;
+    if (v.size() >= 55 && v[2] == '-' && v[35] == '-' && v[52] == '-' &&
+        lower_hex(v.substr(0, 2)) && v.substr(0, 2) != "ff" &&
+        (v.substr(0, 2) != "00" || v.size() == 55)) {
+      const std::string_view id = v.substr(3, 32);
+      const std::string_view parent = v.substr(36, 16);
+      if (lower_hex(id) && lower_hex(parent) && !all_zero(id) && !all_zero(parent)) {
+        return std::string(id);
+      }
+    }
+  }
   auto printable = [](std::string_view v) {
     if (v.empty() || v.size() > 128) return false;
     return std::all_of(v.begin(), v.end(), [](char c) { return c > 0x20 && c < 0x7f; });
   };
-  if (auto it = headers.find("traceparent"); it != headers.end()) {
-    // version "-" 32 hex trace-id "-" 16 hex parent-id "-" 2 hex flags
-    const std::string& v = it->second;
-    auto hex = [](std::string_view s) {
-      return std::all_of(s.begin(), s.end(),
-                         [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
-    };
-    if (v.size() >= 55 && v[2] == '-' && v[35] == '-' && v[52] == '-') {
-      const std::string_view id = std::string_view(v).substr(3, 32);
-      if (hex(id) && id != std::string(32, '0')) return std::string(id);
-    }
-  }
   for (const char* name : {dlq_headers::kTraceId, "X-Trace-Id"}) {
-    if (auto it = headers.find(name); it != headers.end() && printable(it->second)) {
-      return it->second;
-    }
+    if (const std::string* v = find(name); v != nullptr && printable(*v)) return *v;
   }
   return "";
 }

@@ -73,6 +73,7 @@ Decision AdvisoryHandler::HandleOne(const pipeline::InboundMessage& advisory) {
   dl.company_id = route.ok() ? route->company_id : route.error().raw_tenant;
   dl.published_ns = msg.publish_time_ns;
   dl.orig_msg_id = msg.msg_id;
+  dl.trace_id = TraceIdOf(msg.headers);
   dl.reason = Failure{ReasonCode::kRetriesExhausted, why}.Reason();
   auto published = dlq_.Publish(dl);
   if (!published.ok()) {

@@ -155,9 +155,10 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
              BackoffDelay(config_.dlq_base_delay, config_.dlq_max_delay, 1, per_event).count();
   }
   if (due_ms > now_ms) {
-    // Not due yet: wait without counting an attempt.
+    // Not due yet: wait without counting an attempt (at most DLQ_MAX_DELAY at a time, so a
+    // skewed or forged time cannot park a letter for long).
     metrics_.CountDlqMessage("deferred");
-    return Decision::Nak(milliseconds(due_ms - now_ms));
+    return Decision::Nak(std::min(milliseconds(due_ms - now_ms), config_.dlq_max_delay));
   }
   if (dl.attempts >= config_.dlq_max_attempts) {
     // Already out of attempts (a lowered DLQ_MAX_ATTEMPTS, or a forged count): no retry.

@@ -41,11 +41,26 @@ void OnDisconnected(natsConnection* nc, void*) {
 void OnReconnected(natsConnection*, void*) { observability::LogInfo("NATS reconnected"); }
 
 void OnPublishAckError(jsCtx*, jsPubAckErr* pae, void* closure) {
-  const char* msg_id = nullptr;
-  if (pae->Msg != nullptr) natsMsgHeader_Get(pae->Msg, "Nats-Msg-Id", &msg_id);
-  static_cast<NatsConnection::AsyncFailures*>(closure)->Record(msg_id != nullptr ? msg_id : "");
+  static_cast<NatsConnection::AsyncAcks*>(closure)->failed.fetch_add(1);
   observability::LogWarn("async publish failed",
                          {{"error", pae->ErrText != nullptr ? pae->ErrText : ""}});
+}
+
+// With ack tracking: every async publish ends here, acknowledged (pa) or failed (pae).
+void OnPublishAck(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure) {
+  auto* acks = static_cast<NatsConnection::AsyncAcks*>(closure);
+  const char* msg_id = nullptr;
+  if (msg != nullptr) natsMsgHeader_Get(msg, "Nats-Msg-Id", &msg_id);
+  if (pa != nullptr) {
+    std::lock_guard lock(acks->mu);
+    acks->acknowledged.emplace_back(msg_id != nullptr ? msg_id : "");
+  } else {
+    acks->failed.fetch_add(1);
+    const char* text = pae != nullptr && pae->ErrText != nullptr ? pae->ErrText : "";
+    observability::LogWarn("async publish failed",
+                           {{"event_id", msg_id != nullptr ? msg_id : ""}, {"error", text}});
+  }
+  natsMsg_Destroy(msg);
 }
 
 // Fills the message's headers from a map (values are already free of CR/LF).
@@ -60,7 +75,7 @@ natsStatus SetHeaders(natsMsg* msg, const HeaderMap& headers) {
 }  // namespace
 
 Result<std::shared_ptr<NatsConnection>, std::string> NatsConnection::Connect(
-    const Config& config, const std::string& name) {
+    const Config& config, const std::string& name, bool track_acks) {
   std::shared_ptr<NatsConnection> c(new NatsConnection());
   natsOptions* opts = nullptr;
   natsStatus s = natsOptions_Create(&opts);
@@ -91,8 +106,13 @@ Result<std::shared_ptr<NatsConnection>, std::string> NatsConnection::Connect(
   jsOptions jso;
   jsOptions_Init(&jso);
   jso.Wait = 10000;
-  jso.PublishAsync.ErrHandler = OnPublishAckError;
-  jso.PublishAsync.ErrHandlerClosure = &c->async_failures_;
+  if (track_acks) {
+    jso.PublishAsync.AckHandler = OnPublishAck;
+    jso.PublishAsync.AckHandlerClosure = &c->async_acks_;
+  } else {
+    jso.PublishAsync.ErrHandler = OnPublishAckError;
+    jso.PublishAsync.ErrHandlerClosure = &c->async_acks_;
+  }
   jso.PublishAsync.MaxPending = 4096;
   jso.PublishAsync.StallWait = 5000;
   s = natsConnection_JetStream(&c->js_, c->conn_, &jso);
@@ -250,39 +270,12 @@ Result<Unit, std::string> NatsConnection::PublishAsyncComplete(std::chrono::mill
   return Unit{};
 }
 
-void NatsConnection::AsyncFailures::Record(std::string msg_id) {
-  count.fetch_add(1);
-  std::lock_guard lock(mu);
-  msg_ids.push_back(std::move(msg_id));
-}
+int64_t NatsConnection::TakeAsyncErrors() { return async_acks_.failed.exchange(0); }
 
-int64_t NatsConnection::TakeAsyncErrors() {
-  {
-    std::lock_guard lock(async_failures_.mu);
-    async_failures_.msg_ids.clear();
-  }
-  return async_failures_.count.exchange(0);
-}
-
-std::vector<std::string> NatsConnection::TakeUnacknowledged(bool complete) {
+std::vector<std::string> NatsConnection::TakeAcknowledged() {
   std::vector<std::string> out;
-  {
-    std::lock_guard lock(async_failures_.mu);
-    out.swap(async_failures_.msg_ids);
-  }
-  async_failures_.count.store(0);
-  // Publishes still waiting for their ack (after a PublishAsyncComplete timeout; nats.c's
-  // pending list must not be asked for when nothing is pending).
-  natsMsgList pending{};
-  if (!complete && js_PublishAsyncGetPendingList(&pending, js_) == NATS_OK) {
-    for (int i = 0; i < pending.Count; ++i) {
-      const char* id = nullptr;
-      if (natsMsgHeader_Get(pending.Msgs[i], "Nats-Msg-Id", &id) == NATS_OK && id != nullptr) {
-        out.emplace_back(id);
-      }
-    }
-    natsMsgList_Destroy(&pending);
-  }
+  std::lock_guard lock(async_acks_.mu);
+  out.swap(async_acks_.acknowledged);
   return out;
 }
 

@@ -34,17 +34,19 @@ struct ConsumerSpec {
 
 class NatsConnection {
  public:
-  // Failed async publishes, recorded by the ack error handler (a nats.c thread).
-  struct AsyncFailures {
-    std::atomic<int64_t> count{0};
+  // Outcomes of async publishes, recorded by nats.c's ack callbacks (its own thread).
+  struct AsyncAcks {
+    std::atomic<int64_t> failed{0};
     std::mutex mu;
-    std::vector<std::string> msg_ids;
-    void Record(std::string msg_id);
+    std::vector<std::string> acknowledged;  // Nats-Msg-Ids, only with track_acks
   };
 
   // Connects (reconnecting forever afterwards). Error text names the URL and cause.
+  // track_acks: remember the Nats-Msg-Id of every acknowledged async publish
+  // (TakeAcknowledged), for callers that act only on what the stream stored.
   static Result<std::shared_ptr<NatsConnection>, std::string> Connect(const Config& config,
-                                                                      const std::string& name);
+                                                                      const std::string& name,
+                                                                      bool track_acks = false);
   ~NatsConnection();
   NatsConnection(const NatsConnection&) = delete;
   NatsConnection& operator=(const NatsConnection&) = delete;
@@ -67,10 +69,9 @@ class NatsConnection {
                                          const std::string& msg_id, const HeaderMap& headers = {});
   // Async publishes that failed so far (JetStream error or timeout); reset by the call.
   int64_t TakeAsyncErrors();
-  // The Nats-Msg-Ids of async publishes that failed, plus (complete = false: after
-  // PublishAsyncComplete failed) those still unacknowledged, which are given up. Resets the
-  // failure count too.
-  std::vector<std::string> TakeUnacknowledged(bool complete);
+  // With track_acks: the Nats-Msg-Ids of the async publishes acknowledged so far (a
+  // duplicate's ack included: the stream holds the event); reset by the call.
+  std::vector<std::string> TakeAcknowledged();
   Result<Unit, std::string> PublishAsyncComplete(std::chrono::milliseconds timeout);
   // Drains subscriptions and closes (graceful shutdown).
   void Drain(std::chrono::milliseconds timeout);
@@ -80,7 +81,7 @@ class NatsConnection {
 
  private:
   NatsConnection() = default;
-  AsyncFailures async_failures_;
+  AsyncAcks async_acks_;
   __natsConnection* conn_ = nullptr;
   __jsCtx* js_ = nullptr;
 };

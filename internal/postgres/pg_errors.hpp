@@ -12,8 +12,9 @@ namespace evp::postgres {
 pipeline::StoreError ClassifyCurrentException();
 
 // The primary line of a PostgreSQL error message, without the "ERROR:" severity and without
-// the DETAIL / HINT / CONTEXT lines, which may quote row values (payload data must not reach
-// reasons or logs): 'new row for relation "chats" violates check constraint "c"'.
+// the DETAIL / HINT / CONTEXT lines: DETAIL quotes whole failing rows, which must not reach
+// reasons or logs. ('new row for relation "chats" violates check constraint "c"'; a data
+// error's primary line may still name the one offending value, e.g. an out-of-range number.)
 std::string PrimaryErrorMessage(std::string_view message);
 
 }  // namespace evp::postgres

@@ -56,13 +56,13 @@ std::optional<std::string> TenantIdError(std::string_view id) {
 
 Result<Route, RouteError> ParseSubject(std::string_view subject) {
   std::vector<std::string_view> t = Split(subject);
-  // The token in the tenant's place, for filing an unroutable event: the 4th of
-  // v1.<a>.<b>.<id>[.extra...]; of a 3-token subject, the last one unless it is an action
-  // or domain word (v1.chats.acme names acme, v1.chats.upsert names nobody). Else none
-  // (an empty company_id, on v1.dlq._invalid).
+  // The tenant an unroutable event is filed under: the last token (SPEC §4), unless the
+  // subject is too short to hold one: of a 3-token subject, the last one only when it is no
+  // action or domain word (v1.chats.acme names acme, v1.chats.upsert names nobody). Else
+  // none (an empty company_id, on v1.dlq._invalid).
   std::string raw_tenant;
   if (t.size() >= 4) {
-    raw_tenant = std::string(t[3]);
+    raw_tenant = std::string(t.back());
   } else if (t.size() == 3 && !IsSubjectWord(t[2])) {
     raw_tenant = std::string(t[2]);
   }

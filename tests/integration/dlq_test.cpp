@@ -261,6 +261,7 @@ TEST(DlqWorker, RedriveResolvesOnlyTheEventsWhosePublishWasAcknowledged) {
   ASSERT_TRUE(stack.Publish("v1.contacts.upsert." + t, "{\"two\"").ok);
   ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM events_ops.exhausted_events", 2));
   const int64_t moved = QueryInt(stack.Dsn(), "SELECT min(id) FROM events_ops.exhausted_events");
+  const int64_t kept = QueryInt(stack.Dsn(), "SELECT max(id) FROM events_ops.exhausted_events");
   Exec(stack.Dsn(), "UPDATE events_ops.exhausted_events SET source_subject = 'v9.gone." + t +
                         "' WHERE id = " + std::to_string(moved));
   ChildProcess cli(BinaryPath("eventctl"), {"exhausted", "redrive", "--tenant", t}, stack.Env());
@@ -268,12 +269,15 @@ TEST(DlqWorker, RedriveResolvesOnlyTheEventsWhosePublishWasAcknowledged) {
   EXPECT_NE(cli.Log().find("id " + std::to_string(moved) + ": publish"), std::string::npos)
       << cli.Log();
   EXPECT_NE(cli.Log().find("redriven 1 event(s)"), std::string::npos) << cli.Log();
-  // (The redriven body is still malformed: it comes back as a new row, unresolved too.)
-  EXPECT_EQ(QueryString(stack.Dsn(),
-                        "SELECT string_agg(id::text || ':' || resolved::text, ',' "
-                        "ORDER BY id) FROM events_ops.exhausted_events WHERE id <= " +
-                            std::to_string(moved + 1)),
-            std::to_string(moved) + ":false," + std::to_string(moved + 1) + ":true");
+  // (The redriven body is still malformed: it comes back as a new, unresolved row.)
+  auto resolved = [&](int64_t id) {
+    return QueryString(stack.Dsn(),
+                       "SELECT resolved::text FROM events_ops.exhausted_events "
+                       "WHERE id = " +
+                           std::to_string(id));
+  };
+  EXPECT_EQ(resolved(moved), "false");
+  EXPECT_EQ(resolved(kept), "true");
 }
 
 TEST(DlqWorker, PoisonEventDoesNotDelayItsNeighbours) {

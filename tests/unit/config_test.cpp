@@ -349,6 +349,8 @@ TEST(MaskNatsUrls, HidesPasswordsAndTokensOfEveryUrl) {
   EXPECT_EQ(MaskNatsUrls("nats://a:pw1@h1:4222,tls://b:pw2@h2:4222,nats://tok@h3"),
             "nats://a:****@h1:4222,tls://b:****@h2:4222,nats://****@h3");
   EXPECT_EQ(MaskNatsUrls("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+  EXPECT_EQ(MaskNatsUrls("nats://u:p@ss@host:4222"), "nats://u:****@host:4222");
+  EXPECT_EQ(MaskNatsUrls("nats://host:4222/x@y"), "nats://host:4222/x@y");
   Config c = Load(With(kMinimal, {{"NATS_URL", "nats://s3cr3ttoken@nats:4222"}}));
   EXPECT_EQ(Joined(c.Describe()).find("s3cr3ttoken"), std::string::npos);
 }

@@ -482,6 +482,10 @@ TEST(TraceIdOf, TakesTheTraceIdOfAW3cTraceparentHeader) {
   EXPECT_EQ(TraceIdOf({{"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}),
             "4bf92f3577b34da6a3ce929d0e0e4736");
   EXPECT_EQ(TraceIdOf({{"X-Trace-Id", "req-42"}}), "req-42");
+  EXPECT_EQ(TraceIdOf({{"Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}),
+            "4bf92f3577b34da6a3ce929d0e0e4736")
+      << "header names are case-insensitive";
+  EXPECT_EQ(TraceIdOf({{"x-trace-id", "req-43"}}), "req-43");
   EXPECT_EQ(TraceIdOf({{"Evp-Trace-Id", "abc"}, {"X-Trace-Id", "other"}}), "abc");
   EXPECT_EQ(TraceIdOf({}), "");
 }
@@ -492,6 +496,16 @@ TEST(TraceIdOf, IgnoresMalformedValues) {
   EXPECT_EQ(TraceIdOf({{"traceparent", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"}}),
             "");
   EXPECT_EQ(TraceIdOf({{"traceparent", "garbage"}}), "");
+  EXPECT_EQ(TraceIdOf({{"traceparent", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}),
+            "")
+      << "version ff is invalid";
+  EXPECT_EQ(TraceIdOf({{"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"}}),
+            "")
+      << "all-zero parent id";
+  EXPECT_EQ(
+      TraceIdOf({{"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"}}),
+      "")
+      << "version 00 has exactly 55 characters";
   EXPECT_EQ(TraceIdOf({{"X-Trace-Id", "has space"}}), "");
   EXPECT_EQ(TraceIdOf({{"X-Trace-Id", std::string(129, 'a')}}), "");
 }

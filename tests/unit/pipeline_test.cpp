@@ -250,7 +250,7 @@ std::vector<FatalCase> FatalCases() {
       {"history envelope not an array", "v1.history.chats.acme", R"({"chats":{}})",
        ReasonCode::kSchemaViolation, "acme"},
       {"unknown type", "v1.chats.delete.acme", valid, ReasonCode::kUnknownType, "acme"},
-      {"extra token", "v1.chats.upsert.acme.extra", valid, ReasonCode::kUnknownType, "acme"},
+      {"extra token", "v1.chats.upsert.x.acme", valid, ReasonCode::kUnknownType, "acme"},
       {"no tenant token", "v1.chats.upsert", valid, ReasonCode::kUnknownType, ""},
       {"missing token", "v1.chats.acme", valid, ReasonCode::kUnknownType, "acme"},
       {"invalid tenant (leading digit)", "v1.chats.upsert.1acme", valid, ReasonCode::kInvalidTenant,
@@ -627,17 +627,22 @@ TEST_F(Pipeline, NotYetDelaysStretchSoThatFewDeliveriesOutlastALongGrace) {
 }
 
 TEST_F(Pipeline, AnUpdateOutOfDeliveriesInsideTheGraceKeepsItsFirstFailureTime) {
-  // A restart forgot the first sight: the last delivery comes inside the new window.
-  Configure({{"MAX_DELIVER", "3"}});
+  // The last delivery comes inside the window (as after MAX_DELIVER was lowered, or a
+  // restart): the retryable letter carries the time of the first try.
+  Configure({{"MAX_DELIVER", "3"}, {"ORDERING_GRACE", "10m"}});
   InboundMessage msg = Msg("v1.contacts.update.acme", kContactUpdate);
-  msg.delivered = 3;
   const int64_t first_try = clock_.UnixMillis();
+  ASSERT_TRUE(IsNak(RunOne(msg)));
+  clock_.Advance(milliseconds(1000));
+  msg = Again(Again(msg));  // delivery 3 of 3, early
+  ASSERT_EQ(msg.delivered, 3u);
   ASSERT_TRUE(IsAck(RunOne(msg)));
   ASSERT_EQ(sink_.published.size(), 1u);
   const DeadLetter& dl = sink_.published[0];
   EXPECT_EQ(dl.Code(), ReasonCode::kRetriesExhausted) << dl.reason;
   EXPECT_EQ(dl.error_class, ErrorClass::kRetryable) << "the DLQ worker looks again";
   EXPECT_EQ(dl.first_failed_ms, first_try);
+  EXPECT_EQ(dl.last_failed_ms, first_try + 1000);
 }
 
 TEST_F(Pipeline, RetriesAnUpdateThatPrecedesItsUpsertInTheSameBatch) {

@@ -102,10 +102,10 @@ TEST(Routing, KeepsTheLastTokenAsRawTenantOfAnUnknownType) {
   EXPECT_EQ(r.error().failure.Reason().rfind("unknown_type: ", 0), 0u);
 }
 
-TEST(Routing, FilesAnUnroutableSubjectUnderTheTokenInTheTenantsPlace) {
+TEST(Routing, FilesAnUnroutableSubjectUnderItsLastTokenUnlessTooShortToNameATenant) {
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {"v1.chats.upsert.acme.extra", "acme"},
-      {"v1.history.chats.acme.x.y", "acme"},
+      {"v1.chats.upsert.x.acme", "acme"},
+      {"v1.history.chats.x.y.acme", "acme"},
       {"v1.chats.acme", "acme"},
       {"v1.chats.upsert", ""},
       {"v1.history.chats", ""},
