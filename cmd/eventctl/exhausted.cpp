@@ -175,7 +175,8 @@ int Redrive(const Config& config, const Options& o) {
   // Only publishes the stream acknowledged are resolved: the others stay unresolved for the
   // next run (a late ack is harmless: the next run's publish is a duplicate).
   std::vector<int64_t> done;
-  for (const std::string& msg_id : (*conn)->TakeAcknowledged()) {
+  int64_t duplicates = 0;
+  for (const std::string& msg_id : (*conn)->TakeAcknowledged(&duplicates)) {
     auto it = sent.find(msg_id);
     if (it == sent.end()) continue;
     done.push_back(it->second);
@@ -200,6 +201,12 @@ int Redrive(const Config& config, const Options& o) {
   std::printf("redriven %zu event(s) in %.2f s (%.0f events/s), %d failed, %lld marked resolved\n",
               done.size(), secs, secs > 0 ? static_cast<double>(done.size()) / secs : 0.0, failures,
               static_cast<long long>(resolved.value()));
+  if (duplicates > 0) {
+    std::printf(
+        "%lld of them were already in the stream (published by a redrive of the same rows "
+        "less than 2 minutes ago): not published again\n",
+        static_cast<long long>(duplicates));
+  }
   if (static_cast<int64_t>(rows->size()) == o.filter.limit) {
     std::printf(
         "limit reached (--limit %lld): more events may match; run the same command again "

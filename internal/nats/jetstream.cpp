@@ -54,6 +54,7 @@ void OnPublishAck(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* cl
   if (pa != nullptr) {
     std::lock_guard lock(acks->mu);
     acks->acknowledged.emplace_back(msg_id != nullptr ? msg_id : "");
+    if (pa->Duplicate) ++acks->duplicates;
   } else {
     acks->failed.fetch_add(1);
     const char* text = pae != nullptr && pae->ErrText != nullptr ? pae->ErrText : "";
@@ -272,10 +273,12 @@ Result<Unit, std::string> NatsConnection::PublishAsyncComplete(std::chrono::mill
 
 int64_t NatsConnection::TakeAsyncErrors() { return async_acks_.failed.exchange(0); }
 
-std::vector<std::string> NatsConnection::TakeAcknowledged() {
+std::vector<std::string> NatsConnection::TakeAcknowledged(int64_t* duplicates) {
   std::vector<std::string> out;
   std::lock_guard lock(async_acks_.mu);
   out.swap(async_acks_.acknowledged);
+  if (duplicates != nullptr) *duplicates = async_acks_.duplicates;
+  async_acks_.duplicates = 0;
   return out;
 }
 

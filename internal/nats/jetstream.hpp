@@ -39,6 +39,7 @@ class NatsConnection {
     std::atomic<int64_t> failed{0};
     std::mutex mu;
     std::vector<std::string> acknowledged;  // Nats-Msg-Ids, only with track_acks
+    int64_t duplicates = 0;                 // of those, acks flagged duplicate
   };
 
   // Connects (reconnecting forever afterwards). Error text names the URL and cause.
@@ -70,8 +71,9 @@ class NatsConnection {
   // Async publishes that failed so far (JetStream error or timeout); reset by the call.
   int64_t TakeAsyncErrors();
   // With track_acks: the Nats-Msg-Ids of the async publishes acknowledged so far (a
-  // duplicate's ack included: the stream holds the event); reset by the call.
-  std::vector<std::string> TakeAcknowledged();
+  // duplicate's ack included: the stream holds the event), and how many of them the stream
+  // deduplicated; reset by the call.
+  std::vector<std::string> TakeAcknowledged(int64_t* duplicates = nullptr);
   Result<Unit, std::string> PublishAsyncComplete(std::chrono::milliseconds timeout);
   // Drains subscriptions and closes (graceful shutdown).
   void Drain(std::chrono::milliseconds timeout);

@@ -172,7 +172,8 @@ TEST(DlqWorker, RedriveTwiceOfAThousandExhaustedEventsAppliesEachOnce) {
   const std::string second = redrive({});
   EXPECT_NE(second.find("redriven 0 event(s)"), std::string::npos) << second;
   EXPECT_EQ(second.find("limit reached"), std::string::npos) << second;
-  redrive({"--all"});
+  const std::string forced = redrive({"--all"});
+  EXPECT_NE(forced.find("1000 of them were already in the stream"), std::string::npos) << forced;
   ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("marker")).ok);
   ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 1002));
   const std::string applied = R"(evp_events_total{outcome="applied",type="messages.upsert"})";
