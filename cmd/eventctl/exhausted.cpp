@@ -11,6 +11,7 @@
 #include "core/text.hpp"
 #include "nats/jetstream.hpp"
 #include "postgres/exhausted_repo.hpp"
+#include "routing/subject.hpp"
 
 namespace evp::eventctl {
 namespace {
@@ -102,17 +103,15 @@ int Show(const Config& config, const Options& o) {
   return 0;
 }
 
-// Body to republish: the original bytes; a history item is wrapped back into its envelope.
-std::string RedriveBody(const postgres::ExhaustedRow& r) {
-  auto meta = nlohmann::json::parse(r.metadata_json, nullptr, false);
-  const bool item = meta.is_object() && meta.contains("item_index");
-  const std::string prefix = "v1.history.";
-  if (!item || r.source_subject.rfind(prefix, 0) != 0) return r.payload;
-  const std::string rest = r.source_subject.substr(prefix.size());
-  const std::string key = rest.substr(0, rest.find('.'));
-  // The item's exact bytes go back inside an envelope of one item.
-  if (!nlohmann::json::accept(r.payload)) return r.payload;
-  return "{" + nlohmann::json(key).dump() + ":[" + r.payload + "]}";
+// Body to republish: the original bytes; a history item (its row's metadata has an
+// item_index) goes back with its exact bytes inside an envelope of one item.
+std::string RedriveBody(const postgres::ExhaustedRow& r, const nlohmann::json& meta) {
+  if (!meta.is_object() || !meta.contains("item_index")) return r.payload;
+  auto route = routing::ParseSubject(r.source_subject);
+  if (!route.ok() || !IsHistory(route->type) || !nlohmann::json::accept(r.payload)) {
+    return r.payload;
+  }
+  return "{" + nlohmann::json(HistoryArrayKey(route->type)).dump() + ":[" + r.payload + "]}";
 }
 
 int Redrive(const Config& config, const Options& o) {
@@ -160,7 +159,7 @@ int Redrive(const Config& config, const Options& o) {
     if (meta.is_object() && meta.contains("trace_id") && meta["trace_id"].is_string()) {
       headers[dlq_headers::kTraceId] = meta["trace_id"].get<std::string>();
     }
-    auto p = (*conn)->PublishAsync(r.source_subject, RedriveBody(r), msg_id, headers);
+    auto p = (*conn)->PublishAsync(r.source_subject, RedriveBody(r, meta), msg_id, headers);
     if (!p.ok()) {
       std::fprintf(stderr, "\nid %lld: %s\n", static_cast<long long>(r.id), p.error().c_str());
       ++failures;

@@ -25,6 +25,14 @@ void BreakMessagesTable(Stack& stack, const std::string& tenant) {
   Exec(stack.Dsn(), "ALTER TABLE tenant_" + tenant + ".messages RENAME TO messages_hidden");
 }
 
+// Creates the tenant, then adds a CHECK constraint to its messages table: the events it
+// refuses become constraint_violation rows.
+void AddMessagesCheck(Stack& stack, const std::string& tenant, const std::string& check) {
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + tenant, Message("seed")).ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM tenant_" + tenant + ".messages", 1));
+  Exec(stack.Dsn(), "ALTER TABLE tenant_" + tenant + ".messages ADD CONSTRAINT " + check);
+}
+
 void RepairMessagesTable(Stack& stack, const std::string& tenant) {
   Exec(stack.Dsn(), "ALTER TABLE tenant_" + tenant + ".messages_hidden RENAME TO messages");
 }
@@ -138,10 +146,7 @@ TEST(DlqWorker, RedriveTwiceOfAThousandExhaustedEventsAppliesEachOnce) {
   Stack stack;
   const std::string t = UniqueName("redrive");
   const std::string s = "tenant_" + t;
-  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("seed")).ok);
-  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 1));
-  Exec(stack.Dsn(),
-       "ALTER TABLE " + s + ".messages ADD CONSTRAINT frozen CHECK (message_id = 'seed')");
+  AddMessagesCheck(stack, t, "frozen CHECK (message_id = 'seed')");
   for (int i = 0; i < 1000; ++i) {
     ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("r" + std::to_string(i))).ok);
   }
@@ -229,10 +234,7 @@ TEST(DlqWorker, RedriveOfAnExhaustedHistoryItemAppliesThatItem) {
   Stack stack;
   const std::string t = UniqueName("hredrive");
   const std::string s = "tenant_" + t;
-  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("seed")).ok);
-  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 1));
-  Exec(stack.Dsn(),
-       "ALTER TABLE " + s + ".messages ADD CONSTRAINT no_h2 CHECK (message_id <> 'h2')");
+  AddMessagesCheck(stack, t, "no_h2 CHECK (message_id <> 'h2')");
   ASSERT_TRUE(stack
                   .Publish("v1.history.messages." + t, "{\"messages\":[" + Message("h1") + "," +
                                                            Message("h2") + "," + Message("h3") +
