@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "app/startup.hpp"
-#include "core/signals.hpp"
 #include "dlq/advisory_handler.hpp"
 #include "dlq/dlq_handler.hpp"
 #include "observability/http_server.hpp"
@@ -17,14 +16,8 @@
 using namespace evp;
 
 int main() {
-  const Config config = app::LoadConfigOrExit(Binary::kDlqWorker, "dlq-worker");
-  observability::InitLogging("dlq-worker", config.log_level, config.log_format);
   std::atomic<bool> stop{false};
-  InstallStopSignals(stop, config.shutdown_grace, [](std::string_view line) {
-    observability::LogWarn(line);
-    spdlog::default_logger_raw()->flush();  // an _exit may follow
-  });
-  app::BoundDatabaseConnectTimeout();
+  const Config config = app::StartService(Binary::kDlqWorker, "dlq-worker", stop);
   app::DatabaseProbe db_probe(config, std::chrono::milliseconds(1000));
 
   auto schemas = validation::SchemaRegistry::LoadEmbedded();
@@ -48,21 +41,11 @@ int main() {
       pg = pg && h->store_ok;
       running = running && h->running;
     }
-    const bool ready = nats_up && pg && running && !stop;
-    metrics.ready().Set(ready ? 1 : 0);
-    std::string detail = std::string("{\"ready\":") + (ready ? "true" : "false") +
-                         ",\"nats\":" + (nats_up ? "true" : "false") +
-                         ",\"postgres\":" + (pg ? "true" : "false") +
-                         ",\"consumers\":" + (running ? "true" : "false") +
-                         ",\"stopping\":" + (stop ? "true" : "false") + "}";
-    return observability::Readiness{ready, detail};
+    auto readiness = app::ReadinessOf(nats_up, pg, running, stop);
+    metrics.ready().Set(readiness.ready ? 1 : 0);
+    return readiness;
   });
-  const int port = http.Start(config.http_port);
-  if (port < 0) {
-    observability::LogError("cannot listen on HTTP_PORT", {{"port", config.http_port}});
-    return 1;
-  }
-  observability::LogInfo("http endpoints up", {{"port", port}});
+  if (!app::StartHttp(http, config.http_port)) return 1;
 
   if (!app::MigrateOpsWhenReachable(config, stop)) return 0;
   conn = app::ConnectNatsWhenReachable(config, "dlq-worker", stop);

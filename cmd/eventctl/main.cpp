@@ -77,8 +77,8 @@ int Publish(const Config& config, const std::string& type_name, const std::strin
     return 1;
   }
   for (int i = 0; i < count; ++i) {
-    std::string payload = body;
-    if (payload.empty()) {
+    std::string payload = body;  // a file's exact bytes, an empty file included
+    if (file.empty()) {
       handlers::SampleOptions opts{seed + static_cast<uint64_t>(i), NowUnix(), history_items};
       payload = handlers::SamplePayload(*type, tenant, opts).dump();
     }

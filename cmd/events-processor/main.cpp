@@ -1,11 +1,9 @@
 // events-processor: JetStream durable pull consumers (realtime and history) -> validation ->
 // handlers -> tenant tables in PostgreSQL -> ack. Wiring only; the logic lives in internal/.
 #include <atomic>
-#include <cstdio>
 #include <thread>
 
 #include "app/startup.hpp"
-#include "core/signals.hpp"
 #include "observability/http_server.hpp"
 #include "observability/logging.hpp"
 #include "pipeline/consumer_loop.hpp"
@@ -15,14 +13,8 @@
 using namespace evp;
 
 int main() {
-  const Config config = app::LoadConfigOrExit(Binary::kProcessor, "events-processor");
-  observability::InitLogging("events-processor", config.log_level, config.log_format);
   std::atomic<bool> stop{false};
-  InstallStopSignals(stop, config.shutdown_grace, [](std::string_view line) {
-    observability::LogWarn(line);
-    spdlog::default_logger_raw()->flush();  // an _exit may follow
-  });
-  app::BoundDatabaseConnectTimeout();
+  const Config config = app::StartService(Binary::kProcessor, "events-processor", stop);
   app::DatabaseProbe db_probe(config, std::chrono::milliseconds(1000));
 
   auto schemas = validation::SchemaRegistry::LoadEmbedded();
@@ -31,7 +23,6 @@ int main() {
     return 1;
   }
   observability::Metrics metrics("events-processor", config.metrics_tenants);
-  std::atomic<bool> nats_ok{false};
   std::atomic<bool> consumers_bound{false};
   pipeline::LoopHealth realtime_health;
   pipeline::LoopHealth history_health;
@@ -41,26 +32,15 @@ int main() {
     const bool nats_up = conn != nullptr && conn->Connected();
     const bool pg = db_probe.ok() && realtime_health.store_ok && history_health.store_ok;
     const bool bound = consumers_bound && realtime_health.running && history_health.running;
-    const bool ready = nats_up && pg && bound && !stop;
-    metrics.ready().Set(ready ? 1 : 0);
-    std::string detail = std::string("{\"ready\":") + (ready ? "true" : "false") +
-                         ",\"nats\":" + (nats_up ? "true" : "false") +
-                         ",\"postgres\":" + (pg ? "true" : "false") +
-                         ",\"consumers\":" + (bound ? "true" : "false") +
-                         ",\"stopping\":" + (stop ? "true" : "false") + "}";
-    return observability::Readiness{ready, detail};
+    auto readiness = app::ReadinessOf(nats_up, pg, bound, stop);
+    metrics.ready().Set(readiness.ready ? 1 : 0);
+    return readiness;
   });
-  const int port = http.Start(config.http_port);
-  if (port < 0) {
-    observability::LogError("cannot listen on HTTP_PORT", {{"port", config.http_port}});
-    return 1;
-  }
-  observability::LogInfo("http endpoints up", {{"port", port}});
+  if (!app::StartHttp(http, config.http_port)) return 1;
 
   if (!app::MigrateOpsWhenReachable(config, stop)) return 0;
   conn = app::ConnectNatsWhenReachable(config, "events-processor", stop);
   if (!conn) return 0;
-  nats_ok = true;
 
   const nats::ConsumerSpec realtime_spec{config.realtime_stream, config.realtime_consumer,
                                          config.ack_wait,        config.max_deliver,

@@ -1,9 +1,12 @@
 #include "app/startup.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
 
+#include "core/signals.hpp"
 #include "observability/logging.hpp"
 #include "pipeline/consumer_loop.hpp"
 #include "postgres/pg_store.hpp"
@@ -26,6 +29,35 @@ Config LoadConfigOrExit(Binary binary, const char* binary_name) {
     std::exit(2);
   }
   return std::move(cfg).value();
+}
+
+Config StartService(Binary binary, const char* binary_name, std::atomic<bool>& stop) {
+  Config config = LoadConfigOrExit(binary, binary_name);
+  observability::InitLogging(binary_name, config.log_level, config.log_format);
+  InstallStopSignals(stop, config.shutdown_grace, [](std::string_view line) {
+    observability::LogWarn(line);
+    spdlog::default_logger_raw()->flush();  // an _exit may follow
+  });
+  BoundDatabaseConnectTimeout();
+  return config;
+}
+
+observability::Readiness ReadinessOf(bool nats, bool postgres, bool consumers, bool stopping) {
+  const bool ready = nats && postgres && consumers && !stopping;
+  auto flag = [](bool b) { return b ? "true" : "false"; };
+  return {ready, std::string("{\"ready\":") + flag(ready) + ",\"nats\":" + flag(nats) +
+                     ",\"postgres\":" + flag(postgres) + ",\"consumers\":" + flag(consumers) +
+                     ",\"stopping\":" + flag(stopping) + "}"};
+}
+
+bool StartHttp(observability::HttpServer& http, int port) {
+  const int bound = http.Start(port);
+  if (bound < 0) {
+    observability::LogError("cannot listen on HTTP_PORT", {{"port", port}});
+    return false;
+  }
+  observability::LogInfo("http endpoints up", {{"port", bound}});
+  return true;
 }
 
 bool MigrateOpsWhenReachable(const Config& config, const std::atomic<bool>& stop) {

@@ -9,11 +9,24 @@
 
 #include "config/config.hpp"
 #include "nats/jetstream.hpp"
+#include "observability/http_server.hpp"
 
 namespace evp::app {
 
 // Prints every configuration error to stderr and exits 2 when the environment is invalid.
 Config LoadConfigOrExit(Binary binary, const char* binary_name);
+
+// What every service does first: load the configuration (exit 2 on errors), start logging,
+// let SIGTERM/SIGINT set `stop` (a second signal, or the grace period running out, ends the
+// process), and bound libpq's connect timeout.
+Config StartService(Binary binary, const char* binary_name, std::atomic<bool>& stop);
+
+// The /readyz answer: ready when every part is up and the service is not stopping; the
+// detail names each part.
+observability::Readiness ReadinessOf(bool nats, bool postgres, bool consumers, bool stopping);
+
+// Starts the HTTP endpoints on `port`; logs and returns false when it cannot listen.
+bool StartHttp(observability::HttpServer& http, int port);
 
 // Applies the ops migrations, retrying every 2 s until they succeed or stop is set.
 bool MigrateOpsWhenReachable(const Config& config, const std::atomic<bool>& stop);

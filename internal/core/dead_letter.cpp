@@ -48,7 +48,8 @@ HeaderMap EncodeDeadLetterHeaders(const DeadLetter& dl) {
   namespace h = dlq_headers;
   HeaderMap out;
   out[h::kSourceSubject] = Clean(dl.source_subject);
-  out[h::kCompanyId] = Clean(dl.company_id, 256);
+  // Empty when the subject names no tenant; a missing header decodes as empty.
+  if (!dl.company_id.empty()) out[h::kCompanyId] = Clean(dl.company_id, 256);
   out[h::kErrorClass] = std::string(ErrorClassName(dl.error_class));
   out[h::kReason] = Clean(dl.reason);
   out[h::kAttempts] = std::to_string(dl.attempts);

@@ -64,13 +64,32 @@ void OnPublishAck(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* cl
   natsMsg_Destroy(msg);
 }
 
-// Fills the message's headers from a map (values are already free of CR/LF).
+// Fills the message's headers from a map (values are already free of CR/LF). An empty value
+// is left out: nats.c reads a header line with an empty value as if the next line were its
+// value, which loses that next header (readers treat a missing header as empty).
 natsStatus SetHeaders(natsMsg* msg, const HeaderMap& headers) {
   for (const auto& [k, v] : headers) {
+    if (v.empty()) continue;
     natsStatus s = natsMsgHeader_Set(msg, k.c_str(), v.c_str());
     if (s != NATS_OK) return s;
   }
   return NATS_OK;
+}
+
+// A message with its headers, and publish options carrying the Nats-Msg-Id (which must
+// outlive the options). On failure *msg is null.
+natsStatus NewMessage(natsMsg** msg, const std::string& subject, std::string_view data,
+                      const HeaderMap& headers, const std::string& msg_id, jsPubOptions* po) {
+  jsPubOptions_Init(po);
+  if (!msg_id.empty()) po->MsgId = msg_id.c_str();
+  natsStatus s =
+      natsMsg_Create(msg, subject.c_str(), nullptr, data.data(), static_cast<int>(data.size()));
+  if (s == NATS_OK) s = SetHeaders(*msg, headers);
+  if (s != NATS_OK && *msg != nullptr) {
+    natsMsg_Destroy(*msg);
+    *msg = nullptr;
+  }
+  return s;
 }
 
 }  // namespace
@@ -229,12 +248,8 @@ Result<uint64_t, std::string> NatsConnection::Publish(const std::string& subject
                                                       const std::string& msg_id,
                                                       const HeaderMap& headers) {
   natsMsg* msg = nullptr;
-  natsStatus s =
-      natsMsg_Create(&msg, subject.c_str(), nullptr, data.data(), static_cast<int>(data.size()));
-  if (s == NATS_OK) s = SetHeaders(msg, headers);
   jsPubOptions po;
-  jsPubOptions_Init(&po);
-  if (!msg_id.empty()) po.MsgId = msg_id.c_str();
+  natsStatus s = NewMessage(&msg, subject, data, headers, msg_id, &po);
   jsPubAck* ack = nullptr;
   jsErrCode jerr = static_cast<jsErrCode>(0);
   if (s == NATS_OK) s = js_PublishMsg(&ack, js_, msg, &po, &jerr);
@@ -250,12 +265,8 @@ Result<Unit, std::string> NatsConnection::PublishAsync(const std::string& subjec
                                                        const std::string& msg_id,
                                                        const HeaderMap& headers) {
   natsMsg* msg = nullptr;
-  natsStatus s =
-      natsMsg_Create(&msg, subject.c_str(), nullptr, data.data(), static_cast<int>(data.size()));
-  if (s == NATS_OK) s = SetHeaders(msg, headers);
   jsPubOptions po;
-  jsPubOptions_Init(&po);
-  if (!msg_id.empty()) po.MsgId = msg_id.c_str();
+  natsStatus s = NewMessage(&msg, subject, data, headers, msg_id, &po);
   if (s == NATS_OK) s = js_PublishMsgAsync(js_, &msg, &po);
   if (msg != nullptr) natsMsg_Destroy(msg);
   if (s != NATS_OK) return Err{"async publish to " + subject + " failed: " + StatusText(s)};

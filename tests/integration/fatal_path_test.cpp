@@ -2,6 +2,8 @@
 // through the DLQ stream and the dlq-worker, and nothing is written to any tenant.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "integration/stack.hpp"
@@ -151,6 +153,35 @@ TEST(FatalPath, InvalidTenantGoesToTheInvalidDlqSubjectAndKeepsTheRawToken) {
   EXPECT_EQ(r.reason.rfind("invalid_tenant: ", 0), 0u) << r.reason;
   EXPECT_NE(QueryString(stack.Dsn(), "SELECT dlq_metadata::text FROM events_ops.exhausted_events"),
             std::nullopt);
+}
+
+TEST(FatalPath, ASubjectWithoutTenantIsFiledWithAnEmptyTenantAndKeepsItsMessageId) {
+  Stack stack;
+  const std::string id = UniqueName("pub");
+  ASSERT_TRUE(stack.Publish("v1.chats.upsert", json{{"chat_id", "c"}}.dump(), id).ok);
+  Row r = ExhaustedRow(stack, "v1.chats.upsert");
+  EXPECT_EQ(r.reason.rfind("unknown_type: ", 0), 0u) << r.reason;
+  EXPECT_EQ(r.company_id, "");
+  EXPECT_EQ(QueryString(stack.Dsn(),
+                        "SELECT dlq_metadata->>'orig_msg_id' FROM events_ops.exhausted_events"),
+            id);
+}
+
+TEST(FatalPath, EventctlPublishSendsAFilesExactBytesEvenAnEmptyFile) {
+  Stack stack;
+  const std::string t = UniqueName("file");
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / UniqueName("evp");
+  std::filesystem::create_directories(dir);
+  const std::string empty = (dir / "empty.json").string();
+  std::ofstream(empty, std::ios::binary).close();
+  ChildProcess cli(BinaryPath("eventctl"),
+                   {"publish", "--subject", "v1.chats.upsert." + t, "--file", empty}, stack.Env());
+  EXPECT_EQ(cli.Wait(std::chrono::seconds(20)), 0) << cli.Log();
+  std::filesystem::remove_all(dir);
+  Row r = ExhaustedRow(stack, "v1.chats.upsert." + t);
+  EXPECT_EQ(r.reason.rfind("malformed_json: ", 0), 0u) << r.reason;
+  EXPECT_EQ(r.payload, "");
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.tenants"), 0);
 }
 
 TEST(FatalPath, DataTheDatabaseRefusesIsIsolatedAsConstraintViolation) {

@@ -124,14 +124,18 @@ TEST(DeadLetter, RoundTripsWithoutOptionalHeaders) {
   DeadLetter dl = FullLetter();
   dl.item_index.reset();
   dl.orig_msg_id.clear();
+  dl.company_id.clear();  // a subject too short to name a tenant
   dl.error_class = ErrorClass::kFatal;
   const HeaderMap headers = EncodeDeadLetterHeaders(dl);
   EXPECT_EQ(headers.count(dlq_headers::kItemIndex), 0u);
   EXPECT_EQ(headers.count(dlq_headers::kOrigMsgId), 0u);
+  // No header carries an empty value (NATS clients misread those).
+  for (const auto& [name, value] : headers) EXPECT_FALSE(value.empty()) << name;
   auto back = DecodeDeadLetter(headers, dl.original);
   ASSERT_TRUE(back.ok()) << back.error();
   EXPECT_FALSE(back->item_index.has_value());
   EXPECT_EQ(back->orig_msg_id, "");
+  EXPECT_EQ(back->company_id, "");
   EXPECT_EQ(back->error_class, ErrorClass::kFatal);
 }
 
