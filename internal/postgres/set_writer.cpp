@@ -251,14 +251,26 @@ std::vector<WriteStep> SetWriter::Plan(std::span<const Mutation> mutations,
     if (inserted) groups.emplace_back();
     groups[it->second].push_back(i);
   }
-  for (const auto& g : groups) PlanGroup(mutations, g, out, steps);
 
   // Onboarding of first inbound messages, per tenant: contacts created with the lowest
-  // version (any real contact event overrides them) and one log row per new contact.
+  // version (any real contact event overrides them) and one log row per new contact. The
+  // batch is in stream order: a message onboards unless a contacts.upsert of its (agent,
+  // phone) comes before it in the batch, and its onboarding runs before the batch's contact
+  // writes, which then override the created contact. So whether a contact is onboarded does
+  // not depend on where batches happen to start and end.
+  std::map<std::string, size_t> first_contact_upsert;  // tenant + key -> index
+  for (size_t i = 0; i < mutations.size(); ++i) {
+    const Mutation& m = mutations[i];
+    if (m.table != handlers::Table::kContacts || m.kind != WriteKind::kUpsert) continue;
+    first_contact_upsert.try_emplace(m.company_id + '\x1e' + KeyOf(m, 2), i);
+  }
   std::map<std::string, std::string> onboard;  // tenant -> json array
   for (size_t i = 0; i < mutations.size(); ++i) {
     if (!mutations[i].onboarding) continue;
     const auto& ob = *mutations[i].onboarding;
+    const auto known = first_contact_upsert.find(mutations[i].company_id + '\x1e' + ob.agent_id +
+                                                 '\x1f' + ob.phone_number + '\x1f');
+    if (known != first_contact_upsert.end() && known->second < i) continue;
     std::string& arr = onboard[mutations[i].company_id];
     arr += arr.empty() ? "[" : ",";
     arr +=
@@ -273,6 +285,7 @@ std::vector<WriteStep> SetWriter::Plan(std::span<const Mutation> mutations,
     steps.push_back(
         {TenantSchemaName(tenant_prefix_, tenant), nullptr, 'o', {arr + "]", tenant}, {}, {}});
   }
+  for (const auto& g : groups) PlanGroup(mutations, g, out, steps);
   return steps;
 }
 

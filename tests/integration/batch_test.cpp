@@ -160,6 +160,39 @@ TEST(Batch, ResendingTheSameBatchChangesNothing) {
   EXPECT_EQ(QueryString(stack.Dsn(), snapshot_without_marker), before);
 }
 
+TEST(Batch, OnboardingFollowsStreamOrderInsideOneBatch) {
+  // Queued before the processor starts, so that all four events share one batch.
+  Stack stack;
+  const std::string t = UniqueName("obord");
+  const std::string s = "tenant_" + t;
+  stack.Processor().Signal(SIGTERM);
+  ASSERT_TRUE(stack.Processor().Wait(std::chrono::seconds(30)).has_value());
+  auto inbound = [](const std::string& id, const std::string& phone) {
+    return json{{"message_id", id}, {"chat_id", "c"},   {"jid", "j"},
+                {"flow", "IN"},     {"agent_id", "a1"}, {"from_phone", phone}}
+        .dump();
+  };
+  auto contact = [](const std::string& phone) {
+    return json{{"agent_id", "a1"}, {"phone_number", phone}, {"origin", "CRM"}}.dump();
+  };
+  // +1: the message comes first, so it meets an unknown phone; the contact event follows.
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, inbound("m1", "+1")).ok);
+  ASSERT_TRUE(stack.Publish("v1.contacts.upsert." + t, contact("+1")).ok);
+  // +2: the contact exists before the message.
+  ASSERT_TRUE(stack.Publish("v1.contacts.upsert." + t, contact("+2")).ok);
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, inbound("m2", "+2")).ok);
+  ChildProcess processor =
+      StartProcessor(stack, {{"BATCH_SIZE", "1000"}, {"BATCH_MAX_WAIT", "1s"}});
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 2)) << processor.Log();
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".contacts WHERE origin = 'CRM'", 2))
+      << processor.Log();
+  EXPECT_EQ(QueryString(stack.Dsn(),
+                        "SELECT string_agg(phone_number || ':' || message_id, ',') "
+                        "FROM " +
+                            s + ".onboarding_log"),
+            "+1:m1");
+}
+
 TEST(Batch, ManyFirstSeenTenantsInOneBatchEachGetTheirSchema) {
   // The schemas of a batch's new tenants are created over several connections at once; ids
   // differing only by case still never share a schema, whichever is created first.
