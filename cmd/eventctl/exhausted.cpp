@@ -140,6 +140,11 @@ int Redrive(const Config& config, const Options& o) {
                     : "");
     return 0;
   }
+  auto installation = repo.InstallationId();
+  if (!installation.ok()) {
+    std::fprintf(stderr, "%s (run eventctl migrate)\n", installation.error().c_str());
+    return 1;
+  }
   auto conn = nats::NatsConnection::Connect(config, "eventctl-redrive", /*track_acks=*/true);
   if (!conn.ok()) {
     std::fprintf(stderr, "%s\n", conn.error().c_str());
@@ -151,8 +156,9 @@ int Redrive(const Config& config, const Options& o) {
   int failures = 0;
   for (const auto& r : *rows) {
     // A fresh id per exhausted row: never deduplicated against the original, while running the
-    // same redrive twice within the dedup window publishes once.
-    const std::string msg_id = "redrive:" + config.ops_schema + ":" + std::to_string(r.id);
+    // same redrive twice within the dedup window publishes once. Row ids repeat across
+    // databases; the installation id does not.
+    const std::string msg_id = "redrive:" + *installation + ":" + std::to_string(r.id);
     HeaderMap headers = {{dlq_headers::kRedriveOf, std::to_string(r.id)}};
     // The publisher's trace id follows the event (dlq_metadata.trace_id).
     auto meta = nlohmann::json::parse(r.metadata_json, nullptr, false);

@@ -117,4 +117,19 @@ Result<int64_t, std::string> ExhaustedRepository::Resolve(const std::vector<int6
   }
 }
 
+Result<std::string, std::string> ExhaustedRepository::InstallationId() {
+  try {
+    if (!conn_) conn_ = std::make_unique<Connection>(dsn_);
+    pqxx::work tx(conn_->conn);
+    pqxx::result r =
+        tx.exec("SELECT id::text FROM " + tx.quote_name(ops_schema_) + ".installation");
+    tx.commit();
+    if (r.empty()) return Err{std::string("no installation row in ") + ops_schema_};
+    return r[0][0].as<std::string>();
+  } catch (const std::exception& e) {
+    conn_.reset();
+    return Err{std::string("reading the installation id: ") + e.what()};
+  }
+}
+
 }  // namespace evp::postgres

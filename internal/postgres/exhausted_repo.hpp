@@ -50,6 +50,8 @@ class ExhaustedRepository {
   Result<std::optional<ExhaustedRow>, std::string> Get(int64_t id);
   // Marks rows resolved with a note appended; returns how many changed.
   Result<int64_t, std::string> Resolve(const std::vector<int64_t>& ids, const std::string& note);
+  // The random id of this ops schema's installation (unique across databases).
+  Result<std::string, std::string> InstallationId();
 
  private:
   struct Connection;

@@ -187,6 +187,39 @@ TEST(DlqWorker, RedriveTwiceOfAThousandExhaustedEventsAppliesEachOnce) {
   EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events"), 1000);
 }
 
+TEST(DlqWorker, RedrivesOfTwoDatabasesSharingNatsAreNotDeduplicatedAgainstEachOther) {
+  // Two deployments with their own databases on one NATS: their exhausted rows have the same
+  // ids, yet each redrive must reach the stream.
+  Stack stack;
+  const std::string t = UniqueName("twodb");
+  const std::string db2 = UniqueName("evp_second");
+  ExecAutocommit(PostgresServer::Shared().AdminDsn(), "CREATE DATABASE " + db2);
+  auto env2 = stack.Env();
+  env2["POSTGRES_DSN"] = DsnWithDatabase(PostgresServer::Shared().AdminDsn(), db2);
+  ChildProcess migrate(BinaryPath("eventctl"), {"migrate"}, env2);
+  ASSERT_EQ(migrate.Wait(std::chrono::seconds(30)), 0) << migrate.Log();
+  auto seed = [&](const std::string& dsn, const std::string& chat) {
+    const std::string body = json{{"chat_id", chat}, {"jid", "j"}, {"phone_number", "+1"}}.dump();
+    Exec(dsn,
+         "INSERT INTO events_ops.exhausted_events (id, idempotency_key, company_id, "
+         "source_subject, error_class, reason, attempts, original_payload, first_failed_at, "
+         "last_failed_at) VALUES (77, 'seed', '" +
+             t + "', 'v1.chats.upsert." + t +
+             "', 'retryable', 'retries_exhausted: seeded', 3, convert_to('" + body +
+             "', 'UTF8'), now(), now())");
+  };
+  seed(stack.Dsn(), "from-first");
+  seed(env2["POSTGRES_DSN"], "from-second");
+  ChildProcess first(BinaryPath("eventctl"), {"exhausted", "redrive", "--id", "77"}, stack.Env());
+  ASSERT_EQ(first.Wait(std::chrono::seconds(30)), 0) << first.Log();
+  ChildProcess second(BinaryPath("eventctl"), {"exhausted", "redrive", "--id", "77"}, env2);
+  ASSERT_EQ(second.Wait(std::chrono::seconds(30)), 0) << second.Log();
+  EXPECT_EQ(second.Log().find("already in the stream"), std::string::npos) << second.Log();
+  // The stack's processor applies both republished events.
+  EXPECT_TRUE(stack.WaitCount("SELECT count(*) FROM tenant_" + t + ".chats", 2)) << second.Log();
+  ExecAutocommit(PostgresServer::Shared().AdminDsn(), "DROP DATABASE " + db2 + " WITH (FORCE)");
+}
+
 TEST(DlqWorker, ExhaustedListShowAndResolveWork) {
   Stack stack;
   const std::string t = UniqueName("cli");

@@ -47,6 +47,12 @@ void Exec(const std::string& dsn, const std::string& sql) {
   tx.commit();
 }
 
+void ExecAutocommit(const std::string& dsn, const std::string& sql) {
+  pqxx::connection conn(dsn);
+  pqxx::nontransaction tx(conn);
+  tx.exec(sql);
+}
+
 bool TableExists(const std::string& dsn, const std::string& qualified_table) {
   pqxx::connection conn(dsn);
   pqxx::work tx(conn);

@@ -18,6 +18,8 @@ std::optional<std::string> QueryString(const std::string& dsn, const std::string
 std::optional<std::string> QueryBytes(const std::string& dsn, const std::string& sql);
 // Runs statements in one transaction and commits.
 void Exec(const std::string& dsn, const std::string& sql);
+// Runs statements that cannot run in a transaction block (CREATE / DROP DATABASE).
+void ExecAutocommit(const std::string& dsn, const std::string& sql);
 // `qualified_table` such as "tenant_acme.messages": exists / has at least one row.
 bool TableExists(const std::string& dsn, const std::string& qualified_table);
 bool TableHasRows(const std::string& dsn, const std::string& qualified_table);

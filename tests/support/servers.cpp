@@ -211,6 +211,10 @@ int PortOfDsn(const std::string& dsn) {
 
 }  // namespace
 
+std::string DsnWithDatabase(const std::string& dsn, const std::string& database) {
+  return WithDatabase(dsn, database);
+}
+
 // ---------------------------------------------------------------------------------------------
 
 namespace {

@@ -94,6 +94,9 @@ class NatsServer {
   std::string last_log_;
 };
 
+// The DSN `dsn` with its database replaced (URI or key=value form).
+std::string DsnWithDatabase(const std::string& dsn, const std::string& database);
+
 // PostgreSQL 15 for the test process. If EVP_TEST_POSTGRES_ADMIN_DSN is set (scripts/test.sh
 // does), uses that server and creates a fresh database unique to this process (dropped at
 // exit, best effort). Otherwise starts its own throw-away cluster (fsync off) in a temp dir on
