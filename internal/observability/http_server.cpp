@@ -1,6 +1,9 @@
 #include "observability/http_server.hpp"
 
 #include <httplib.h>
+#include <sys/socket.h>
+
+#include <chrono>
 
 namespace evp::observability {
 
@@ -8,6 +11,13 @@ HttpServer::HttpServer(Metrics& metrics, std::function<Readiness()> readiness)
     : metrics_(metrics),
       readiness_(std::move(readiness)),
       server_(std::make_unique<httplib::Server>()) {
+  // cpp-httplib sets SO_REUSEPORT, with which a second process binds the same port and the
+  // kernel splits probes and scrapes between the two. SO_REUSEADDR alone still lets a
+  // restarted process bind at once, while a port in use is an error.
+  server_->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   server_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
   });
@@ -32,6 +42,11 @@ int HttpServer::Start(int port) {
   }
   if (bound < 0) return -1;
   thread_ = std::thread([this] { server_->listen_after_bind(); });
+  // Stop() before the loop runs would be lost (the loop then never ends): wait for it.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!server_->is_running() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   return bound;
 }
 
