@@ -5,10 +5,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
+#include <vector>
 
 #include "core/signals.hpp"
 #include "observability/logging.hpp"
 #include "pipeline/consumer_loop.hpp"
+#include "postgres/dsn.hpp"
 #include "postgres/pg_store.hpp"
 
 namespace evp::app {
@@ -23,9 +25,15 @@ constexpr milliseconds kStreamRecreateDelay{3000};
 
 Config LoadConfigOrExit(Binary binary, const char* binary_name) {
   auto cfg = Config::FromProcessEnvironment(binary);
-  if (!cfg.ok()) {
+  std::vector<std::string> errors = cfg.ok() ? std::vector<std::string>{} : cfg.error();
+  if (cfg.ok() && !cfg->postgres_dsn.empty()) {
+    if (std::string e = postgres::DsnError(cfg->postgres_dsn); !e.empty()) {
+      errors.push_back("POSTGRES_DSN=****: " + e);
+    }
+  }
+  if (!errors.empty()) {
     std::fprintf(stderr, "%s: invalid configuration:\n", binary_name);
-    for (const auto& e : cfg.error()) std::fprintf(stderr, "  %s\n", e.c_str());
+    for (const auto& e : errors) std::fprintf(stderr, "  %s\n", e.c_str());
     std::exit(2);
   }
   return std::move(cfg).value();

@@ -331,6 +331,24 @@ Result<Config, std::vector<std::string>> Config::FromEnvironment(Binary binary,
   if (cfg.dlq_base_delay > cfg.dlq_max_delay) {
     errors.push_back("DLQ_BASE_DELAY must not exceed DLQ_MAX_DELAY");
   }
+  // PostgreSQL refuses to create schemas named pg_*: every tenant would fail.
+  for (const auto& [key, name] : {std::pair<const char*, const std::string&>{
+                                      "TENANT_SCHEMA_PREFIX", cfg.tenant_schema_prefix},
+                                  {"OPS_SCHEMA", cfg.ops_schema}}) {
+    if (name.starts_with("pg_")) {
+      errors.push_back(std::string(key) + "='" + name +
+                       "': must not start with pg_ (reserved by PostgreSQL)");
+    }
+  }
+  // The ops schema must never be some tenant's schema (prefix + a lower-cased tenant id).
+  if (!cfg.tenant_schema_prefix.empty() && cfg.ops_schema.starts_with(cfg.tenant_schema_prefix) &&
+      std::regex_match(cfg.ops_schema.substr(cfg.tenant_schema_prefix.size()),
+                       std::regex("^[a-z][a-z0-9_]{0,39}$"))) {
+    errors.push_back("OPS_SCHEMA='" + cfg.ops_schema + "' is the schema tenant '" +
+                     cfg.ops_schema.substr(cfg.tenant_schema_prefix.size()) +
+                     "' would get with TENANT_SCHEMA_PREFIX='" + cfg.tenant_schema_prefix +
+                     "'; choose names that cannot meet");
+  }
   if (cfg.max_ack_pending == 0) cfg.max_ack_pending = 4 * cfg.batch_size;
   if (cfg.max_ack_pending < cfg.batch_size) {
     errors.push_back("MAX_ACK_PENDING must be at least BATCH_SIZE");

@@ -382,6 +382,12 @@ TEST(Startup, InvalidConfigurationExitsWithCode2AndAClearMessage) {
   ChildProcess w(BinaryPath("dlq-worker"), {}, {{"POSTGRES_DSN", ""}});
   EXPECT_EQ(w.Wait(std::chrono::seconds(10)), 2);
   EXPECT_NE(w.Log().find("POSTGRES_DSN"), std::string::npos) << w.Log();
+  // A DSN libpq cannot parse is a configuration error, not a database that is "not ready".
+  ChildProcess d(BinaryPath("events-processor"), {},
+                 {{"POSTGRES_DSN", "postgresql://app:s3cret@db:99999/events"}});
+  EXPECT_EQ(d.Wait(std::chrono::seconds(10)), 2);
+  EXPECT_NE(d.Log().find("POSTGRES_DSN=****: invalid port number"), std::string::npos) << d.Log();
+  EXPECT_EQ(d.Log().find("s3cret"), std::string::npos) << d.Log();
 }
 
 }  // namespace

@@ -206,6 +206,24 @@ TEST(Config, RejectsBaseDelayAboveMaxDelay) {
   EXPECT_TRUE(HasErrorFor(errors, "DLQ_BASE_DELAY")) << Joined(errors);
 }
 
+TEST(Config, RejectsSchemaNamesPostgresReserves) {
+  auto errors = Errors(With(kMinimal, {{"TENANT_SCHEMA_PREFIX", "pg_"}}));
+  EXPECT_TRUE(HasErrorFor(errors, "TENANT_SCHEMA_PREFIX")) << Joined(errors);
+  errors = Errors(With(kMinimal, {{"OPS_SCHEMA", "pg_ops"}}));
+  EXPECT_TRUE(HasErrorFor(errors, "OPS_SCHEMA")) << Joined(errors);
+}
+
+TEST(Config, RejectsAnOpsSchemaThatATenantSchemaCouldTake) {
+  // Tenant "ops" would get tenant_ops: its tables would land next to exhausted_events.
+  auto errors = Errors(With(kMinimal, {{"OPS_SCHEMA", "tenant_ops"}}));
+  EXPECT_TRUE(HasErrorFor(errors, "OPS_SCHEMA")) << Joined(errors);
+  errors = Errors(With(kMinimal, {{"TENANT_SCHEMA_PREFIX", "events_"}}));
+  EXPECT_TRUE(HasErrorFor(errors, "OPS_SCHEMA")) << Joined(errors);
+  // Names that cannot meet: no tenant id starts with a digit or an underscore.
+  EXPECT_TRUE(Errors(With(kMinimal, {{"OPS_SCHEMA", "tenant__ops"}})).empty());
+  EXPECT_TRUE(Errors(With(kMinimal, {{"TENANT_SCHEMA_PREFIX", "t_"}})).empty());
+}
+
 TEST(Config, RequiresPostgresDsnForProcessorAndWorker) {
   for (Binary b : {Binary::kProcessor, Binary::kDlqWorker}) {
     auto errors = Errors({}, b);

@@ -1,0 +1,12 @@
+#pragma once
+// Checks a PostgreSQL connection string before any connection is tried, so that a typo is a
+// configuration error at start, not an endless "PostgreSQL not ready" retry.
+#include <string>
+
+namespace evp::postgres {
+
+// Empty when libpq accepts `dsn` (URI or key=value form) and every port in it is 1-65535;
+// else what is wrong, without echoing the string (it may hold a password).
+std::string DsnError(const std::string& dsn);
+
+}  // namespace evp::postgres
