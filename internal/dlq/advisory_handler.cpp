@@ -67,6 +67,12 @@ Decision AdvisoryHandler::HandleOne(const pipeline::InboundMessage& advisory) {
     return Decision::Ack();
   }
   const pipeline::InboundMessage& msg = **original;
+  if (auto owner = routing::SubjectTenant(msg.subject); owner && !config_.AllowsTenant(*owner)) {
+    // Every deployment's worker reads every advisory: an allow-listed one leaves other
+    // tenants' events to their own deployment (its worker sees the same advisory).
+    metrics_.CountDlqMessage("other_tenant_skipped");
+    return Decision::Ack();
+  }
   dl.original = msg.data;
   dl.source_subject = msg.subject;
   auto route = routing::ParseSubject(msg.subject);
