@@ -140,6 +140,17 @@ int Redrive(const Config& config, const Options& o) {
                     : "");
     return 0;
   }
+  // Ids asked for by --id that the filters did not select: say so, and exit 1 at the end.
+  int failures = 0;
+  for (int64_t id : o.ids) {
+    if (std::none_of(rows->begin(), rows->end(), [id](const auto& r) { return r.id == id; })) {
+      std::fprintf(stderr,
+                   "id %lld: not found, already resolved (add --all to redrive it again) "
+                   "or outside the filters\n",
+                   static_cast<long long>(id));
+      ++failures;
+    }
+  }
   auto installation = repo.InstallationId();
   if (!installation.ok()) {
     std::fprintf(stderr, "%s (run eventctl migrate)\n", installation.error().c_str());
@@ -153,7 +164,6 @@ int Redrive(const Config& config, const Options& o) {
   const auto started = std::chrono::steady_clock::now();
   std::map<std::string, int64_t> sent;  // Nats-Msg-Id -> exhausted row id
   size_t n = 0;
-  int failures = 0;
   for (const auto& r : *rows) {
     // A fresh id per exhausted row: never deduplicated against the original, while running the
     // same redrive twice within the dedup window publishes once. Row ids repeat across
@@ -244,7 +254,11 @@ int Resolve(const Config& config, const Options& o) {
 void AddFilters(CLI::App* cmd, Options& o) {
   cmd->add_option("--tenant", o.filter.company_id, "company_id (exact)");
   cmd->add_option("--subject", o.filter.subject, "source subject, SQL LIKE pattern ('%' wildcard)");
-  cmd->add_option("--reason", o.filter.reason, "reason code, e.g. schema_violation");
+  std::vector<std::string> codes;
+  for (ReasonCode code : kAllReasonCodes) codes.emplace_back(ReasonCodeName(code));
+  // A misspelt code would match nothing and read as "nothing failed".
+  cmd->add_option("--reason", o.filter.reason, "reason code, e.g. schema_violation")
+      ->check(CLI::IsMember(codes));
   cmd->add_option("--class", o.filter.error_class, "fatal or retryable")
       ->check(CLI::IsMember({"fatal", "retryable"}));
   cmd->add_option("--since", o.filter.since, "last failure at or after (e.g. '2026-11-25 10:00Z')");

@@ -157,7 +157,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", r.error().c_str());
       return 1;
     }
-    std::printf("schema %s is up to date\n", config.ops_schema.c_str());
+    std::printf("schema %s is up to date (%d migration(s) applied now)\n",
+                config.ops_schema.c_str(), r.value());
     postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix);
     for (const auto& t : migrate_tenants) {
       if (auto err = routing::TenantIdError(t)) {

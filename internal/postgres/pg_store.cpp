@@ -102,7 +102,7 @@ std::string TenantSchemaName(const std::string& prefix, const std::string& compa
   return prefix + lower;
 }
 
-Result<Unit, std::string> MigrateOps(const std::string& dsn, const std::string& ops_schema) {
+Result<int, std::string> MigrateOps(const std::string& dsn, const std::string& ops_schema) {
   try {
     pqxx::connection conn(dsn);
     pqxx::work tx(conn);
@@ -114,9 +114,11 @@ Result<Unit, std::string> MigrateOps(const std::string& dsn, const std::string& 
     tx.exec0(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text "
         "NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())");
+    int applied = 0;
     for (const Migration& m : Migrations("ops")) {
       auto done = tx.exec_params("SELECT 1 FROM schema_migrations WHERE version = $1", m.version);
       if (!done.empty()) continue;
+      ++applied;
       tx.exec0(std::string(m.sql));
       tx.exec_params0("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version,
                       std::string(m.name));
@@ -124,7 +126,7 @@ Result<Unit, std::string> MigrateOps(const std::string& dsn, const std::string& 
                              {{"schema", ops_schema}, {"migration", m.name}});
     }
     tx.commit();
-    return Unit{};
+    return applied;
   } catch (const std::exception& e) {
     return Err{std::string("migrating schema ") + ops_schema + ": " + e.what()};
   }

@@ -19,8 +19,9 @@
 
 namespace evp::postgres {
 
-// Applies the embedded migrations of the ops schema (idempotent). Returns an error text.
-Result<Unit, std::string> MigrateOps(const std::string& dsn, const std::string& ops_schema);
+// Applies the embedded migrations of the ops schema (idempotent): how many were applied now,
+// or an error text.
+Result<int, std::string> MigrateOps(const std::string& dsn, const std::string& ops_schema);
 
 std::string TenantSchemaName(const std::string& prefix, const std::string& company_id);
 

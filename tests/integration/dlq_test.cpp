@@ -246,6 +246,16 @@ TEST(DlqWorker, ExhaustedListShowAndResolveWork) {
   ChildProcess none(BinaryPath("eventctl"), {"exhausted", "list", "--tenant", t}, stack.Env());
   ASSERT_EQ(none.Wait(std::chrono::seconds(20)), 0);
   EXPECT_NE(none.Log().find("0 row(s)"), std::string::npos) << none.Log();
+  // A resolved row asked for by id is not redriven again silently; a misspelt reason code is
+  // refused rather than matching nothing.
+  ChildProcess again(BinaryPath("eventctl"), {"exhausted", "redrive", "--id", std::to_string(id)},
+                     stack.Env());
+  EXPECT_EQ(again.Wait(std::chrono::seconds(20)), 1) << again.Log();
+  EXPECT_NE(again.Log().find("already resolved"), std::string::npos) << again.Log();
+  ChildProcess typo(BinaryPath("eventctl"), {"exhausted", "list", "--reason", "malformed"},
+                    stack.Env());
+  EXPECT_NE(typo.Wait(std::chrono::seconds(20)), 0) << typo.Log();
+  EXPECT_NE(typo.Log().find("malformed_json"), std::string::npos) << typo.Log();
   // A note is optional.
   ASSERT_TRUE(stack.Publish("v1.contacts.upsert." + t, "{\"again\"").ok);
   ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM events_ops.exhausted_events", 2));
