@@ -129,17 +129,6 @@ int Redrive(const Config& config, const Options& o) {
     std::fprintf(stderr, "%s\n", rows.error().c_str());
     return 1;
   }
-  if (o.dry_run) {
-    for (const auto& r : *rows) {
-      std::printf("would redrive %lld %s (%zu bytes) %s\n", static_cast<long long>(r.id),
-                  r.source_subject.c_str(), r.payload.size(), Truncate(r.reason, 80).c_str());
-    }
-    std::printf("%zu event(s) would be redriven%s\n", rows->size(),
-                static_cast<int64_t>(rows->size()) == o.filter.limit
-                    ? " (limit reached: --limit; more may match)"
-                    : "");
-    return 0;
-  }
   // Ids asked for by --id that the filters did not select: say so, and exit 1 at the end.
   int failures = 0;
   for (int64_t id : o.ids) {
@@ -150,6 +139,17 @@ int Redrive(const Config& config, const Options& o) {
                    static_cast<long long>(id));
       ++failures;
     }
+  }
+  if (o.dry_run) {
+    for (const auto& r : *rows) {
+      std::printf("would redrive %lld %s (%zu bytes) %s\n", static_cast<long long>(r.id),
+                  r.source_subject.c_str(), r.payload.size(), Truncate(r.reason, 80).c_str());
+    }
+    std::printf("%zu event(s) would be redriven%s\n", rows->size(),
+                static_cast<int64_t>(rows->size()) == o.filter.limit
+                    ? " (limit reached: --limit; more may match)"
+                    : "");
+    return failures == 0 ? 0 : 1;
   }
   auto installation = repo.InstallationId();
   if (!installation.ok()) {
@@ -215,7 +215,7 @@ int Redrive(const Config& config, const Options& o) {
   std::fprintf(stderr, "\r");
   std::printf("redriven %zu event(s) in %.2f s (%.0f events/s), %d failed, %lld marked resolved\n",
               done.size(), secs, secs > 0 ? static_cast<double>(done.size()) / secs : 0.0, failures,
-              static_cast<long long>(resolved.value()));
+              static_cast<long long>(resolved->size()));
   if (duplicates > 0) {
     std::printf(
         "%lld of them were already in the stream (published by a redrive of the same rows "
@@ -241,11 +241,16 @@ int Resolve(const Config& config, const Options& o) {
     std::fprintf(stderr, "%s\n", r.error().c_str());
     return 1;
   }
-  std::printf("%lld event(s) marked resolved\n", static_cast<long long>(r.value()));
-  const auto unchanged = static_cast<long long>(ids.size()) - static_cast<long long>(r.value());
-  if (unchanged > 0) {
-    std::fprintf(stderr, "%lld id(s) not found or already resolved (see `exhausted list --all`)\n",
-                 unchanged);
+  std::printf("%zu event(s) marked resolved\n", r->size());
+  std::string unchanged;
+  for (int64_t id : ids) {
+    if (!std::binary_search(r->begin(), r->end(), id)) {
+      unchanged += (unchanged.empty() ? "" : ", ") + std::to_string(id);
+    }
+  }
+  if (!unchanged.empty()) {
+    std::fprintf(stderr, "not found or already resolved: %s (see `exhausted list --all`)\n",
+                 unchanged.c_str());
     return 1;
   }
   return 0;
@@ -253,7 +258,8 @@ int Resolve(const Config& config, const Options& o) {
 
 void AddFilters(CLI::App* cmd, Options& o) {
   cmd->add_option("--tenant", o.filter.company_id, "company_id (exact)");
-  cmd->add_option("--subject", o.filter.subject, "source subject, SQL LIKE pattern ('%' wildcard)");
+  cmd->add_option("--subject", o.filter.subject,
+                  "source subject; '%' matches any characters (e.g. 'v1.chats.%')");
   std::vector<std::string> codes;
   for (ReasonCode code : kAllReasonCodes) codes.emplace_back(ReasonCodeName(code));
   // A misspelt code would match nothing and read as "nothing failed".
@@ -280,6 +286,8 @@ std::function<int(const Config&)> AddExhaustedCommands(CLI::App& app) {
   auto* list = ex->add_subcommand("list", "list exhausted events (unresolved by default)");
   AddFilters(list, *o);
   list->add_flag("--json", o->json, "one JSON object per line");
+  list->add_flag("--newest", o->filter.newest_first,
+                 "newest first (with --limit: the latest failures)");
   auto* show = ex->add_subcommand("show", "show one exhausted event with its payload");
   show->add_option("id", o->id, "exhausted event id")->required();
   auto* redrive = ex->add_subcommand(

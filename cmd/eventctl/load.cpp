@@ -1,5 +1,8 @@
 #include "load.hpp"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -65,6 +68,9 @@ Result<std::vector<MixEntry>, std::string> ParseMix(const std::string& text) {
     out.push_back({*type, w});
   }
   if (out.empty()) return Err{std::string("--mix is empty")};
+  double total = 0;
+  for (const auto& m : out) total += m.weight;
+  if (total <= 0) return Err{std::string("--mix weights add up to 0: nothing to publish")};
   return out;
 }
 
@@ -74,7 +80,8 @@ int64_t NowUnix() {
       .count();
 }
 
-// Builds events so that updates refer to rows an earlier event of the same run created.
+// Builds events so that updates refer to rows an earlier upsert of the same worker created
+// in the same tenant (an update with nothing to refer to yet becomes that upsert).
 class EventFactory {
  public:
   EventFactory(std::vector<MixEntry> mix, const LoadOptions& o, int worker)
@@ -91,23 +98,59 @@ class EventFactory {
     char tenant[64];
     std::snprintf(tenant, sizeof tenant, "%s_t%04d", options_.tenant_prefix.c_str(), tenant_index);
     EventType type = Pick();
-    auto& known = messages_[tenant_index];
-    if (type == EventType::kMessagesUpdate && known.empty()) type = EventType::kMessagesUpsert;
+    std::optional<EventType> upsert = UpsertOf(type);  // set for update types
+    auto& known = known_[{tenant_index, upsert.value_or(type)}];
+    if (upsert && known.empty()) {
+      type = *upsert;
+      upsert.reset();
+    }
     const uint64_t seed = (static_cast<uint64_t>(worker_) << 40) | n;
     handlers::SampleOptions so{seed, NowUnix(), options_.history_items};
     nlohmann::json body = handlers::SamplePayload(type, tenant, so);
-    const std::string msg_prefix = options_.run_id + "-w" + std::to_string(worker_) + "-";
     if (type == EventType::kMessagesUpsert) {
-      body["message_id"] = msg_prefix + std::to_string(n);
-      if (known.size() < 4096)
-        known.push_back(n);
-      else
-        known[rng_() % known.size()] = n;
-    } else if (type == EventType::kMessagesUpdate) {
-      body["message_id"] = msg_prefix + std::to_string(known[rng_() % known.size()]);
-      body.erase("timestamp");  // versioned by publish time: always the newest
+      // Unique per run: message ids of earlier runs are not overwritten.
+      body["message_id"] =
+          options_.run_id + "-w" + std::to_string(worker_) + "-" + std::to_string(n);
+    }
+    if (upsert) {
+      for (const auto& [field, value] : known[rng_() % known.size()].items()) body[field] = value;
+      body.erase("timestamp");  // messages.update: versioned by publish time, the newest
+    } else if (auto key = KeyFields(type); !key.empty()) {
+      nlohmann::json k = nlohmann::json::object();
+      for (const char* field : key) k[field] = body[field];
+      if (known.size() < 4096) {
+        known.push_back(std::move(k));
+      } else {
+        known[rng_() % known.size()] = std::move(k);
+      }
     }
     return {routing::SubjectFor(type, tenant), body.dump()};
+  }
+
+ private:
+  static std::optional<EventType> UpsertOf(EventType type) {
+    switch (type) {
+      case EventType::kChatsUpdate:
+        return EventType::kChatsUpsert;
+      case EventType::kMessagesUpdate:
+        return EventType::kMessagesUpsert;
+      case EventType::kContactsUpdate:
+        return EventType::kContactsUpsert;
+      default:
+        return std::nullopt;
+    }
+  }
+  static std::vector<const char*> KeyFields(EventType type) {
+    switch (type) {
+      case EventType::kChatsUpsert:
+        return {"chat_id"};
+      case EventType::kMessagesUpsert:
+        return {"message_id"};
+      case EventType::kContactsUpsert:
+        return {"agent_id", "phone_number"};
+      default:
+        return {};
+    }
   }
 
  private:
@@ -125,8 +168,21 @@ class EventFactory {
   int worker_;
   std::mt19937_64 rng_;
   double total_weight_ = 0;
-  std::map<int, std::vector<uint64_t>> messages_;
+  std::map<std::pair<int, EventType>, std::vector<nlohmann::json>> known_;  // keys of upserts
 };
+
+std::atomic<bool> g_interrupted{false};
+
+extern "C" void OnInterrupt(int) { g_interrupted.store(true); }
+
+// Default run id: the time plus random bits, so that two runs started in the same second
+// never share Nats-Msg-Ids (JetStream would drop one run's events as duplicates).
+std::string DefaultRunId() {
+  std::random_device rd;
+  char suffix[16];
+  std::snprintf(suffix, sizeof suffix, "%06x", rd() & 0xFFFFFFu);
+  return "load" + std::to_string(NowUnix()) + "-" + suffix;
+}
 
 int RunLoad(const Config& config, const LoadOptions& o) {
   auto mix = ParseMix(o.mix);
@@ -139,11 +195,23 @@ int RunLoad(const Config& config, const LoadOptions& o) {
     std::fprintf(stderr, "--duration must look like 30s, 5m or 500ms\n");
     return 2;
   }
-  const std::string run_id = o.run_id.empty() ? "load" + std::to_string(NowUnix()) : o.run_id;
+  if (auto err = routing::TenantIdError(o.tenant_prefix + "_t0000")) {
+    std::fprintf(stderr, "--tenant-prefix '%s' does not make valid tenant ids: %s\n",
+                 o.tenant_prefix.c_str(), err->c_str());
+    return 2;
+  }
+  const std::string run_id = o.run_id.empty() ? DefaultRunId() : o.run_id;
   LoadOptions opts = o;
   opts.run_id = run_id;
-  std::atomic<int64_t> published{0};
-  std::atomic<int64_t> errors{0};
+  struct sigaction sa {};
+  sa.sa_handler = OnInterrupt;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  std::atomic<int64_t> published{0};     // handed to the client library
+  std::atomic<int64_t> refused{0};       // refused by the client library before sending
+  std::atomic<int64_t> acknowledged{0};  // stored by JetStream (PubAck)
+  std::atomic<int64_t> duplicates{0};    // acknowledged as duplicates (Nats-Msg-Id seen before)
+  std::atomic<int64_t> failed{0};        // negative PubAcks
   std::atomic<bool> done{false};
   std::atomic<int> connect_failures{0};
   const auto started = Clock::now();
@@ -151,65 +219,94 @@ int RunLoad(const Config& config, const LoadOptions& o) {
   std::vector<std::thread> workers;
   for (int w = 0; w < o.concurrency; ++w) {
     workers.emplace_back([&, w] {
-      auto conn = nats::NatsConnection::Connect(config, "eventctl-load");
+      auto conn = nats::NatsConnection::Connect(config, "eventctl-load", /*track_acks=*/true);
       if (!conn.ok()) {
         std::fprintf(stderr, "%s\n", conn.error().c_str());
         connect_failures.fetch_add(1);
         return;
       }
+      auto count_acks = [&] {
+        int64_t dup = 0;
+        acknowledged.fetch_add(static_cast<int64_t>((*conn)->TakeAcknowledged(&dup).size()));
+        duplicates.fetch_add(dup);
+        failed.fetch_add((*conn)->TakeAsyncErrors());
+      };
       EventFactory factory(mix.value(), opts, w);
       const double per_worker_rate = o.rate > 0 ? o.rate / o.concurrency : 0;
       const int64_t quota = o.count > 0 ? (o.count + o.concurrency - 1 - w) / o.concurrency : -1;
       int64_t n = 0;
-      while (true) {
+      while (!g_interrupted.load()) {
         if (quota >= 0 ? n >= quota : Clock::now() >= deadline) break;
         if (per_worker_rate > 0) {
+          // Workers take turns: worker w publishes at (n + w / concurrency) / per-worker rate.
+          const double at =
+              (static_cast<double>(n) + static_cast<double>(w) / o.concurrency) / per_worker_rate;
           const auto due = started + std::chrono::duration_cast<Clock::duration>(
-                                         std::chrono::duration<double>(n / per_worker_rate));
+                                         std::chrono::duration<double>(at));
+          if (quota < 0 && due >= deadline) break;
           if (due > Clock::now()) std::this_thread::sleep_until(due);
         }
         auto [subject, body] = factory.Next(static_cast<uint64_t>(n));
         const std::string msg_id = run_id + "-w" + std::to_string(w) + "-" + std::to_string(n);
         auto r = (*conn)->PublishAsync(subject, body, msg_id);
-        if (r.ok()) {
-          published.fetch_add(1, std::memory_order_relaxed);
-        } else {
-          errors.fetch_add(1, std::memory_order_relaxed);
-        }
-        ++n;
+        (r.ok() ? published : refused).fetch_add(1, std::memory_order_relaxed);
+        if (++n % 1024 == 0) count_acks();
       }
       auto complete = (*conn)->PublishAsyncComplete(std::chrono::seconds(60));
       if (!complete.ok()) std::fprintf(stderr, "\n%s\n", complete.error().c_str());
-      errors.fetch_add((*conn)->TakeAsyncErrors());
+      count_acks();
     });
   }
+  const bool tty = isatty(STDERR_FILENO) == 1;
   std::thread progress([&] {
     int64_t last = 0;
     auto last_t = Clock::now();
+    // A live line on a terminal; a line every 5 s into a log.
+    const auto every = tty ? std::chrono::seconds(1) : std::chrono::seconds(5);
     while (!done.load()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
       auto now = Clock::now();
-      if (now - last_t < std::chrono::seconds(1) || o.quiet) continue;
+      if (now - last_t < every || o.quiet) continue;
       const int64_t p = published.load();
       std::fprintf(
-          stderr, "\rpublished %lld  (%.0f events/s)  errors %lld   ", static_cast<long long>(p),
+          stderr, "%spublished %lld  (%.0f events/s)  acknowledged %lld  errors %lld   %s",
+          tty ? "\r" : "", static_cast<long long>(p),
           static_cast<double>(p - last) / std::chrono::duration<double>(now - last_t).count(),
-          static_cast<long long>(errors.load()));
+          static_cast<long long>(acknowledged.load()),
+          static_cast<long long>(refused.load() + failed.load()), tty ? "" : "\n");
       last = p;
       last_t = now;
     }
   });
   for (auto& t : workers) t.join();
+  const double secs = std::chrono::duration<double>(Clock::now() - started).count();
   done = true;
   progress.join();
-  const double secs = std::chrono::duration<double>(Clock::now() - started).count();
-  const int64_t ok = published.load() - errors.load();
-  if (!o.quiet) std::fprintf(stderr, "\r%70s\r", "");
+  const int64_t stored = acknowledged.load() - duplicates.load();
+  const int64_t errors = refused.load() + failed.load();
+  const int64_t unconfirmed =
+      std::max<int64_t>(0, published.load() - acknowledged.load() - failed.load());
+  if (!o.quiet && tty) std::fprintf(stderr, "\r%90s\r", "");
   std::printf(
-      "run %s: published %lld events (%lld acknowledged, %lld errors) in %.2f s: %.0f events/s\n",
-      run_id.c_str(), static_cast<long long>(published.load()), static_cast<long long>(ok),
-      static_cast<long long>(errors.load()), secs, static_cast<double>(ok) / secs);
-  return (errors.load() == 0 && connect_failures.load() == 0) ? 0 : 1;
+      "run %s: published %lld events (%lld acknowledged, %lld errors) in %.2f s: %.0f events/s"
+      "%s\n",
+      run_id.c_str(), static_cast<long long>(published.load()), static_cast<long long>(stored),
+      static_cast<long long>(errors), secs, static_cast<double>(stored) / secs,
+      g_interrupted.load() ? " (interrupted)" : "");
+  if (duplicates.load() > 0) {
+    std::printf(
+        "%lld publishes were dropped by JetStream as duplicates: their Nats-Msg-Id was used "
+        "before (reused --run-id?)\n",
+        static_cast<long long>(duplicates.load()));
+  }
+  if (unconfirmed > 0) {
+    std::printf("%lld publishes were not confirmed by JetStream (no PubAck in time)\n",
+                static_cast<long long>(unconfirmed));
+  }
+  const bool clean =
+      errors == 0 && duplicates.load() == 0 && unconfirmed == 0 && connect_failures.load() == 0;
+  if (g_interrupted.load()) return 130;
+  return clean ? 0 : 1;
 }
 
 }  // namespace
@@ -222,7 +319,8 @@ std::function<int(const Config&)> AddLoadCommand(CLI::App& app) {
       ->check(CLI::Range(0.0, 10'000'000.0));
   cmd->add_option("--duration", o->duration, "how long to publish (500ms, 30s, 5m)")
       ->capture_default_str();
-  cmd->add_option("--count", o->count, "publish exactly this many events (overrides --duration)")
+  cmd->add_option("--count", o->count,
+                  "publish exactly this many events (overrides --duration; 0 = use --duration)")
       ->check(CLI::Range(int64_t{0}, int64_t{1'000'000'000}));
   cmd->add_option("--tenants", o->tenants, "number of tenants")
       ->capture_default_str()
@@ -230,7 +328,10 @@ std::function<int(const Config&)> AddLoadCommand(CLI::App& app) {
   cmd->add_option("--tenant-prefix", o->tenant_prefix, "tenant ids are <prefix>_tNNNN")
       ->capture_default_str();
   cmd->add_option("--mix,--subjects", o->mix,
-                  "'standard' or type=weight list, e.g. messages.upsert=3,history.messages=1")
+                  "event types to publish: 'standard' (60 % messages.upsert, 20 % "
+                  "messages.update, 10 % chats.upsert, 10 % contacts.upsert) or a type=weight "
+                  "list, e.g. messages.upsert=3,history.messages=1; updates refer to rows an "
+                  "earlier upsert of the run created")
       ->capture_default_str();
   cmd->add_option("--concurrency", o->concurrency, "publishing connections")
       ->capture_default_str()
@@ -238,7 +339,8 @@ std::function<int(const Config&)> AddLoadCommand(CLI::App& app) {
   cmd->add_option("--history-items", o->history_items, "items per history event")
       ->capture_default_str()
       ->check(CLI::Range(0, 100'000));
-  cmd->add_option("--run-id", o->run_id, "prefix of the Nats-Msg-Ids (default: load<unix time>)");
+  cmd->add_option("--run-id", o->run_id,
+                  "prefix of the Nats-Msg-Ids, unique per run (default: load<unix time>-<random>)");
   cmd->add_flag("--quiet", o->quiet, "no progress line");
   return [o, cmd](const Config& config) -> int {
     if (!*cmd) return -1;

@@ -57,6 +57,15 @@ int Publish(const Config& config, const std::string& type_name, const std::strin
     }
     subject = routing::SubjectFor(*type, tenant);
   }
+  // NATS would drop the connection on a subject with spaces, and a wildcard is no subject.
+  if (subject.empty() || subject.front() == '.' || subject.back() == '.' ||
+      subject.find("..") != std::string::npos ||
+      subject.find_first_of(" \t\r\n*>") != std::string::npos) {
+    std::fprintf(stderr,
+                 "'%s' is not a subject one can publish to (empty token, space or wildcard)\n",
+                 subject.c_str());
+    return 2;
+  }
   std::string body;
   if (!file.empty()) {
     std::ifstream in(file, std::ios::binary);
@@ -114,12 +123,19 @@ int main(int argc, char** argv) {
   publish->add_option("-t,--type", type_name, "event type: " + TypeNames())->capture_default_str();
   publish->add_option("-c,--tenant", tenant, "company_id (last subject token)")
       ->capture_default_str();
-  publish->add_option("-f,--file", file, "publish this file's exact bytes instead of a sample");
-  publish->add_option("-s,--subject", subject, "publish to this exact subject (with --file)");
+  auto* subject_opt =
+      publish->add_option("-s,--subject", subject, "publish to this exact subject (with --file)");
+  publish
+      ->add_option("-f,--file", file,
+                   "publish this file's exact bytes instead of a sample (needs --subject)")
+      ->needs(subject_opt);
+  subject_opt->needs("--file");
   publish->add_option("--msg-id", msg_id, "Nats-Msg-Id (default: random)");
   publish->add_option("-n,--count", count, "how many events (samples vary by seed)")
       ->check(CLI::Range(1, 1'000'000));
-  publish->add_option("--seed", seed, "sample seed (ids and texts derive from it)");
+  publish->add_option("--seed", seed,
+                      "sample seed: ids and texts derive from it, so the same seed targets the "
+                      "same chat/message/contact (default: the current unix time)");
   publish->add_option("--history-items", history_items, "items per history sample")
       ->check(CLI::Range(0, 100'000));
 
@@ -133,7 +149,12 @@ int main(int argc, char** argv) {
   auto run_exhausted = eventctl::AddExhaustedCommands(cli);
   auto run_load = eventctl::AddLoadCommand(cli);
 
-  CLI11_PARSE(cli, argc, argv);
+  try {
+    cli.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // Usage errors exit 2, like configuration errors (CLI11's own codes are 100+).
+    return cli.exit(e) == 0 ? 0 : 2;
+  }
 
   const Config config = app::LoadConfigOrExit(Binary::kCli, "eventctl");
   observability::InitLogging("eventctl", "warn", "text");

@@ -133,8 +133,8 @@ std::vector<Key> Keys(Binary binary) {
       "HTTP_PORT", "port of /healthz, /readyz and /metrics", http_default, 0, 65535,
       [](Config& c, int64_t v) { c.http_port = static_cast<int>(v); },
       [](const Config& c) { return c.http_port; }));
-  keys.push_back(StringKey("LOG_LEVEL", "trace, debug, info, warn, error", "info",
-                           "^(trace|debug|info|warn|error)$",
+  keys.push_back(StringKey("LOG_LEVEL", "trace, debug, info, warn (or warning), error", "info",
+                           "^(trace|debug|info|warn|warning|error)$",
                            "must be one of trace, debug, info, warn, error",
                            [](Config& c) -> std::string& { return c.log_level; }));
   keys.push_back(StringKey("LOG_FORMAT", "json (one object per line) or text", "json",
@@ -248,8 +248,9 @@ std::vector<Key> Keys(Binary binary) {
         [](const Config& c) { return c.max_event_bytes; });
     keys.push_back(std::move(k));
   }
-  dur_key("SHUTDOWN_GRACE", "time to finish the in-flight batch on SIGTERM", "20s", ms(0),
-          kMinute * 10, &Config::shutdown_grace);
+  dur_key("SHUTDOWN_GRACE",
+          "longest NATS drain on SIGTERM; a process still running 2 s after it exits 1", "20s",
+          ms(0), kMinute * 10, &Config::shutdown_grace);
   keys.push_back(IntKey(
       "DLQ_WORKERS", "DLQ worker pool size", "4", 1, 256,
       [](Config& c, int64_t v) { c.dlq_workers = static_cast<int>(v); },
@@ -351,7 +352,8 @@ Result<Config, std::vector<std::string>> Config::FromEnvironment(Binary binary,
   }
   if (cfg.max_ack_pending == 0) cfg.max_ack_pending = 4 * cfg.batch_size;
   if (cfg.max_ack_pending < cfg.batch_size) {
-    errors.push_back("MAX_ACK_PENDING must be at least BATCH_SIZE");
+    errors.push_back("MAX_ACK_PENDING (" + std::to_string(cfg.max_ack_pending) +
+                     ") must be at least BATCH_SIZE (" + std::to_string(cfg.batch_size) + ")");
   }
   if (!cfg.tenants.empty()) {
     const std::string suffix = TenantSuffix(cfg.tenants);

@@ -1,5 +1,6 @@
 #include "postgres/exhausted_repo.hpp"
 
+#include <algorithm>
 #include <pqxx/pqxx>
 
 #include "core/text.hpp"
@@ -7,7 +8,10 @@
 namespace evp::postgres {
 
 struct ExhaustedRepository::Connection {
-  explicit Connection(const std::string& dsn) : conn(dsn) {}
+  explicit Connection(const std::string& dsn) : conn(dsn) {
+    // Times print and parse in UTC, whatever the server's or the role's TimeZone.
+    pqxx::nontransaction(conn).exec0("SET TIME ZONE 'UTC'");
+  }
   pqxx::connection conn;
 };
 
@@ -57,7 +61,15 @@ Result<std::vector<ExhaustedRow>, std::string> ExhaustedRepository::List(const E
       add("id = ANY(?::bigint[])", arr + "}");
     }
     if (!f.company_id.empty()) add("company_id = ?", f.company_id);
-    if (!f.subject.empty()) add("source_subject LIKE ?", f.subject);
+    if (!f.subject.empty()) {
+      // Only '%' is a wildcard: '_' is common in subjects (tenant ids) and stays literal.
+      std::string pattern;
+      for (char c : f.subject) {
+        if (c == '_' || c == '\\') pattern += '\\';
+        pattern += c;
+      }
+      add("source_subject LIKE ?", pattern);
+    }
     if (!f.reason.empty()) add("reason_code = ?", f.reason);
     if (!f.error_class.empty()) add("error_class = ?", f.error_class);
     if (!f.since.empty()) add("last_failed_at >= ?::timestamptz", f.since);
@@ -70,7 +82,8 @@ Result<std::vector<ExhaustedRow>, std::string> ExhaustedRepository::List(const E
         "resolved, resolved_at::text AS resolved_at, notes, dlq_metadata::text AS dlq_metadata" +
         std::string(with_payload ? ", encode(original_payload, 'hex') AS payload_hex" : "") +
         " FROM " + tx.quote_name(ops_schema_) + ".exhausted_events WHERE " + where +
-        " ORDER BY id LIMIT $" + std::to_string(params.size()) + "::bigint";
+        " ORDER BY id" + std::string(f.newest_first ? " DESC" : "") + " LIMIT $" +
+        std::to_string(params.size()) + "::bigint";
     pqxx::result res = tx.exec_params(sql, pqxx::prepare::make_dynamic_params(params));
     std::vector<ExhaustedRow> rows;
     rows.reserve(res.size());
@@ -94,9 +107,9 @@ Result<std::optional<ExhaustedRow>, std::string> ExhaustedRepository::Get(int64_
   return std::optional<ExhaustedRow>{rows->front()};
 }
 
-Result<int64_t, std::string> ExhaustedRepository::Resolve(const std::vector<int64_t>& ids,
-                                                          const std::string& note) {
-  if (ids.empty()) return int64_t{0};
+Result<std::vector<int64_t>, std::string> ExhaustedRepository::Resolve(
+    const std::vector<int64_t>& ids, const std::string& note) {
+  if (ids.empty()) return std::vector<int64_t>{};
   try {
     if (!conn_) conn_ = std::make_unique<Connection>(dsn_);
     pqxx::work tx(conn_->conn);
@@ -107,10 +120,14 @@ Result<int64_t, std::string> ExhaustedRepository::Resolve(const std::vector<int6
         "UPDATE " + tx.quote_name(ops_schema_) +
             ".exhausted_events SET resolved = true, resolved_at = now(), notes = CASE WHEN "
             "notes IS NULL OR notes = '' THEN $2 ELSE notes || E'\\n' || $2 END WHERE id = "
-            "ANY($1::bigint[]) AND NOT resolved",
+            "ANY($1::bigint[]) AND NOT resolved RETURNING id",
         arr, SafeUtf8(note));
     tx.commit();
-    return static_cast<int64_t>(r.affected_rows());
+    std::vector<int64_t> changed;
+    changed.reserve(r.size());
+    for (const auto& row : r) changed.push_back(row[0].as<int64_t>());
+    std::sort(changed.begin(), changed.end());
+    return changed;
   } catch (const std::exception& e) {
     conn_.reset();
     return Err{std::string("resolving exhausted events: ") + e.what()};

@@ -14,13 +14,14 @@ namespace evp::postgres {
 struct ExhaustedFilter {
   std::vector<int64_t> ids;  // when set, only these rows (other filters still apply)
   std::string company_id;    // exact
-  std::string subject;       // SQL LIKE pattern on source_subject ('%' wildcards)
+  std::string subject;       // pattern on source_subject: '%' is a wildcard, '_' is literal
   std::string reason;        // reason code, e.g. schema_violation
   std::string error_class;   // fatal | retryable
   std::string since;         // timestamptz text, on last_failed_at
   std::string until;
   std::optional<bool> resolved = false;  // nullopt = both
   int64_t limit = 100;
+  bool newest_first = false;  // else oldest first
 };
 
 struct ExhaustedRow {
@@ -48,8 +49,9 @@ class ExhaustedRepository {
   Result<std::vector<ExhaustedRow>, std::string> List(const ExhaustedFilter& filter,
                                                       bool with_payload);
   Result<std::optional<ExhaustedRow>, std::string> Get(int64_t id);
-  // Marks rows resolved with a note appended; returns how many changed.
-  Result<int64_t, std::string> Resolve(const std::vector<int64_t>& ids, const std::string& note);
+  // Marks rows resolved with a note appended; returns the ids that changed, ascending.
+  Result<std::vector<int64_t>, std::string> Resolve(const std::vector<int64_t>& ids,
+                                                    const std::string& note);
   // The random id of this ops schema's installation (unique across databases).
   Result<std::string, std::string> InstallationId();
 

@@ -272,6 +272,59 @@ TEST(DlqWorker, ExhaustedListShowAndResolveWork) {
       << missing.Log();
 }
 
+TEST(DlqWorker, ExhaustedListMatchesSubjectsLiterallySortsAndPrintsUtc) {
+  Stack stack;
+  const std::string t = UniqueName("lst");
+  auto seed = [&](int id, const std::string& subject, const std::string& failed_at) {
+    Exec(stack.Dsn(),
+         "INSERT INTO events_ops.exhausted_events (id, idempotency_key, company_id, "
+         "source_subject, error_class, reason, attempts, original_payload, first_failed_at, "
+         "last_failed_at) VALUES (" +
+             std::to_string(id) + ", 'k" + std::to_string(id) + "', '" + t + "', '" + subject +
+             "', 'fatal', 'schema_violation: seeded', 1, '\\x7b7d', '" + failed_at + "', '" +
+             failed_at + "')");
+  };
+  seed(1, "v1.chats.upsert." + t + "x1", "2026-11-25 10:00:00+00");
+  seed(2, "v1.chats.upsert." + t + "_1", "2026-11-25 11:00:00+00");
+  // The database's own time zone must not leak into the output or the --since parsing.
+  Exec(stack.Dsn(),
+       "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET timezone = %L', "
+       "current_database(), 'Asia/Tokyo'); END $$");
+  auto list = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {"exhausted", "list", "--tenant", t});
+    ChildProcess cli(BinaryPath("eventctl"), args, stack.Env());
+    EXPECT_EQ(cli.Wait(std::chrono::seconds(20)), 0) << cli.Log();
+    return cli.Log();
+  };
+  // '_' is literal: only row 2 has "_1" in its subject.
+  const std::string literal = list({"--subject", "v1.chats.upsert." + t + "_1"});
+  EXPECT_NE(literal.find("1 row(s)"), std::string::npos) << literal;
+  const std::string wildcard = list({"--subject", "v1.chats.upsert." + t + "%"});
+  EXPECT_NE(wildcard.find("2 row(s)"), std::string::npos) << wildcard;
+  // Newest first keeps the latest failure under --limit.
+  const std::string newest = list({"--newest", "--limit", "1", "--json"});
+  EXPECT_NE(newest.find("\"id\":2"), std::string::npos) << newest;
+  EXPECT_NE(newest.find("2026-11-25 11:00:00"), std::string::npos) << newest;
+  const std::string since = list({"--since", "2026-11-25 10:30", "--json"});
+  EXPECT_NE(since.find("\"id\":2"), std::string::npos) << since;
+  EXPECT_EQ(since.find("\"id\":1"), std::string::npos) << since;
+}
+
+TEST(DlqWorker, LoadRunsStartedTogetherNeverShareMessageIds) {
+  Stack stack;
+  const std::string prefix = UniqueName("ld");
+  const std::vector<std::string> args = {
+      "load",  "--count",          "50", "--rate", "0", "--tenants", "1", "--tenant-prefix", prefix,
+      "--mix", "messages.upsert=1"};
+  ChildProcess first(BinaryPath("eventctl"), args, stack.Env());
+  ChildProcess second(BinaryPath("eventctl"), args, stack.Env());
+  EXPECT_EQ(first.Wait(std::chrono::seconds(60)), 0) << first.Log();
+  EXPECT_EQ(second.Wait(std::chrono::seconds(60)), 0) << second.Log();
+  EXPECT_NE(first.Log().find("50 acknowledged, 0 errors"), std::string::npos) << first.Log();
+  EXPECT_TRUE(stack.WaitCount("SELECT count(*) FROM tenant_" + prefix + "_t0000.messages", 100))
+      << first.Log() << second.Log();
+}
+
 // A history item exhausted alone goes back wrapped in an envelope of one item.
 TEST(DlqWorker, RedriveOfAnExhaustedHistoryItemAppliesThatItem) {
   Stack stack;
