@@ -86,7 +86,9 @@ nlohmann::json SamplePayload(EventType type, const std::string& company, const S
     case EventType::kHistoryContacts: {
       nlohmann::json items = nlohmann::json::array();
       for (int i = 0; i < o.history_items; ++i) {
-        const uint64_t si = s * 100'000 + static_cast<uint64_t>(i);
+        // Seeds spaced by a prime: different seeds give different chats, contacts and agents
+        // (ids are taken modulo 5,000 and 20), and their message ids never meet.
+        const uint64_t si = s * 100'003 + static_cast<uint64_t>(i);
         if (type == EventType::kHistoryChats) {
           items.push_back(Chat(company, si, now - 86400));
         } else if (type == EventType::kHistoryMessages) {
