@@ -130,8 +130,10 @@ std::vector<Key> Keys(Binary binary) {
       [](Config& c, int64_t v) { c.db_pool_size = static_cast<int>(v); },
       [](const Config& c) { return c.db_pool_size; }));
   keys.push_back(IntKey(
-      "HTTP_PORT", "port of /healthz, /readyz and /metrics", http_default, 0, 65535,
-      [](Config& c, int64_t v) { c.http_port = static_cast<int>(v); },
+      "HTTP_PORT",
+      "port of /healthz, /readyz and /metrics (default 8080 for events-processor, 8081 for "
+      "dlq-worker)",
+      http_default, 0, 65535, [](Config& c, int64_t v) { c.http_port = static_cast<int>(v); },
       [](const Config& c) { return c.http_port; }));
   keys.push_back(StringKey("LOG_LEVEL", "trace, debug, info, warn (or warning), error", "info",
                            "^(trace|debug|info|warn|warning|error)$",
