@@ -149,6 +149,20 @@ int main(int argc, char** argv) {
   auto run_exhausted = eventctl::AddExhaustedCommands(cli);
   auto run_load = eventctl::AddLoadCommand(cli);
 
+  if (argc > 1 && argv[1][0] != '-') {
+    // CLI11 would only say "A subcommand is required".
+    bool known = false;
+    std::string names;
+    for (const CLI::App* sub : cli.get_subcommands({})) {
+      known = known || sub->get_name() == argv[1];
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!known) {
+      std::fprintf(stderr, "unknown command '%s'; one of: %s (see --help)\n", argv[1],
+                   names.c_str());
+      return 2;
+    }
+  }
   try {
     cli.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
