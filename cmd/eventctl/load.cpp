@@ -29,6 +29,7 @@ struct LoadOptions {
   int tenants = 10;
   std::string tenant_prefix = "load";
   std::string mix = "standard";
+  std::string subjects;  // comma-separated types or subjects, equal weights; instead of mix
   int concurrency = 2;
   int history_items = 100;
   std::string run_id;
@@ -71,6 +72,29 @@ Result<std::vector<MixEntry>, std::string> ParseMix(const std::string& text) {
   double total = 0;
   for (const auto& m : out) total += m.weight;
   if (total <= 0) return Err{std::string("--mix weights add up to 0: nothing to publish")};
+  return out;
+}
+
+// "--subjects v1.messages.upsert,v1.chats.upsert.>" or "messages.upsert,chats.upsert": the
+// event types of the subjects (the version token and a tenant or wildcard are optional),
+// published in equal shares.
+Result<std::vector<MixEntry>, std::string> ParseSubjects(const std::string& text) {
+  std::vector<MixEntry> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    std::string name = item;
+    if (name.rfind("v1.", 0) == 0) name = name.substr(3);
+    std::optional<EventType> type = EventTypeFromName(name);
+    if (!type) {
+      // <domain>.<action>.<tenant or wildcard>
+      const auto last = name.rfind('.');
+      if (last != std::string::npos) type = EventTypeFromName(name.substr(0, last));
+    }
+    if (!type) return Err{"--subjects: '" + item + "' names no event type"};
+    out.push_back({*type, 1});
+  }
+  if (out.empty()) return Err{std::string("--subjects is empty")};
   return out;
 }
 
@@ -185,7 +209,11 @@ std::string DefaultRunId() {
 }
 
 int RunLoad(const Config& config, const LoadOptions& o) {
-  auto mix = ParseMix(o.mix);
+  if (!o.subjects.empty() && o.mix != "standard") {
+    std::fprintf(stderr, "give either --subjects or --mix, not both\n");
+    return 2;
+  }
+  auto mix = o.subjects.empty() ? ParseMix(o.mix) : ParseSubjects(o.subjects);
   if (!mix.ok()) {
     std::fprintf(stderr, "%s\n", mix.error().c_str());
     return 2;
@@ -327,12 +355,15 @@ std::function<int(const Config&)> AddLoadCommand(CLI::App& app) {
       ->check(CLI::Range(1, 100'000));
   cmd->add_option("--tenant-prefix", o->tenant_prefix, "tenant ids are <prefix>_tNNNN")
       ->capture_default_str();
-  cmd->add_option("--mix,--subjects", o->mix,
+  cmd->add_option("--mix", o->mix,
                   "event types to publish: 'standard' (60 % messages.upsert, 20 % "
                   "messages.update, 10 % chats.upsert, 10 % contacts.upsert) or a type=weight "
                   "list, e.g. messages.upsert=3,history.messages=1; updates refer to rows an "
                   "earlier upsert of the run created")
       ->capture_default_str();
+  cmd->add_option("--subjects", o->subjects,
+                  "instead of --mix: subjects or types in equal shares, e.g. "
+                  "v1.messages.upsert,v1.chats.upsert.> (the tenant token is ignored)");
   cmd->add_option("--concurrency", o->concurrency, "publishing connections")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
