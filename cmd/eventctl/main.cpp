@@ -93,6 +93,12 @@ int Publish(const Config& config, const std::string& type_name, const std::strin
     }
     const std::string id =
         msg_id.empty() ? RandomId() : (count > 1 ? msg_id + "-" + std::to_string(i) : msg_id);
+    if (static_cast<int64_t>(payload.size()) > config.max_event_bytes) {
+      std::fprintf(stderr,
+                   "note: %zu bytes is above MAX_EVENT_BYTES (%lld): the processor records it "
+                   "as too_large\n",
+                   payload.size(), static_cast<long long>(config.max_event_bytes));
+    }
     auto seq = (*conn)->Publish(subject, payload, id, {});
     if (!seq.ok()) {
       std::fprintf(stderr, "%s\n", seq.error().c_str());
