@@ -130,6 +130,11 @@ Decision DlqHandler::Record(const InboundMessage& msg, const DeadLetter& dl,
   return Decision::Ack();
 }
 
+void DlqHandler::DatabaseWasUnavailable(std::chrono::milliseconds outage) {
+  outages_.emplace_back(clock_.UnixMillis(), outage.count());
+  if (outages_.size() > 64) outages_.pop_front();
+}
+
 Decision DlqHandler::HandleOne(const InboundMessage& msg) {
   DeadLetter dl = DeadLetterFromMessage(msg, clock_.UnixMillis());
   if (auto owner = routing::SubjectTenant(dl.source_subject);
@@ -218,7 +223,10 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
   }
   // An update whose row is still missing once ORDERING_GRACE has passed since its first
   // failure is final (SPEC §11): not retried further.
-  const int64_t grace_end_ms = dl.first_failed_ms + config_.ordering_grace.count();
+  int64_t grace_end_ms = dl.first_failed_ms + config_.ordering_grace.count();
+  for (const auto& [end_ms, length_ms] : outages_) {
+    if (end_ms > dl.first_failed_ms) grace_end_ms += length_ms;
+  }
   if (stats.not_yet > 0 && now_ms >= grace_end_ms) {
     dl.attempts = attempt;
     dl.last_failed_ms = now_ms;

@@ -10,6 +10,7 @@
 //  - at DLQ_MAX_ATTEMPTS the event is exhausted as retries_exhausted;
 //  - a DLQ message that cannot be decoded is still recorded, with its bytes.
 // Not thread-safe: one per worker loop.
+#include <deque>
 #include <random>
 #include <span>
 #include <vector>
@@ -31,6 +32,9 @@ class DlqHandler final : public pipeline::BatchHandler {
   std::vector<pipeline::Decision> Process(std::span<const pipeline::InboundMessage> batch) override;
   bool StoreUnavailable() const override { return store_unavailable_; }
 
+  // Outages this worker waited through do not count towards ORDERING_GRACE.
+  void DatabaseWasUnavailable(std::chrono::milliseconds outage) override;
+
  private:
   pipeline::Decision HandleOne(const pipeline::InboundMessage& msg);
   pipeline::Decision Retry(const pipeline::InboundMessage& msg, DeadLetter dl);
@@ -44,6 +48,7 @@ class DlqHandler final : public pipeline::BatchHandler {
   pipeline::DeadLetterSink& dlq_;
   pipeline::Clock& clock_;
   observability::Metrics& metrics_;
+  std::deque<std::pair<int64_t, int64_t>> outages_;  // (end, length) in unix ms, the latest
   std::mt19937_64 rng_;
   bool store_unavailable_ = false;
 };

@@ -20,15 +20,29 @@ using std::chrono::milliseconds;
 
 std::chrono::steady_clock::time_point GraceTracker::FirstSeen(
     const std::string& key, std::chrono::steady_clock::time_point now) {
-  auto [it, inserted] = first_seen_.try_emplace(key, now);
+  auto [it, inserted] = first_seen_.try_emplace(key, Entry{now});
   if (inserted && first_seen_.size() > 100'000) {
     // Keys of events that were finally handled elsewhere (another replica) linger; drop the
     // ones far past any grace window.
     for (auto i = first_seen_.begin(); i != first_seen_.end();) {
-      i = (now - i->second > horizon_) ? first_seen_.erase(i) : std::next(i);
+      i = (now - i->second.first > horizon_ + i->second.paused) ? first_seen_.erase(i)
+                                                                : std::next(i);
     }
+    it = first_seen_.find(key);
   }
-  return it->second;
+  return it->second.first;
+}
+
+std::chrono::milliseconds GraceTracker::Waited(const std::string& key,
+                                               std::chrono::steady_clock::time_point now) {
+  const auto first = FirstSeen(key, now);
+  const Entry& e = first_seen_.at(key);
+  return std::max(milliseconds(0),
+                  std::chrono::duration_cast<milliseconds>(now - first) - e.paused);
+}
+
+void GraceTracker::Extend(std::chrono::milliseconds outage) {
+  for (auto& [key, entry] : first_seen_) entry.paused += outage;
 }
 
 BatchProcessor::BatchProcessor(const Config& config, const validation::SchemaRegistry& schemas,
@@ -422,8 +436,10 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
         }
         break;
       case ApplyOutcome::kNotYet: {
-        const auto first = grace_.FirstSeen(grace_key, now);
-        const auto waited = std::chrono::duration_cast<milliseconds>(now - first);
+        // Since the first try, and of that, what counts towards the window (outages do not).
+        const auto since_first =
+            std::chrono::duration_cast<milliseconds>(now - grace_.FirstSeen(grace_key, now));
+        const auto waited = grace_.Waited(grace_key, now);
         if (waited >= config_.ordering_grace) {
           grace_.Forget(grace_key);
           DeadLetterMessage(msg, company,
@@ -432,7 +448,7 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
                                  ") still missing after " + std::to_string(waited.count()) +
                                  " ms (" + std::to_string(msg.delivered) + " deliveries)"},
                             ErrorClass::kFatal, decisions[i], work.stats,
-                            clock_.UnixMillis() - waited.count());
+                            clock_.UnixMillis() - since_first.count());
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
           // Out of deliveries but still inside the grace (the delays below are sized to
@@ -445,7 +461,7 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
                              "target row (" + per_message[i]->message + ") missing after " +
                                  std::to_string(msg.delivered) + " deliveries"},
                             ErrorClass::kRetryable, decisions[i], work.stats,
-                            clock_.UnixMillis() - waited.count());
+                            clock_.UnixMillis() - since_first.count());
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else {
           // Spread the retries over the window so that MAX_DELIVER outlasts it: each delay is

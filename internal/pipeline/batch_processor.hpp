@@ -23,18 +23,29 @@
 namespace evp::pipeline {
 
 // Remembers when each event was first tried, for ORDERING_GRACE (in memory: a restart only
-// lengthens the window). Bounded: entries older than the horizon are dropped.
+// lengthens the window). Time the database was unreachable does not count towards the
+// window (SPEC §11: an outage of any length exhausts nothing). Bounded: entries older than
+// the horizon are dropped.
 class GraceTracker {
  public:
   explicit GraceTracker(std::chrono::milliseconds horizon) : horizon_(horizon) {}
   std::chrono::steady_clock::time_point FirstSeen(const std::string& key,
                                                   std::chrono::steady_clock::time_point now);
+  // Time counted towards the window since the first try: minus database outages.
+  std::chrono::milliseconds Waited(const std::string& key,
+                                   std::chrono::steady_clock::time_point now);
+  // The database was unreachable for `outage`: every open window is that much longer.
+  void Extend(std::chrono::milliseconds outage);
   void Forget(const std::string& key) { first_seen_.erase(key); }
   size_t size() const { return first_seen_.size(); }
 
  private:
+  struct Entry {
+    std::chrono::steady_clock::time_point first;
+    std::chrono::milliseconds paused{0};
+  };
   std::chrono::milliseconds horizon_;
-  std::unordered_map<std::string, std::chrono::steady_clock::time_point> first_seen_;
+  std::unordered_map<std::string, Entry> first_seen_;
 };
 
 struct BatchStats {
@@ -79,6 +90,7 @@ class BatchProcessor final : public BatchHandler {
   std::unique_ptr<PreparedBatch> Prepare(std::span<const InboundMessage> batch);
   std::vector<Decision> Complete(std::span<const InboundMessage> batch, PreparedBatch& prepared);
   bool StoreUnavailable() const override { return stats_.store_unavailable; }
+  void DatabaseWasUnavailable(std::chrono::milliseconds outage) override { grace_.Extend(outage); }
   const BatchStats& last_stats() const { return stats_; }
 
  private:

@@ -137,7 +137,10 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
   while (!stop.load()) {
     if (!health.store_ok.load()) {
       settle();
+      const auto paused = steady_clock::now();
       if (!WaitForStore(store, stop, health, options, update_lag)) break;
+      processor.DatabaseWasUnavailable(
+          std::chrono::duration_cast<milliseconds>(steady_clock::now() - paused));
       continue;
     }
     update_lag();
@@ -182,7 +185,12 @@ void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& s
   int failed_fetches = 0;
   while (!stop.load()) {
     // Backpressure: fetch nothing until the database answers.
-    if (!WaitForStore(store, stop, health, options, update_lag)) break;
+    if (!health.store_ok.load()) {
+      const auto paused = steady_clock::now();
+      if (!WaitForStore(store, stop, health, options, update_lag)) break;
+      processor.DatabaseWasUnavailable(
+          std::chrono::duration_cast<milliseconds>(steady_clock::now() - paused));
+    }
     update_lag();
     auto fetched = source.Fetch(options.batch_size, options.max_wait);
     if (!fetched.ok()) {

@@ -153,6 +153,9 @@ class BatchHandler {
   virtual std::vector<Decision> Process(std::span<const InboundMessage> batch) = 0;
   // True when the last batch hit a transient database error: the loop pauses fetching.
   virtual bool StoreUnavailable() const = 0;
+  // The loop paused this long for the database: time-boxed waits (ORDERING_GRACE) must not
+  // count it.
+  virtual void DatabaseWasUnavailable(std::chrono::milliseconds /*outage*/) {}
 };
 
 }  // namespace evp::pipeline

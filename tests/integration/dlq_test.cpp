@@ -142,6 +142,49 @@ TEST(DlqWorker, PostgresOutageOf20SecondsExhaustsNothingAndRecordsEverythingAfte
             5);
 }
 
+TEST(DlqWorker, AnUpdateWaitingForItsRowSurvivesAnOutageLongerThanTheGrace) {
+  // SPEC §11: an outage of any length exhausts nothing. ORDERING_GRACE is 3 s here.
+  Stack stack(Env{}, /*private_postgres=*/true);
+  const std::string t = UniqueName("wait");
+  const std::string s = "tenant_" + t;
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("seed")).ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 1));
+  // Explicit event times: the update (read) is newer than the message it changes.
+  const int64_t t0 = std::chrono::duration_cast<std::chrono::seconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count() -
+                     100;
+  ASSERT_TRUE(
+      stack
+          .Publish("v1.messages.update." + t,
+                   json{{"message_id", "late"}, {"status", "read"}, {"timestamp", t0 + 1}}.dump())
+          .ok);
+  const std::string not_yet =
+      R"(evp_events_total{outcome="not_yet_retried",type="messages.update"})";
+  ASSERT_TRUE(WaitFor([&] { return Metric(stack.ProcessorPort(), not_yet) >= 1; }));
+  stack.PrivatePostgres()->Stop();
+  const auto stopped_at = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - stopped_at < std::chrono::seconds(8)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the outage itself
+  }
+  stack.PrivatePostgres()->Start();
+  // After the outage the update is tried again before its row arrives: still inside the
+  // grace, as the outage does not count (else it would be exhausted here).
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Metric(stack.ProcessorPort(), not_yet) >= 2 ||
+               stack.Count("SELECT count(*) FROM events_ops.exhausted_events") > 0;
+      },
+      std::chrono::seconds(30)));
+  json late = json::parse(Message("late"));
+  late["message_timestamp"] = t0;
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, late.dump()).ok);
+  EXPECT_TRUE(stack.WaitCount(
+      "SELECT count(*) FROM " + s + ".messages WHERE message_id = 'late' AND status = 'read'", 1,
+      std::chrono::seconds(30)));
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events"), 0);
+}
+
 TEST(DlqWorker, RedriveTwiceOfAThousandExhaustedEventsAppliesEachOnce) {
   Stack stack;
   const std::string t = UniqueName("redrive");

@@ -176,5 +176,50 @@ TEST(ConsumerLoop, LagGaugesKeepMovingWhileTheDatabaseIsDown) {
   EXPECT_EQ(source.fetches, 0) << "nothing fetched while the database is down";
 }
 
+class OutageRecordingHandler final : public BatchHandler {
+ public:
+  std::vector<Decision> Process(std::span<const InboundMessage> batch) override {
+    return std::vector<Decision>(batch.size(), Decision::Ack());
+  }
+  bool StoreUnavailable() const override { return false; }
+  void DatabaseWasUnavailable(milliseconds outage) override {
+    outage_ms = outage.count();
+    ++outages;
+  }
+  std::atomic<int64_t> outage_ms{0};
+  std::atomic<int> outages{0};
+};
+
+TEST(ConsumerLoop, TellsTheHandlerHowLongItWaitedForTheDatabase) {
+  DeletableSource source(false);
+  source.deleted = false;
+  testing::InMemoryEventStore store;
+  store.fail_transiently = true;
+  observability::Metrics metrics("test");
+  OutageRecordingHandler handler;
+  std::atomic<bool> stop{false};
+  LoopHealth health;
+  health.store_ok = false;  // as after a batch that found the database gone
+  std::thread loop([&] {
+    RunConsumerLoop(source, handler, store, metrics,
+                    {"test", 10, milliseconds(1), milliseconds(0), milliseconds(1000)}, stop,
+                    health);
+  });
+  const auto down_from = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(milliseconds(700));  // the outage being measured
+  store.fail_transiently = false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (handler.outages.load() == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(5));  // poll period
+  }
+  const auto down_for =
+      std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - down_from);
+  stop = true;
+  loop.join();
+  ASSERT_EQ(handler.outages.load(), 1);
+  EXPECT_GE(handler.outage_ms.load(), 600);
+  EXPECT_LE(handler.outage_ms.load(), down_for.count());
+}
+
 }  // namespace
 }  // namespace evp::pipeline

@@ -548,6 +548,25 @@ TEST_F(Pipeline, RetriesAnUpdateOfAMissingRowInsideTheGraceThenDeadLettersIt) {
   EXPECT_EQ(store_.TotalRows(), 0u);
 }
 
+TEST_F(Pipeline, TimeTheDatabaseWasDownDoesNotCountTowardsTheGrace) {
+  // SPEC §11: an outage of any length exhausts nothing, updates waiting for their row
+  // included.
+  const InboundMessage update = Msg("v1.chats.update.acme", kChatUpdate);
+  ASSERT_TRUE(IsNak(RunOne(update)));
+  clock_.Advance(milliseconds(2000));
+  processor_->DatabaseWasUnavailable(milliseconds(30'000));
+  clock_.Advance(milliseconds(33'000));  // 35 s since the first try, 5 s of them counted
+  InboundMessage again = Again(update);
+  ASSERT_TRUE(IsNak(RunOne(again)));
+  EXPECT_TRUE(sink_.published.empty());
+  clock_.Advance(milliseconds(1500));  // 6.5 s counted: the window is over
+  EXPECT_TRUE(IsAck(RunOne(Again(again))));
+  ASSERT_EQ(sink_.published.size(), 1u);
+  EXPECT_EQ(sink_.published[0].Code(), ReasonCode::kNotFoundAfterGrace);
+  EXPECT_EQ(sink_.published[0].last_failed_ms - sink_.published[0].first_failed_ms, 36'500)
+      << "the first failure keeps its real time";
+}
+
 TEST_F(Pipeline, AppliesAnUpdateWhoseRowArrivesInsideTheGrace) {
   const InboundMessage update = Msg("v1.messages.update.acme", kMessageUpdate);
   ASSERT_TRUE(IsNak(RunOne(update)));
@@ -910,6 +929,18 @@ TEST(GraceTracker, RemembersTheFirstTimeAnEventWasSeen) {
   EXPECT_EQ(tracker.size(), 2u);
   tracker.Forget("S:1");
   EXPECT_EQ(tracker.FirstSeen("S:1", t0 + milliseconds(9000)), t0 + milliseconds(9000));
+}
+
+TEST(GraceTracker, OutagesDoNotCountAsWaiting) {
+  GraceTracker tracker(milliseconds(60000));
+  const auto t0 = std::chrono::steady_clock::time_point(std::chrono::hours(1));
+  tracker.FirstSeen("S:1", t0);
+  tracker.Extend(milliseconds(4000));
+  EXPECT_EQ(tracker.Waited("S:1", t0 + milliseconds(5000)), milliseconds(1000));
+  EXPECT_EQ(tracker.FirstSeen("S:1", t0 + milliseconds(5000)), t0) << "the real first try";
+  // An event first seen after the outage is not affected by it.
+  EXPECT_EQ(tracker.Waited("S:2", t0 + milliseconds(5000)), milliseconds(0));
+  EXPECT_EQ(tracker.Waited("S:2", t0 + milliseconds(7000)), milliseconds(2000));
 }
 
 }  // namespace
