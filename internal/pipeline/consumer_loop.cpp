@@ -72,15 +72,20 @@ void UpdateLag(EventSource& source, const LoopOptions& options, steady_clock::ti
 }
 
 // Waits while the database is unreachable, calling `tick` (the lag gauges keep moving: the
-// backlog grows during an outage); false when stopped meanwhile.
-bool WaitForStore(EventStore& store, const std::atomic<bool>& stop, LoopHealth& health,
-                  const LoopOptions& options, const std::function<void()>& tick) {
+// backlog grows during an outage), then tells the handler how long it waited; false when
+// stopped meanwhile.
+bool WaitForStore(EventStore& store, BatchHandler& handler, const std::atomic<bool>& stop,
+                  LoopHealth& health, const LoopOptions& options,
+                  const std::function<void()>& tick) {
+  const auto paused = steady_clock::now();
   while (!health.store_ok.load()) {
     if (stop.load()) return false;
     tick();
     if (store.Ping()) {
       health.store_ok = true;
       observability::LogInfo("database reachable again; resuming", {{"consumer", options.name}});
+      handler.DatabaseWasUnavailable(
+          std::chrono::duration_cast<milliseconds>(steady_clock::now() - paused));
       return true;
     }
     SleepUnlessStopped(milliseconds(500), stop);
@@ -137,10 +142,7 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
   while (!stop.load()) {
     if (!health.store_ok.load()) {
       settle();
-      const auto paused = steady_clock::now();
-      if (!WaitForStore(store, stop, health, options, update_lag)) break;
-      processor.DatabaseWasUnavailable(
-          std::chrono::duration_cast<milliseconds>(steady_clock::now() - paused));
+      if (!WaitForStore(store, processor, stop, health, options, update_lag)) break;
       continue;
     }
     update_lag();
@@ -185,12 +187,7 @@ void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& s
   int failed_fetches = 0;
   while (!stop.load()) {
     // Backpressure: fetch nothing until the database answers.
-    if (!health.store_ok.load()) {
-      const auto paused = steady_clock::now();
-      if (!WaitForStore(store, stop, health, options, update_lag)) break;
-      processor.DatabaseWasUnavailable(
-          std::chrono::duration_cast<milliseconds>(steady_clock::now() - paused));
-    }
+    if (!WaitForStore(store, processor, stop, health, options, update_lag)) break;
     update_lag();
     auto fetched = source.Fetch(options.batch_size, options.max_wait);
     if (!fetched.ok()) {
