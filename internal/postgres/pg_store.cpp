@@ -11,6 +11,7 @@
 #include "core/text.hpp"
 #include "observability/logging.hpp"
 #include "postgres/pg_errors.hpp"
+#include "postgres/set_writer.hpp"
 #include "routing/subject.hpp"
 
 namespace evp::postgres {
@@ -254,6 +255,12 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
     if (i) key_cond += " AND ";
     key_cond += "cur." + Quoted(m.values[i].column->name) + " = " + param(i) + "::text";
   }
+  const std::string schema = tx.quote_name(TenantSchemaName(tenant_prefix, m.company_id));
+  if (SetWriter::MarksFirstUpsert(m)) {
+    std::string rows;
+    SetWriter::AppendContactSeq(rows, m);
+    tx.exec_params0(SetWriter::FirstUpsertSql(schema), rows + "]");
+  }
   std::string sql;
   if (m.kind == WriteKind::kUpsert) {
     std::string cols;
@@ -268,6 +275,10 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
     std::string keys;
     for (size_t i = 0; i < def.key_count; ++i) {
       keys += (i ? ", " : "") + Quoted(def.columns[i].name);
+    }
+    if (m.table == handlers::Table::kContacts) {
+      cols += "first_upsert_seq, ";  // as in SetWriter: the first realtime upsert, or 0
+      vals += "CASE WHEN " + ver_src + " = 1 THEN " + ver_seq + " ELSE 0 END, ";
     }
     sql = "INSERT INTO " + table + " AS cur (" + cols + "ver_ts, ver_src, ver_seq) VALUES (" +
           vals + ver_ts + ", " + ver_src + ", " + ver_seq + ") ON CONFLICT (" + keys +
@@ -303,27 +314,9 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
     if (newer.empty()) result = {ApplyOutcome::kNotYet, m.KeyText()};
   }
   if (m.onboarding) {
-    // First inbound message from an unknown (agent, phone): create the contact with the
-    // lowest possible version, so any real contact event overrides it, and log it once.
-    const auto& ob = *m.onboarding;
-    const std::string schema = tx.quote_name(TenantSchemaName(tenant_prefix, m.company_id));
-    auto created = tx.exec_params(
-        "INSERT INTO " + schema +
-            ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, assigned_to, "
-            "ver_ts, ver_src, ver_seq) VALUES ($1, $2, $3, NULLIF($4, ''), $5, "
-            "ARRAY(SELECT jsonb_array_elements_text($6::jsonb)), NULLIF($7, ''), 0, 0, 0) "
-            "ON CONFLICT (agent_id, phone_number) DO NOTHING RETURNING 1",
-        ob.agent_id, ob.phone_number, m.company_id, ob.chat_id, ob.origin, ob.tags_json,
-        ob.assigned_to);
-    if (!created.empty()) {
-      tx.exec_params0("INSERT INTO " + schema +
-                          ".onboarding_log (agent_id, phone_number, company_id, chat_id, "
-                          "message_id, origin, tags) VALUES ($1, $2, $3, NULLIF($4, ''), $5, $6, "
-                          "ARRAY(SELECT jsonb_array_elements_text($7::jsonb))) ON CONFLICT "
-                          "(agent_id, phone_number) DO NOTHING",
-                      ob.agent_id, ob.phone_number, m.company_id, ob.chat_id, ob.message_id,
-                      ob.origin, ob.tags_json);
-    }
+    std::string rows;
+    SetWriter::AppendOnboarding(rows, m);
+    tx.exec_params0(SetWriter::OnboardingSql(schema), rows + "]", m.company_id);
   }
   return result;
 }

@@ -1,5 +1,7 @@
 #include "postgres/set_writer.hpp"
 
+#include <algorithm>
+#include <array>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
@@ -89,6 +91,12 @@ std::string BuildSql(const std::string& table, const TableDef& def, char op) {
                 Quoted(c.name) + "), ";
       }
     }
+    if (def.table == handlers::Table::kContacts) {
+      // A realtime contacts.upsert creating the contact is its first (see FirstUpsertSql); a
+      // history item's contact counts as existing from the start.
+      cols += "first_upsert_seq, ";
+      vals += "CASE WHEN r.ver_src = 1 THEN r.ver_seq ELSE 0 END, ";
+    }
     return "INSERT INTO " + table + " AS cur (" + cols + "ver_ts, ver_src, ver_seq) SELECT " +
            vals + "r.ver_ts, r.ver_src, r.ver_seq" + from + " ON CONFLICT (" + keys +
            ") DO UPDATE SET " + sets +
@@ -170,25 +178,103 @@ std::string KeyOf(const Mutation& m, size_t key_count) {
 
 }  // namespace
 
+namespace {
+
+// The contact columns an onboarding message sets.
+constexpr std::array<std::string_view, 4> kOnboardedColumns = {"chat_id", "origin", "tags",
+                                                               "assigned_to"};
+
+}  // namespace
+
+std::string SetWriter::OnboardingSql(const std::string& schema) {
+  // r: the earliest candidate message per (agent, phone). A new contact is created with the
+  // lowest version (any real contact event overrides it). An existing contact is onboarded by
+  // this message when the message comes before every realtime contacts.upsert of it and
+  // before the message that onboarded it so far: stream order decides, not processing order.
+  // Its content then becomes this message's where only onboarding had set it.
+  std::string moved_sets = "onboard_seq = r.seq";
+  for (std::string_view c : kOnboardedColumns) {
+    const std::string col = Quoted(c);
+    const std::string v = c == "tags" ? "r.tags" : "NULLIF(r." + col + ", '')";
+    moved_sets += ", " + col + " = CASE WHEN cur.ver_seq = 0 THEN " + v + " ELSE COALESCE(cur." +
+                  col + ", " + v + ") END";
+  }
+  return "WITH r AS (SELECT DISTINCT ON (agent_id, phone_number) * FROM "
+         "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, chat_id text, "
+         "message_id text, origin text, tags text[], assigned_to text, seq bigint) ORDER BY "
+         "agent_id, phone_number, seq), created AS (INSERT INTO " +
+         schema +
+         ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, assigned_to, "
+         "ver_ts, ver_src, ver_seq, onboard_seq, first_upsert_seq) SELECT agent_id, "
+         "phone_number, $2, NULLIF(chat_id, ''), origin, tags, NULLIF(assigned_to, ''), 0, 0, "
+         "0, seq, NULL FROM r ON CONFLICT (agent_id, phone_number) DO NOTHING RETURNING "
+         "agent_id, phone_number), moved AS (UPDATE " +
+         schema + ".contacts AS cur SET " + moved_sets +
+         " FROM r WHERE cur.agent_id = r.agent_id AND cur.phone_number = r.phone_number AND "
+         "COALESCE(cur.first_upsert_seq > r.seq, true) AND COALESCE(cur.onboard_seq > r.seq, "
+         "true) RETURNING cur.agent_id, cur.phone_number) INSERT INTO " +
+         schema +
+         ".onboarding_log (agent_id, phone_number, company_id, chat_id, message_id, origin, "
+         "tags, stream_seq) SELECT r.agent_id, r.phone_number, $2, NULLIF(r.chat_id, ''), "
+         "r.message_id, r.origin, r.tags, r.seq FROM r JOIN (SELECT * FROM created UNION ALL "
+         "SELECT * FROM moved) n USING (agent_id, phone_number) ON CONFLICT (agent_id, "
+         "phone_number) DO UPDATE SET chat_id = EXCLUDED.chat_id, message_id = "
+         "EXCLUDED.message_id, origin = EXCLUDED.origin, tags = EXCLUDED.tags, stream_seq = "
+         "EXCLUDED.stream_seq";
+}
+
+std::string SetWriter::FirstUpsertSql(const std::string& schema) {
+  // Runs before the contacts.upsert rows are written. A contact that a later message
+  // onboarded existed earlier in stream order: its log row goes, and so does the content only
+  // that onboarding gave it, so the upsert lands as on a contact it created itself.
+  std::string sets =
+      "first_upsert_seq = r.seq, onboard_seq = CASE WHEN cur.onboard_seq > "
+      "r.seq THEN NULL ELSE cur.onboard_seq END";
+  for (std::string_view c : kOnboardedColumns) {
+    const std::string col = Quoted(c);
+    sets += ", " + col + " = CASE WHEN cur.ver_seq = 0 AND cur.onboard_seq > r.seq THEN NULL " +
+            "ELSE cur." + col + " END";
+  }
+  return "WITH r AS (SELECT agent_id, phone_number, min(seq) AS seq FROM "
+         "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, seq bigint) "
+         "GROUP BY agent_id, phone_number), moved AS (UPDATE " +
+         schema + ".contacts AS cur SET " + sets +
+         " FROM r WHERE cur.agent_id = r.agent_id AND cur.phone_number = r.phone_number AND "
+         "COALESCE(cur.first_upsert_seq > r.seq, true) RETURNING cur.agent_id, "
+         "cur.phone_number, r.seq) DELETE FROM " +
+         schema +
+         ".onboarding_log AS l USING moved WHERE l.agent_id = moved.agent_id AND "
+         "l.phone_number = moved.phone_number AND l.stream_seq > moved.seq";
+}
+
+void SetWriter::AppendOnboarding(std::string& array, const Mutation& m) {
+  const auto& ob = *m.onboarding;
+  array += array.empty() ? "[" : ",";
+  array +=
+      nlohmann::json{{"agent_id", ob.agent_id},       {"phone_number", ob.phone_number},
+                     {"chat_id", ob.chat_id},         {"message_id", ob.message_id},
+                     {"origin", ob.origin},           {"tags", nlohmann::json::parse(ob.tags_json)},
+                     {"assigned_to", ob.assigned_to}, {"seq", m.version.seq}}
+          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+void SetWriter::AppendContactSeq(std::string& array, const Mutation& m) {
+  array += array.empty() ? "[{\"agent_id\":" : ",{\"agent_id\":";
+  AppendJsonString(array, m.values.at(0).text);
+  array += ",\"phone_number\":";
+  AppendJsonString(array, m.values.at(1).text);
+  array += ",\"seq\":" + std::to_string(m.version.seq) + "}";
+}
+
+bool SetWriter::MarksFirstUpsert(const Mutation& m) {
+  return m.table == handlers::Table::kContacts && m.kind == WriteKind::kUpsert &&
+         m.version.source == Source::kRealtime;
+}
+
 std::string SetWriter::StepSql(const WriteStep& step) {
   const std::string schema = QuoteIdent(step.schema);
-  if (step.op == 'o') {
-    return "WITH r AS (SELECT DISTINCT ON (agent_id, phone_number) * FROM "
-           "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, chat_id text, "
-           "message_id text, origin text, tags text[], assigned_to text)), created AS (INSERT "
-           "INTO " +
-           schema +
-           ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, "
-           "assigned_to, ver_ts, ver_src, ver_seq) SELECT agent_id, phone_number, $2, "
-           "NULLIF(chat_id, ''), origin, tags, "
-           "NULLIF(assigned_to, ''), 0, 0, 0 FROM r ON CONFLICT (agent_id, phone_number) DO "
-           "NOTHING RETURNING agent_id, phone_number) INSERT INTO " +
-           schema +
-           ".onboarding_log (agent_id, phone_number, company_id, chat_id, message_id, origin, "
-           "tags) SELECT r.agent_id, r.phone_number, $2, NULLIF(r.chat_id, ''), r.message_id, "
-           "r.origin, r.tags FROM r JOIN created c "
-           "USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO NOTHING";
-  }
+  if (step.op == 'o') return OnboardingSql(schema);
+  if (step.op == 'c') return FirstUpsertSql(schema);
   return BuildSql(schema + "." + Quoted(step.def->name), *step.def, step.op);
 }
 
@@ -252,17 +338,18 @@ std::vector<WriteStep> SetWriter::Plan(std::span<const Mutation> mutations,
     groups[it->second].push_back(i);
   }
 
-  // Onboarding of first inbound messages, per tenant: contacts created with the lowest
-  // version (any real contact event overrides them) and one log row per new contact. The
-  // batch is in stream order: a message onboards unless a contacts.upsert of its (agent,
-  // phone) comes before it in the batch, and its onboarding runs before the batch's contact
-  // writes, which then override the created contact. So whether a contact is onboarded does
-  // not depend on where batches happen to start and end.
-  std::map<std::string, size_t> first_contact_upsert;  // tenant + key -> index
-  for (size_t i = 0; i < mutations.size(); ++i) {
-    const Mutation& m = mutations[i];
-    if (m.table != handlers::Table::kContacts || m.kind != WriteKind::kUpsert) continue;
-    first_contact_upsert.try_emplace(m.company_id + '\x1e' + KeyOf(m, 2), i);
+  // Onboarding of first inbound messages, then the first realtime contacts.upsert of each
+  // contact, per tenant, before the batch's contact writes (see OnboardingSql and
+  // FirstUpsertSql). A message that a contacts.upsert of its (agent, phone) in the batch
+  // precedes in the stream does not onboard: that saves creating a log row only to delete it.
+  std::map<std::string, uint64_t> first_contact_upsert;  // tenant + key -> stream sequence
+  std::map<std::string, std::string> marks;              // tenant -> json array
+  for (const Mutation& m : mutations) {
+    if (!MarksFirstUpsert(m)) continue;
+    auto [it, inserted] =
+        first_contact_upsert.try_emplace(m.company_id + '\x1e' + KeyOf(m, 2), m.version.seq);
+    if (!inserted) it->second = std::min(it->second, m.version.seq);
+    AppendContactSeq(marks[m.company_id], m);
   }
   std::map<std::string, std::string> onboard;  // tenant -> json array
   for (size_t i = 0; i < mutations.size(); ++i) {
@@ -270,20 +357,15 @@ std::vector<WriteStep> SetWriter::Plan(std::span<const Mutation> mutations,
     const auto& ob = *mutations[i].onboarding;
     const auto known = first_contact_upsert.find(mutations[i].company_id + '\x1e' + ob.agent_id +
                                                  '\x1f' + ob.phone_number + '\x1f');
-    if (known != first_contact_upsert.end() && known->second < i) continue;
-    std::string& arr = onboard[mutations[i].company_id];
-    arr += arr.empty() ? "[" : ",";
-    arr +=
-        nlohmann::json{
-            {"agent_id", ob.agent_id},      {"phone_number", ob.phone_number},
-            {"chat_id", ob.chat_id},        {"message_id", ob.message_id},
-            {"origin", ob.origin},          {"tags", nlohmann::json::parse(ob.tags_json)},
-            {"assigned_to", ob.assigned_to}}
-            .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (known != first_contact_upsert.end() && known->second < mutations[i].version.seq) continue;
+    AppendOnboarding(onboard[mutations[i].company_id], mutations[i]);
   }
   for (auto& [tenant, arr] : onboard) {
     steps.push_back(
         {TenantSchemaName(tenant_prefix_, tenant), nullptr, 'o', {arr + "]", tenant}, {}, {}});
+  }
+  for (auto& [tenant, arr] : marks) {
+    steps.push_back({TenantSchemaName(tenant_prefix_, tenant), nullptr, 'c', {arr + "]"}, {}, {}});
   }
   for (const auto& g : groups) PlanGroup(mutations, g, out, steps);
   return steps;

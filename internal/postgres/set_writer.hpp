@@ -23,7 +23,9 @@ std::string QuoteIdent(std::string_view name);
 struct WriteStep {
   std::string schema;
   const handlers::TableDef* def = nullptr;  // null for onboarding
-  char op = 'u';  // 'u' upsert, 'p' update, 'x' stale check of updates, 'o' onboarding
+  // 'u' upsert, 'p' update, 'x' stale check of updates, 'o' onboarding, 'c' first realtime
+  // contacts.upsert of each contact
+  char op = 'u';
   std::vector<std::string> params;
   std::map<std::string, size_t> upsert_by_key;  // 'u': key text -> mutation index
   std::vector<size_t> indices;                  // 'p', 'x': the updates' mutation indices
@@ -42,6 +44,17 @@ class SetWriter {
   // False for a stale check whose updates all applied (a sequential writer may skip it).
   static bool Needed(const WriteStep& step, const std::vector<pipeline::ApplyResult>& out);
   static std::string StepSql(const WriteStep& step);
+
+  // Onboarding in stream order (tenant migration 0002), shared with the row-at-a-time path.
+  // OnboardingSql takes $1 a jsonb array of AppendOnboarding records and $2 the tenant;
+  // FirstUpsertSql takes $1 an array of AppendContactSeq records, and runs before the
+  // contacts.upsert rows are written. `schema` is quoted.
+  static std::string OnboardingSql(const std::string& schema);
+  static std::string FirstUpsertSql(const std::string& schema);
+  static void AppendOnboarding(std::string& array, const handlers::Mutation& m);
+  static void AppendContactSeq(std::string& array, const handlers::Mutation& m);
+  // True for a realtime contacts.upsert: FirstUpsertSql must see it.
+  static bool MarksFirstUpsert(const handlers::Mutation& m);
   // Stable prepared-statement name of the step's (schema, table, op).
   std::string StatementName(const WriteStep& step);
 

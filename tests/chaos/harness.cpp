@@ -543,8 +543,8 @@ struct TenantRows {
   bool loaded = false;
   std::unordered_map<std::string, MsgRow> messages;
   std::unordered_map<std::string, ChatRow> chats;
-  std::map<std::string, ContactRow> contacts;  // agent|phone
-  std::map<std::string, int64_t> onboarding;   // agent|phone -> rows
+  std::map<std::string, ContactRow> contacts;                  // agent|phone
+  std::map<std::string, std::vector<std::string>> onboarding;  // agent|phone -> message ids
 };
 
 std::string Str(const pqxx::field& f) { return f.is_null() ? std::string("<null>") : f.c_str(); }
@@ -569,9 +569,9 @@ TenantRows LoadTenant(pqxx::work& tx, const std::string& schema) {
                                s + ".contacts")) {
     rows.contacts[r[0].c_str()] = {Str(r[1]), Str(r[2])};
   }
-  for (const auto& r : tx.exec("SELECT agent_id || '|' || phone_number, count(*) FROM " + s +
-                               ".onboarding_log GROUP BY 1")) {
-    rows.onboarding[r[0].c_str()] = r[1].as<int64_t>();
+  for (const auto& r : tx.exec("SELECT agent_id || '|' || phone_number, message_id FROM " + s +
+                               ".onboarding_log")) {
+    rows.onboarding[r[0].c_str()].push_back(Str(r[1]));
   }
   return rows;
 }
@@ -595,7 +595,15 @@ Tally Verify(const std::string& dsn, const Ledger& ledger, const VerifyOptions& 
   std::vector<std::unordered_map<std::string, MsgExp>> msgs(T);
   std::vector<std::map<std::string, ChatExp>> chats(T);
   std::vector<std::map<std::string, std::string>> contacts(T);  // key -> push_name
-  std::vector<std::set<std::string>> onboard(T);
+  // Onboarding follows stream order: per (agent, phone), its inbound messages and contact
+  // upserts by stream sequence. The first one decides: a message names the log row, an
+  // upsert means no row. Unknown when that event may also have been exhausted.
+  struct Contender {
+    uint64_t seq;
+    std::string message_id;  // empty for a contacts.upsert
+    bool optional;
+  };
+  std::vector<std::map<std::string, std::vector<Contender>>> contenders(T);
   std::set<int> tenants_expected;
   std::unordered_map<std::string, size_t> by_msg_id;
   for (size_t i = 0; i < ledger.events.size(); ++i) {
@@ -612,7 +620,10 @@ Tally Verify(const std::string& dsn, const Ledger& ledger, const VerifyOptions& 
         m.text = e.text;
         m.chat = e.chat_id;
         m.optional = e.expect == Expect::kApplyOrExhaust;
-        if (e.onboards) onboard[t].insert(e.onboards->first + "|" + e.onboards->second);
+        if (e.onboards) {
+          contenders[t][e.onboards->first + "|" + e.onboards->second].push_back(
+              {r.seq, e.key, m.optional});
+        }
         break;
       }
       case Kind::kMessageUpdate:
@@ -626,13 +637,32 @@ Tally Verify(const std::string& dsn, const Ledger& ledger, const VerifyOptions& 
       }
       case Kind::kContactUpsert:
         contacts[t][e.key] = e.text;
+        contenders[t][e.key].push_back({r.seq, "", e.expect == Expect::kApplyOrExhaust});
         break;
       default:
         break;
     }
   }
+  struct Onboarded {
+    std::string message_id;  // empty when unknown (the deciding event may be exhausted)
+  };
+  std::vector<std::map<std::string, Onboarded>> onboard(T);  // agent|phone -> expected row
+  std::vector<std::set<std::string>> not_onboarded(T);       // a contacts.upsert came first
   for (size_t t = 0; t < T; ++t) {
-    for (const auto& key : onboard[t]) contacts[t].emplace(key, "");  // "" = onboarded
+    for (auto& [key, list] : contenders[t]) {
+      std::sort(list.begin(), list.end(),
+                [](const Contender& a, const Contender& b) { return a.seq < b.seq; });
+      const Contender& first = list.front();
+      if (first.optional) {
+        onboard[t][key] = {};           // checked loosely below
+        contacts[t].emplace(key, "?");  // may exist
+      } else if (first.message_id.empty()) {
+        not_onboarded[t].insert(key);
+      } else {
+        onboard[t][key] = {first.message_id};
+        contacts[t].emplace(key, "");  // "" = created by onboarding
+      }
+    }
   }
 
   // 2. What PostgreSQL holds.
@@ -865,27 +895,47 @@ Tally Verify(const std::string& dsn, const Ledger& ledger, const VerifyOptions& 
       } else if (it->second.empty() && row.origin != "DirectChat") {
         ++tally.state_mismatch;
         AddProblem(tally, schema + ".contacts " + key + ": onboarded with origin " + row.origin);
+      } else if (not_onboarded[t].count(key) && row.origin != "<null>") {
+        // The workload's upserts carry no origin: one here came from a later message.
+        ++tally.state_mismatch;
+        AddProblem(tally, schema + ".contacts " + key + ": origin " + row.origin +
+                              ", but a contacts.upsert came before its messages");
       }
     }
-    for (const auto& key : onboard[t]) {
+    for (const auto& [key, want] : onboard[t]) {
+      auto it = tr.onboarding.find(key);
+      if (want.message_id.empty()) {
+        if (it != tr.onboarding.end() && it->second.size() > 1) {
+          tally.duplicates += static_cast<int64_t>(it->second.size()) - 1;
+          AddProblem(tally, schema + ": " + std::to_string(it->second.size()) +
+                                " onboarding_log rows for " + key);
+        }
+        continue;
+      }
       if (!tr.contacts.count(key)) {
         ++tally.state_mismatch;
         AddProblem(tally, schema + ": onboarded contact " + key + " missing");
       }
-      auto it = tr.onboarding.find(key);
       if (it == tr.onboarding.end()) {
         ++tally.state_mismatch;
         AddProblem(tally, schema + ": onboarding_log row for " + key + " missing");
-      } else if (it->second > 1) {
-        tally.duplicates += it->second - 1;
-        AddProblem(tally,
-                   schema + ": " + std::to_string(it->second) + " onboarding_log rows for " + key);
+      } else if (it->second.size() > 1) {
+        tally.duplicates += static_cast<int64_t>(it->second.size()) - 1;
+        AddProblem(tally, schema + ": " + std::to_string(it->second.size()) +
+                              " onboarding_log rows for " + key);
+      } else if (it->second.front() != want.message_id) {
+        ++tally.state_mismatch;
+        AddProblem(tally, schema + ": onboarding_log row for " + key + " names message " +
+                              Abbrev(it->second.front()) + ", the first in the stream is " +
+                              Abbrev(want.message_id));
       }
     }
-    for (const auto& [key, n] : tr.onboarding) {
+    for (const auto& [key, ids] : tr.onboarding) {
       if (!onboard[t].count(key)) {
         ++tally.unexpected_rows;
-        AddProblem(tally, "unexpected onboarding_log row " + schema + " " + key);
+        AddProblem(tally,
+                   "unexpected onboarding_log row " + schema + " " + key +
+                       (not_onboarded[t].count(key) ? " (a contacts.upsert came first)" : ""));
       }
     }
   }

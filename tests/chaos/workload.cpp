@@ -4,6 +4,7 @@
 #include <cctype>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <stdexcept>
 
 namespace evp::chaos {
@@ -25,6 +26,7 @@ const std::vector<std::string>& InvalidTenantTokens() {
 struct TenantState {
   std::vector<int64_t> chat_versions;                      // last conversation_timestamp per chat
   std::vector<std::pair<std::string, int64_t>> updatable;  // (message_id, message_timestamp)
+  std::set<std::string> upserted_contacts;                 // each contact is upserted once
 };
 
 }  // namespace
@@ -235,8 +237,9 @@ Workload Workload::Generate(const WorkloadSpec& spec) {
                   {"key", {{"id", id}, {"from_me", true}, {"remote_jid", e.chat_id}}},
                   {"message_obj", obj}};
         if (!upsert_only && !spec.update_pairs && rng() % 20 == 0) {
-          // A first inbound message onboards (agent, phone) exactly once.
-          const std::string agent = "ag" + std::to_string(rng() % 3);
+          // The first inbound message of an (agent, phone) in the stream onboards it, unless
+          // a contacts.upsert of it comes earlier.
+          const std::string agent = spec.id_prefix + "-ag" + std::to_string(rng() % 3);
           const std::string phone = "+4470" + std::to_string(rng() % 40);
           j["flow"] = "IN";
           j["agent_id"] = agent;
@@ -291,8 +294,19 @@ Workload Workload::Generate(const WorkloadSpec& spec) {
         break;
       }
       case Kind::kContactUpsert: {
-        const std::string agent = "ca" + std::to_string(n % 3);
-        const std::string phone = "+1555" + nid;
+        std::string agent = "ca" + std::to_string(n % 3);
+        std::string phone = "+1555" + nid;
+        if (rng() % 4 == 0) {
+          // A contact that inbound messages may onboard: which of the two comes first in
+          // the stream decides whether it gets an onboarding_log row.
+          // The workload's own agents: workloads sharing a ledger never share a contact.
+          const std::string a = spec.id_prefix + "-ag" + std::to_string(rng() % 3);
+          const std::string p = "+4470" + std::to_string(rng() % 40);
+          if (ts.upserted_contacts.insert(a + "|" + p).second) {
+            agent = a;
+            phone = p;
+          }
+        }
         e.subject = "v1.contacts.upsert." + tenant;
         e.key = agent + "|" + phone;
         e.text = "contact " + nid;

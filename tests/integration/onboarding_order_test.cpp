@@ -1,0 +1,200 @@
+// Onboarding follows stream order, whatever order the events are processed in: after a crash
+// the in-flight events come back after newer ones, and DLQ retries land late. The writer is
+// driven directly on a real PostgreSQL, in many processing orders and batchings, and every
+// order must leave the contacts and onboarding_log of the stream-order run.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "postgres/pg_store.hpp"
+#include "support/db.hpp"
+#include "support/servers.hpp"
+
+namespace evp::testing {
+namespace {
+
+using handlers::Mutation;
+using nlohmann::json;
+
+constexpr const char* kOps = "events_ops";
+constexpr const char* kPrefix = "tenant_";
+
+Mutation Inbound(const std::string& tenant, uint64_t seq, const std::string& message_id,
+                 const std::string& phone, const json& campaign = nullptr) {
+  json doc = {{"message_id", message_id},
+              {"chat_id", "chat-" + message_id},
+              {"agent_id", "a1"},
+              {"from_phone", phone},
+              {"flow", "IN"},
+              {"message_timestamp", 1000 + seq}};
+  if (!campaign.is_null()) doc["campaign"] = campaign;
+  return handlers::BuildMutation(EventType::kMessagesUpsert, doc, tenant,
+                                 Version{static_cast<int64_t>(1000 + seq), Source::kRealtime, seq});
+}
+
+Mutation ContactUpsert(const std::string& tenant, uint64_t seq, const std::string& phone,
+                       const std::string& push_name) {
+  json doc = {{"agent_id", "a1"}, {"phone_number", phone}, {"push_name", push_name}};
+  return handlers::BuildMutation(EventType::kContactsUpsert, doc, tenant,
+                                 Version{static_cast<int64_t>(1000 + seq), Source::kRealtime, seq});
+}
+
+// The events of one stream, in stream order, covering each way two events can disagree.
+std::vector<Mutation> Stream(const std::string& tenant) {
+  return {
+      // +100: a message, then the contact's first upsert, then another message.
+      Inbound(tenant, 10, "m1", "+100", {{"origin", "Ads"}, {"tags", {"x"}}}),
+      ContactUpsert(tenant, 20, "+100", "Ann"),
+      Inbound(tenant, 30, "m3", "+100"),
+      // +200: the contact first: its message does not onboard.
+      ContactUpsert(tenant, 11, "+200", "Bob"),
+      Inbound(tenant, 21, "m21", "+200", {{"origin", "Late"}}),
+      // +300: two messages: the first one onboards.
+      Inbound(tenant, 12, "m12", "+300"),
+      Inbound(tenant, 22, "m22", "+300", {{"origin", "Promo"}, {"assigned_to", "u9"}}),
+  };
+}
+
+// A mutation that PostgreSQL rejects, so that the batch is written again one event at a time.
+Mutation Poison(const std::string& tenant) {
+  Mutation m = Inbound(tenant, 99, "poison", "+999");
+  m.onboarding.reset();
+  for (auto& v : m.values) {
+    if (v.column->name == "message_timestamp") v.text = "not a number";
+  }
+  return m;
+}
+
+std::string Dump(const std::string& dsn, const std::string& tenant) {
+  const std::string s = std::string(kPrefix) + tenant;
+  return QueryString(dsn,
+                     "SELECT coalesce(string_agg(format('%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', agent_id, "
+                     "phone_number, chat_id, push_name, origin, tags, assigned_to, ver_seq, "
+                     "onboard_seq, first_upsert_seq), E'\\n' ORDER BY agent_id, phone_number), '') "
+                     "FROM " +
+                         s + ".contacts")
+             .value_or("") +
+         "\n--\n" +
+         QueryString(dsn,
+                     "SELECT coalesce(string_agg(format('%s|%s|%s|%s|%s|%s|%s', agent_id, "
+                     "phone_number, chat_id, message_id, origin, tags, stream_seq), E'\\n' ORDER "
+                     "BY agent_id, phone_number), '') FROM " +
+                         s + ".onboarding_log")
+             .value_or("");
+}
+
+class OnboardingOrder : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dsn_ = PostgresServer::Shared().Dsn();
+    auto migrated = postgres::MigrateOps(dsn_, kOps);
+    ASSERT_TRUE(migrated.ok()) << migrated.error();
+    store_ = std::make_unique<postgres::PgStore>(dsn_, kOps, kPrefix);
+  }
+
+  // Applies the stream's events to a fresh tenant in `order`, `per_batch` events per batch
+  // (with a poison event in every batch when `isolate`), and returns the tenant's state.
+  std::string Run(const std::vector<size_t>& order, size_t per_batch, bool isolate) {
+    const std::string tenant = "ord" + std::to_string(next_++);
+    EXPECT_TRUE(store_->EnsureTenant(tenant).ok());
+    const std::vector<Mutation> stream = Stream(tenant);
+    for (size_t start = 0; start < order.size(); start += per_batch) {
+      std::vector<Mutation> batch;
+      for (size_t k = start; k < std::min(order.size(), start + per_batch); ++k) {
+        batch.push_back(stream[order[k]]);
+      }
+      if (isolate) batch.push_back(Poison(tenant));
+      auto results = store_->Apply(batch);
+      EXPECT_TRUE(results.ok()) << results.error().message;
+      if (!results.ok()) continue;
+      for (size_t k = 0; k < results.value().size(); ++k) {
+        const auto outcome = results.value()[k].outcome;
+        if (isolate && k + 1 == results.value().size()) {
+          EXPECT_EQ(outcome, pipeline::ApplyOutcome::kFatal);
+        } else {
+          // Stale only for an event seen before (a redelivery).
+          EXPECT_TRUE(outcome == pipeline::ApplyOutcome::kApplied ||
+                      outcome == pipeline::ApplyOutcome::kStale)
+              << "event " << k << " of the batch at " << start;
+        }
+      }
+    }
+    return Dump(dsn_, tenant);
+  }
+
+  std::string dsn_;
+  std::unique_ptr<postgres::PgStore> store_;
+  int next_ = 0;
+};
+
+std::vector<size_t> StreamOrder() {
+  std::vector<size_t> order(Stream("x").size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  // By stream sequence, as a fault-free consumer sees them.
+  const auto stream = Stream("x");
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return stream[a].version.seq < stream[b].version.seq; });
+  return order;
+}
+
+TEST_F(OnboardingOrder, StreamOrderOnboardsTheFirstInboundMessageOfUnknownContacts) {
+  const std::string state = Run(StreamOrder(), 1, false);
+  // +100: onboarded by m1 (campaign), then upserted: the upsert's fields over the campaign's.
+  EXPECT_NE(state.find("a1|+100|chat-m1|Ann|Ads|{x}||20|10|20"), std::string::npos) << state;
+  // +200: the upsert came first: no onboarding.
+  EXPECT_NE(state.find("a1|+200||Bob||||11||11"), std::string::npos) << state;
+  // +300: the first of two messages onboards; the contact keeps the lowest version.
+  EXPECT_NE(state.find("a1|+300|chat-m12||DirectChat|{Onboarded}||0|12|"), std::string::npos)
+      << state;
+  const std::string log = state.substr(state.find("--"));
+  EXPECT_NE(log.find("a1|+100|chat-m1|m1|Ads|{x}|10"), std::string::npos) << log;
+  EXPECT_EQ(log.find("+200"), std::string::npos) << log;
+  EXPECT_NE(log.find("a1|+300|chat-m12|m12|DirectChat|{Onboarded}|12"), std::string::npos) << log;
+}
+
+TEST_F(OnboardingOrder, EveryProcessingOrderEndsInTheStreamOrderState) {
+  const std::string expected = Run(StreamOrder(), 1, false);
+  std::vector<size_t> order = StreamOrder();
+  std::reverse(order.begin(), order.end());
+  EXPECT_EQ(Run(order, 1, false), expected) << "reverse order";
+  EXPECT_EQ(Run(order, order.size(), false), expected) << "reverse order, one batch";
+  std::mt19937 rng(7);
+  for (int round = 0; round < 12; ++round) {
+    std::shuffle(order.begin(), order.end(), rng);
+    const size_t per_batch = 1 + static_cast<size_t>(round % 3);
+    std::string shown;
+    for (size_t i : order) shown += std::to_string(i) + " ";
+    EXPECT_EQ(Run(order, per_batch, false), expected)
+        << "order " << shown << "in batches of " << per_batch;
+  }
+}
+
+TEST_F(OnboardingOrder, TheRowAtATimePathDecidesAsTheSetPath) {
+  // A poison event in every batch makes the store write each event alone.
+  const std::string expected = Run(StreamOrder(), 1, false);
+  std::vector<size_t> order = StreamOrder();
+  EXPECT_EQ(Run(order, order.size(), true), expected) << "stream order";
+  std::reverse(order.begin(), order.end());
+  EXPECT_EQ(Run(order, 1, true), expected) << "reverse order";
+  std::mt19937 rng(11);
+  for (int round = 0; round < 4; ++round) {
+    std::shuffle(order.begin(), order.end(), rng);
+    std::string shown;
+    for (size_t i : order) shown += std::to_string(i) + " ";
+    EXPECT_EQ(Run(order, 2, true), expected) << "order " << shown;
+  }
+}
+
+TEST_F(OnboardingOrder, RedeliveringEveryEventChangesNothing) {
+  const std::string expected = Run(StreamOrder(), 1, false);
+  std::vector<size_t> twice = StreamOrder();
+  std::vector<size_t> again = StreamOrder();
+  std::reverse(again.begin(), again.end());
+  twice.insert(twice.end(), again.begin(), again.end());
+  EXPECT_EQ(Run(twice, 3, false), expected);
+}
+
+}  // namespace
+}  // namespace evp::testing
