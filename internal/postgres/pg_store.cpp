@@ -256,11 +256,6 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
     key_cond += "cur." + Quoted(m.values[i].column->name) + " = " + param(i) + "::text";
   }
   const std::string schema = tx.quote_name(TenantSchemaName(tenant_prefix, m.company_id));
-  if (SetWriter::MarksFirstUpsert(m)) {
-    std::string rows;
-    SetWriter::AppendContactSeq(rows, m);
-    tx.exec_params0(SetWriter::FirstUpsertSql(schema), rows + "]");
-  }
   std::string sql;
   if (m.kind == WriteKind::kUpsert) {
     std::string cols;
@@ -279,6 +274,17 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
     if (m.table == handlers::Table::kContacts) {
       cols += "first_upsert_seq, ";  // as in SetWriter: the first realtime upsert, or 0
       vals += "CASE WHEN " + ver_src + " = 1 THEN " + ver_seq + " ELSE 0 END, ";
+      // Absent fields too: the ones only an onboarding later in the stream wrote are dropped.
+      sets.clear();
+      for (size_t i = def.key_count; i < def.columns.size(); ++i) {
+        const std::string_view name = def.columns[i].name;
+        const bool present =
+            std::any_of(m.values.begin(), m.values.end(),
+                        [&](const handlers::Value& v) { return v.column->name == name; });
+        const std::string set = SetWriter::OnboardedColumnSet(
+            name, present ? "EXCLUDED." + Quoted(name) : std::string("NULL"));
+        if (present || set.find("CASE") != std::string::npos) sets += set + ", ";
+      }
     }
     sql = "INSERT INTO " + table + " AS cur (" + cols + "ver_ts, ver_src, ver_seq) VALUES (" +
           vals + ver_ts + ", " + ver_src + ", " + ver_seq + ") ON CONFLICT (" + keys +
@@ -316,7 +322,14 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
   if (m.onboarding) {
     std::string rows;
     SetWriter::AppendOnboarding(rows, m);
-    tx.exec_params0(SetWriter::OnboardingSql(schema), rows + "]", m.company_id);
+    rows += "]";
+    tx.exec_params0(SetWriter::OnboardingSql('o', schema), rows, m.company_id);
+    tx.exec_params0(SetWriter::OnboardingSql('m', schema), rows, m.company_id);
+  }
+  if (SetWriter::MarksFirstUpsert(m)) {
+    std::string rows;
+    SetWriter::AppendContactSeq(rows, m);
+    tx.exec_params0(SetWriter::OnboardingSql('c', schema), rows + "]");
   }
   return result;
 }

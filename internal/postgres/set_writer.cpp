@@ -87,12 +87,15 @@ std::string BuildSql(const std::string& table, const TableDef& def, char op) {
       vals += Staged(c) + ", ";
       // Absent fields keep the stored value; is_deleted is never carried by an upsert.
       if (i >= def.key_count && c.name != "is_deleted") {
-        sets += Quoted(c.name) + " = COALESCE(EXCLUDED." + Quoted(c.name) + ", cur." +
-                Quoted(c.name) + "), ";
+        sets += def.table == handlers::Table::kContacts
+                    ? SetWriter::OnboardedColumnSet(c.name, "EXCLUDED." + Quoted(c.name))
+                    : Quoted(c.name) + " = COALESCE(EXCLUDED." + Quoted(c.name) + ", cur." +
+                          Quoted(c.name) + ")";
+        sets += ", ";
       }
     }
     if (def.table == handlers::Table::kContacts) {
-      // A realtime contacts.upsert creating the contact is its first (see FirstUpsertSql); a
+      // A realtime contacts.upsert creating the contact is its first (see OnboardingSql); a
       // history item's contact counts as existing from the start.
       cols += "first_upsert_seq, ";
       vals += "CASE WHEN r.ver_src = 1 THEN r.ver_seq ELSE 0 END, ";
@@ -186,65 +189,83 @@ constexpr std::array<std::string_view, 4> kOnboardedColumns = {"chat_id", "origi
 
 }  // namespace
 
-std::string SetWriter::OnboardingSql(const std::string& schema) {
-  // r: the earliest candidate message per (agent, phone). A new contact is created with the
-  // lowest version (any real contact event overrides it). An existing contact is onboarded by
-  // this message when the message comes before every realtime contacts.upsert of it and
-  // before the message that onboarded it so far: stream order decides, not processing order.
-  // Its content then becomes this message's where only onboarding had set it.
-  std::string moved_sets = "onboard_seq = r.seq";
-  for (std::string_view c : kOnboardedColumns) {
-    const std::string col = Quoted(c);
-    const std::string v = c == "tags" ? "r.tags" : "NULLIF(r." + col + ", '')";
-    moved_sets += ", " + col + " = CASE WHEN cur.ver_seq = 0 THEN " + v + " ELSE COALESCE(cur." +
-                  col + ", " + v + ") END";
+std::string SetWriter::OnboardingSql(char op, const std::string& schema) {
+  // Each statement takes a fresh snapshot, after the previous one waited for any concurrent
+  // writer of the same rows: a replica or the DLQ worker onboarding the same contact at the
+  // same time is seen by the next statement.
+  const std::string candidates =
+      "WITH r AS (SELECT DISTINCT ON (agent_id, phone_number) * FROM "
+      "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, chat_id text, "
+      "message_id text, origin text, tags text[], assigned_to text, seq bigint) ORDER BY "
+      "agent_id, phone_number, seq)";
+  const std::string log_insert =
+      " INSERT INTO " + schema +
+      ".onboarding_log (agent_id, phone_number, company_id, chat_id, message_id, origin, tags, "
+      "stream_seq) SELECT r.agent_id, r.phone_number, $2, NULLIF(r.chat_id, ''), r.message_id, "
+      "r.origin, r.tags, r.seq FROM r JOIN ";
+  if (op == 'o') {
+    // An unknown contact: created with the lowest version (any real contact event overrides
+    // it), and logged.
+    return candidates + ", created AS (INSERT INTO " + schema +
+           ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, assigned_to, "
+           "ver_ts, ver_src, ver_seq, onboard_seq, first_upsert_seq) SELECT agent_id, "
+           "phone_number, $2, NULLIF(chat_id, ''), origin, tags, NULLIF(assigned_to, ''), 0, 0, "
+           "0, seq, NULL FROM r ON CONFLICT (agent_id, phone_number) DO NOTHING RETURNING "
+           "agent_id, phone_number)" +
+           log_insert +
+           "created USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO "
+           "NOTHING";
   }
-  return "WITH r AS (SELECT DISTINCT ON (agent_id, phone_number) * FROM "
-         "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, chat_id text, "
-         "message_id text, origin text, tags text[], assigned_to text, seq bigint) ORDER BY "
-         "agent_id, phone_number, seq), created AS (INSERT INTO " +
-         schema +
-         ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, assigned_to, "
-         "ver_ts, ver_src, ver_seq, onboard_seq, first_upsert_seq) SELECT agent_id, "
-         "phone_number, $2, NULLIF(chat_id, ''), origin, tags, NULLIF(assigned_to, ''), 0, 0, "
-         "0, seq, NULL FROM r ON CONFLICT (agent_id, phone_number) DO NOTHING RETURNING "
-         "agent_id, phone_number), moved AS (UPDATE " +
-         schema + ".contacts AS cur SET " + moved_sets +
-         " FROM r WHERE cur.agent_id = r.agent_id AND cur.phone_number = r.phone_number AND "
-         "COALESCE(cur.first_upsert_seq > r.seq, true) AND COALESCE(cur.onboard_seq > r.seq, "
-         "true) RETURNING cur.agent_id, cur.phone_number) INSERT INTO " +
-         schema +
-         ".onboarding_log (agent_id, phone_number, company_id, chat_id, message_id, origin, "
-         "tags, stream_seq) SELECT r.agent_id, r.phone_number, $2, NULLIF(r.chat_id, ''), "
-         "r.message_id, r.origin, r.tags, r.seq FROM r JOIN (SELECT * FROM created UNION ALL "
-         "SELECT * FROM moved) n USING (agent_id, phone_number) ON CONFLICT (agent_id, "
-         "phone_number) DO UPDATE SET chat_id = EXCLUDED.chat_id, message_id = "
-         "EXCLUDED.message_id, origin = EXCLUDED.origin, tags = EXCLUDED.tags, stream_seq = "
-         "EXCLUDED.stream_seq";
-}
-
-std::string SetWriter::FirstUpsertSql(const std::string& schema) {
-  // Runs before the contacts.upsert rows are written. A contact that a later message
-  // onboarded existed earlier in stream order: its log row goes, and so does the content only
-  // that onboarding gave it, so the upsert lands as on a contact it created itself.
-  std::string sets =
-      "first_upsert_seq = r.seq, onboard_seq = CASE WHEN cur.onboard_seq > "
-      "r.seq THEN NULL ELSE cur.onboard_seq END";
-  for (std::string_view c : kOnboardedColumns) {
-    const std::string col = Quoted(c);
-    sets += ", " + col + " = CASE WHEN cur.ver_seq = 0 AND cur.onboard_seq > r.seq THEN NULL " +
-            "ELSE cur." + col + " END";
+  if (op == 'm') {
+    // A known contact is taken over when this message comes before its first realtime
+    // contacts.upsert and before the message that onboarded it so far. Its content becomes
+    // this message's where only onboarding had set it.
+    std::string sets = "onboard_seq = r.seq";
+    for (std::string_view c : kOnboardedColumns) {
+      const std::string col = Quoted(c);
+      const std::string v = c == "tags" ? "r.tags" : "NULLIF(r." + col + ", '')";
+      sets += ", " + col + " = CASE WHEN cur.ver_seq = 0 THEN " + v + " ELSE COALESCE(cur." + col +
+              ", " + v + ") END";
+    }
+    return candidates + ", moved AS (UPDATE " + schema + ".contacts AS cur SET " + sets +
+           " FROM r WHERE cur.agent_id = r.agent_id AND cur.phone_number = r.phone_number AND "
+           "COALESCE(cur.first_upsert_seq > r.seq, true) AND COALESCE(cur.onboard_seq > r.seq, "
+           "true) RETURNING cur.agent_id, cur.phone_number)" +
+           log_insert +
+           "moved USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO UPDATE "
+           "SET chat_id = EXCLUDED.chat_id, message_id = EXCLUDED.message_id, origin = "
+           "EXCLUDED.origin, tags = EXCLUDED.tags, stream_seq = EXCLUDED.stream_seq";
   }
+  // 'c', after the contacts.upsert rows are written: a contact that a later message
+  // onboarded existed earlier in stream order, so its log row goes. (The upsert itself
+  // dropped the content only that onboarding had given it, see OnboardedColumnSet.)
   return "WITH r AS (SELECT agent_id, phone_number, min(seq) AS seq FROM "
          "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, seq bigint) "
          "GROUP BY agent_id, phone_number), moved AS (UPDATE " +
-         schema + ".contacts AS cur SET " + sets +
-         " FROM r WHERE cur.agent_id = r.agent_id AND cur.phone_number = r.phone_number AND "
-         "COALESCE(cur.first_upsert_seq > r.seq, true) RETURNING cur.agent_id, "
-         "cur.phone_number, r.seq) DELETE FROM " +
+         schema +
+         ".contacts AS cur SET first_upsert_seq = r.seq, onboard_seq = CASE WHEN "
+         "cur.onboard_seq > r.seq THEN NULL ELSE cur.onboard_seq END FROM r WHERE cur.agent_id "
+         "= r.agent_id AND cur.phone_number = r.phone_number AND COALESCE(cur.first_upsert_seq "
+         "> r.seq, true) RETURNING cur.agent_id, cur.phone_number, r.seq) DELETE FROM " +
          schema +
          ".onboarding_log AS l USING moved WHERE l.agent_id = moved.agent_id AND "
          "l.phone_number = moved.phone_number AND l.stream_seq > moved.seq";
+}
+
+std::string SetWriter::OnboardedColumnSet(std::string_view column, const std::string& value) {
+  const bool onboarded = std::find(kOnboardedColumns.begin(), kOnboardedColumns.end(), column) !=
+                         kOnboardedColumns.end();
+  const std::string col = Quoted(column);
+  const std::string keep =
+      value == "NULL" ? "cur." + col : "COALESCE(" + value + ", cur." + col + ")";
+  if (!onboarded) return col + " = " + keep;
+  // A realtime upsert that comes before the message that onboarded the contact, while only
+  // that onboarding has written it: the contact did not exist yet, so the upsert's fields
+  // replace the onboarding's instead of filling in around them.
+  return col +
+         " = CASE WHEN cur.ver_seq = 0 AND cur.onboard_seq > EXCLUDED.ver_seq AND "
+         "EXCLUDED.ver_src = 1 THEN " +
+         value + " ELSE " + keep + " END";
 }
 
 void SetWriter::AppendOnboarding(std::string& array, const Mutation& m) {
@@ -273,8 +294,7 @@ bool SetWriter::MarksFirstUpsert(const Mutation& m) {
 
 std::string SetWriter::StepSql(const WriteStep& step) {
   const std::string schema = QuoteIdent(step.schema);
-  if (step.op == 'o') return OnboardingSql(schema);
-  if (step.op == 'c') return FirstUpsertSql(schema);
+  if (step.op == 'o' || step.op == 'm' || step.op == 'c') return OnboardingSql(step.op, schema);
   return BuildSql(schema + "." + Quoted(step.def->name), *step.def, step.op);
 }
 
@@ -338,9 +358,9 @@ std::vector<WriteStep> SetWriter::Plan(std::span<const Mutation> mutations,
     groups[it->second].push_back(i);
   }
 
-  // Onboarding of first inbound messages, then the first realtime contacts.upsert of each
-  // contact, per tenant, before the batch's contact writes (see OnboardingSql and
-  // FirstUpsertSql). A message that a contacts.upsert of its (agent, phone) in the batch
+  // Onboarding in stream order (see OnboardingSql), per tenant: contacts created, then taken
+  // over, before the batch's contact writes; the first realtime contacts.upsert of each
+  // contact after them. A message that a contacts.upsert of its (agent, phone) in the batch
   // precedes in the stream does not onboard: that saves creating a log row only to delete it.
   std::map<std::string, uint64_t> first_contact_upsert;  // tenant + key -> stream sequence
   std::map<std::string, std::string> marks;              // tenant -> json array
@@ -360,14 +380,16 @@ std::vector<WriteStep> SetWriter::Plan(std::span<const Mutation> mutations,
     if (known != first_contact_upsert.end() && known->second < mutations[i].version.seq) continue;
     AppendOnboarding(onboard[mutations[i].company_id], mutations[i]);
   }
-  for (auto& [tenant, arr] : onboard) {
-    steps.push_back(
-        {TenantSchemaName(tenant_prefix_, tenant), nullptr, 'o', {arr + "]", tenant}, {}, {}});
+  for (char op : {'o', 'm'}) {
+    for (auto& [tenant, arr] : onboard) {
+      steps.push_back(
+          {TenantSchemaName(tenant_prefix_, tenant), nullptr, op, {arr + "]", tenant}, {}, {}});
+    }
   }
+  for (const auto& g : groups) PlanGroup(mutations, g, out, steps);
   for (auto& [tenant, arr] : marks) {
     steps.push_back({TenantSchemaName(tenant_prefix_, tenant), nullptr, 'c', {arr + "]"}, {}, {}});
   }
-  for (const auto& g : groups) PlanGroup(mutations, g, out, steps);
   return steps;
 }
 

@@ -23,8 +23,8 @@ std::string QuoteIdent(std::string_view name);
 struct WriteStep {
   std::string schema;
   const handlers::TableDef* def = nullptr;  // null for onboarding
-  // 'u' upsert, 'p' update, 'x' stale check of updates, 'o' onboarding, 'c' first realtime
-  // contacts.upsert of each contact
+  // 'u' upsert, 'p' update, 'x' stale check of updates; onboarding: 'o' new contacts, 'm'
+  // contacts taken over, 'c' first realtime contacts.upsert of each contact
   char op = 'u';
   std::vector<std::string> params;
   std::map<std::string, size_t> upsert_by_key;  // 'u': key text -> mutation index
@@ -46,14 +46,17 @@ class SetWriter {
   static std::string StepSql(const WriteStep& step);
 
   // Onboarding in stream order (tenant migration 0002), shared with the row-at-a-time path.
-  // OnboardingSql takes $1 a jsonb array of AppendOnboarding records and $2 the tenant;
-  // FirstUpsertSql takes $1 an array of AppendContactSeq records, and runs before the
-  // contacts.upsert rows are written. `schema` is quoted.
-  static std::string OnboardingSql(const std::string& schema);
-  static std::string FirstUpsertSql(const std::string& schema);
+  // 'o' creates unknown contacts and 'm' takes known ones over, both with $1 a jsonb array of
+  // AppendOnboarding records and $2 the tenant; 'c' runs after the contacts.upsert rows are
+  // written, with $1 an array of AppendContactSeq records. `schema` is quoted.
+  static std::string OnboardingSql(char op, const std::string& schema);
+  // SET clause of a contacts.upsert for `column`, `value` being the new value or NULL when
+  // the event lacks the field: absent fields keep the stored value, except what only an
+  // onboarding later in the stream had written.
+  static std::string OnboardedColumnSet(std::string_view column, const std::string& value);
   static void AppendOnboarding(std::string& array, const handlers::Mutation& m);
   static void AppendContactSeq(std::string& array, const handlers::Mutation& m);
-  // True for a realtime contacts.upsert: FirstUpsertSql must see it.
+  // True for a realtime contacts.upsert: the 'c' statement must see it.
   static bool MarksFirstUpsert(const handlers::Mutation& m);
   // Stable prepared-statement name of the step's (schema, table, op).
   std::string StatementName(const WriteStep& step);

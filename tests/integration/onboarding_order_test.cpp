@@ -5,8 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
+#include <future>
 #include <nlohmann/json.hpp>
+#include <pqxx/pqxx>
 #include <random>
+#include <thread>
 
 #include "postgres/pg_store.hpp"
 #include "support/db.hpp"
@@ -194,6 +198,64 @@ TEST_F(OnboardingOrder, RedeliveringEveryEventChangesNothing) {
   std::reverse(again.begin(), again.end());
   twice.insert(twice.end(), again.begin(), again.end());
   EXPECT_EQ(Run(twice, 3, false), expected);
+}
+
+// Another writer (a replica, the DLQ worker) onboards the same contact at the same time:
+// its transaction holds the new contact row while this store writes an event of that
+// contact, and commits once the store's statement waits for it.
+std::string RaceWithUncommittedOnboarding(const std::string& dsn, postgres::PgStore& store,
+                                          const std::string& tenant, const Mutation& held,
+                                          const Mutation& racing) {
+  EXPECT_TRUE(store.EnsureTenant(tenant).ok());
+  const std::string schema = "\"" + std::string(kPrefix) + tenant + "\"";
+  pqxx::connection other(dsn);
+  pqxx::work tx(other);
+  std::string rows;
+  postgres::SetWriter::AppendOnboarding(rows, held);
+  rows += "]";
+  tx.exec_params0(postgres::SetWriter::OnboardingSql('o', schema), rows, tenant);
+  tx.exec_params0(postgres::SetWriter::OnboardingSql('m', schema), rows, tenant);
+
+  auto applied = std::async(std::launch::async, [&] {
+    auto r = store.Apply(std::vector<Mutation>{racing});
+    return r.ok() && r.value().at(0).outcome == pipeline::ApplyOutcome::kApplied;
+  });
+  // The store's statement is waiting for the held row lock.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  bool waiting = false;
+  while (!waiting && std::chrono::steady_clock::now() < deadline) {
+    waiting = TryQueryInt(dsn,
+                          "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                          "AND datname = current_database()")
+                  .value_or(0) > 0;
+    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(waiting) << "the store never waited for the concurrent writer";
+  tx.commit();
+  EXPECT_TRUE(applied.get());
+  return Dump(dsn, tenant);
+}
+
+TEST_F(OnboardingOrder, AConcurrentLaterMessageDoesNotKeepTheOnboarding) {
+  const std::string tenant = "race1";
+  std::vector<Mutation> stream = Stream(tenant);
+  // +300: m22 (later) held by the other writer while m12 (earlier) is written.
+  const std::string state =
+      RaceWithUncommittedOnboarding(dsn_, *store_, tenant, stream[6], stream[5]);
+  EXPECT_NE(state.find("a1|+300|chat-m12|m12|DirectChat|{Onboarded}|12"), std::string::npos)
+      << state;
+  EXPECT_EQ(state.find("m22"), std::string::npos) << state;
+}
+
+TEST_F(OnboardingOrder, AConcurrentLaterMessageLeavesNoLogRowWhenTheUpsertCameFirst) {
+  const std::string tenant = "race2";
+  std::vector<Mutation> stream = Stream(tenant);
+  // +200: m21 (later) held by the other writer while the contact's upsert (earlier) is
+  // written.
+  const std::string state =
+      RaceWithUncommittedOnboarding(dsn_, *store_, tenant, stream[4], stream[3]);
+  EXPECT_NE(state.find("a1|+200||Bob||||11||11"), std::string::npos) << state;
+  EXPECT_EQ(state.find("m21"), std::string::npos) << state;
 }
 
 }  // namespace
