@@ -272,31 +272,30 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
       keys += (i ? ", " : "") + Quoted(def.columns[i].name);
     }
     if (m.table == handlers::Table::kContacts) {
-      cols += "first_upsert_seq, ";  // as in SetWriter: the first realtime upsert, or 0
-      vals += "CASE WHEN " + ver_src + " = 1 THEN " + ver_seq + " ELSE 0 END, ";
-      // Absent fields too: the ones only an onboarding later in the stream wrote are dropped.
-      sets.clear();
-      for (size_t i = def.key_count; i < def.columns.size(); ++i) {
-        const std::string_view name = def.columns[i].name;
-        const bool present =
-            std::any_of(m.values.begin(), m.values.end(),
-                        [&](const handlers::Value& v) { return v.column->name == name; });
-        const std::string set = SetWriter::OnboardedColumnSet(
-            name, present ? "EXCLUDED." + Quoted(name) : std::string("NULL"));
-        if (present || set.find("CASE") != std::string::npos) sets += set + ", ";
-      }
+      // As SetWriter: the first realtime upsert, or 0; absent columns are NULL in EXCLUDED,
+      // as in the set-based statement.
+      sql = "INSERT INTO " + table + " AS cur (" + cols +
+            "first_upsert_seq, ver_ts, ver_src, ver_seq) VALUES (" + vals + "CASE WHEN " + ver_src +
+            " = 1 THEN " + ver_seq + " ELSE 0 END, " + ver_ts + ", " + ver_src + ", " + ver_seq +
+            ") ON CONFLICT (" + keys + ") " + SetWriter::ContactsUpsertConflict() + " RETURNING 1";
+    } else {
+      sql = "INSERT INTO " + table + " AS cur (" + cols + "ver_ts, ver_src, ver_seq) VALUES (" +
+            vals + ver_ts + ", " + ver_src + ", " + ver_seq + ") ON CONFLICT (" + keys +
+            ") DO UPDATE SET " + sets +
+            "ver_ts = EXCLUDED.ver_ts, ver_src = EXCLUDED.ver_src, ver_seq = EXCLUDED.ver_seq, "
+            "updated_at = now() WHERE (cur.ver_ts, cur.ver_src, cur.ver_seq) <= "
+            "(EXCLUDED.ver_ts, EXCLUDED.ver_src, EXCLUDED.ver_seq) RETURNING 1";
     }
-    sql = "INSERT INTO " + table + " AS cur (" + cols + "ver_ts, ver_src, ver_seq) VALUES (" +
-          vals + ver_ts + ", " + ver_src + ", " + ver_seq + ") ON CONFLICT (" + keys +
-          ") DO UPDATE SET " + sets +
-          "ver_ts = EXCLUDED.ver_ts, ver_src = EXCLUDED.ver_src, ver_seq = EXCLUDED.ver_seq, "
-          "updated_at = now() WHERE (cur.ver_ts, cur.ver_src, cur.ver_seq) <= (EXCLUDED.ver_ts, "
-          "EXCLUDED.ver_src, EXCLUDED.ver_seq) RETURNING 1";
   } else {
     std::string sets;
     for (size_t i = def.key_count; i < n; ++i) {
       const auto& col = *m.values[i].column;
       sets += Quoted(col.name) + " = " + Cast(col.type, param(i)) + ", ";
+    }
+    if (m.table == handlers::Table::kContacts) {
+      // The columns this event writes no longer hold what onboarding wrote.
+      sets += "onboarded_cols = cur.onboarded_cols & ~" +
+              std::to_string(SetWriter::OnboardedBits(m)) + ", ";
     }
     sql = "UPDATE " + table + " AS cur SET " + sets + "ver_ts = " + ver_ts +
           ", ver_src = " + ver_src + ", ver_seq = " + ver_seq + ", updated_at = now() WHERE " +

@@ -63,6 +63,30 @@ std::string RecordDefinition(const TableDef& def) {
   return out + ", ver_ts bigint, ver_src smallint, ver_seq bigint";
 }
 
+// The contact columns an onboarding message sets, and their bits in contacts.onboarded_cols
+// (set while the column holds what onboarding wrote and no contact event has written since).
+constexpr std::array<std::string_view, 4> kOnboardedColumns = {"chat_id", "origin", "tags",
+                                                               "assigned_to"};
+
+int OnboardedBit(std::string_view column) {
+  for (size_t i = 0; i < kOnboardedColumns.size(); ++i) {
+    if (kOnboardedColumns[i] == column) return 1 << i;
+  }
+  return 0;
+}
+
+// The bits of the onboarded columns whose value (`value_of(column)`) is not NULL.
+template <typename ValueOf>
+std::string MaskOf(ValueOf value_of) {
+  std::string out = "(";
+  for (std::string_view c : kOnboardedColumns) {
+    if (out.size() > 1) out += " | ";
+    out += "CASE WHEN " + value_of(c) + " IS NOT NULL THEN " + std::to_string(OnboardedBit(c)) +
+           " ELSE 0 END";
+  }
+  return out + ")";
+}
+
 // 'u' upsert, 'p' update, 'x' the updates that a newer stored version makes stale.
 std::string BuildSql(const std::string& table, const TableDef& def, char op) {
   const std::string from =
@@ -87,11 +111,8 @@ std::string BuildSql(const std::string& table, const TableDef& def, char op) {
       vals += Staged(c) + ", ";
       // Absent fields keep the stored value; is_deleted is never carried by an upsert.
       if (i >= def.key_count && c.name != "is_deleted") {
-        sets += def.table == handlers::Table::kContacts
-                    ? SetWriter::OnboardedColumnSet(c.name, "EXCLUDED." + Quoted(c.name))
-                    : Quoted(c.name) + " = COALESCE(EXCLUDED." + Quoted(c.name) + ", cur." +
-                          Quoted(c.name) + ")";
-        sets += ", ";
+        sets += Quoted(c.name) + " = COALESCE(EXCLUDED." + Quoted(c.name) + ", cur." +
+                Quoted(c.name) + "), ";
       }
     }
     if (def.table == handlers::Table::kContacts) {
@@ -99,6 +120,9 @@ std::string BuildSql(const std::string& table, const TableDef& def, char op) {
       // history item's contact counts as existing from the start.
       cols += "first_upsert_seq, ";
       vals += "CASE WHEN r.ver_src = 1 THEN r.ver_seq ELSE 0 END, ";
+      return "INSERT INTO " + table + " AS cur (" + cols + "ver_ts, ver_src, ver_seq) SELECT " +
+             vals + "r.ver_ts, r.ver_src, r.ver_seq" + from + " ON CONFLICT (" + keys + ") " +
+             SetWriter::ContactsUpsertConflict() + " RETURNING " + keys;
     }
     return "INSERT INTO " + table + " AS cur (" + cols + "ver_ts, ver_src, ver_seq) SELECT " +
            vals + "r.ver_ts, r.ver_src, r.ver_seq" + from + " ON CONFLICT (" + keys +
@@ -115,6 +139,10 @@ std::string BuildSql(const std::string& table, const TableDef& def, char op) {
       std::string v = Staged(c);
       if (c.name == "is_deleted") v = "r.is_deleted";
       sets += Quoted(c.name) + " = COALESCE(" + v + ", cur." + Quoted(c.name) + "), ";
+    }
+    if (def.table == handlers::Table::kContacts) {
+      sets += "onboarded_cols = cur.onboarded_cols & ~" +
+              MaskOf([](std::string_view c) { return "r." + Quoted(c); }) + ", ";
     }
     return "UPDATE " + table + " AS cur SET " + sets +
            "ver_ts = r.ver_ts, ver_src = r.ver_src, ver_seq = r.ver_seq, updated_at = now()" +
@@ -181,14 +209,6 @@ std::string KeyOf(const Mutation& m, size_t key_count) {
 
 }  // namespace
 
-namespace {
-
-// The contact columns an onboarding message sets.
-constexpr std::array<std::string_view, 4> kOnboardedColumns = {"chat_id", "origin", "tags",
-                                                               "assigned_to"};
-
-}  // namespace
-
 std::string SetWriter::OnboardingSql(char op, const std::string& schema) {
   // Each statement takes a fresh snapshot, after the previous one waited for any concurrent
   // writer of the same rows: a replica or the DLQ worker onboarding the same contact at the
@@ -203,30 +223,42 @@ std::string SetWriter::OnboardingSql(char op, const std::string& schema) {
       ".onboarding_log (agent_id, phone_number, company_id, chat_id, message_id, origin, tags, "
       "stream_seq) SELECT r.agent_id, r.phone_number, $2, NULLIF(r.chat_id, ''), r.message_id, "
       "r.origin, r.tags, r.seq FROM r JOIN ";
+  // The value an onboarding message gives contact column `c`.
+  const auto value = [](std::string_view c) {
+    return c == "tags" ? std::string("r.tags") : "NULLIF(r." + Quoted(c) + ", '')";
+  };
   if (op == 'o') {
     // An unknown contact: created with the lowest version (any real contact event overrides
     // it), and logged.
     return candidates + ", created AS (INSERT INTO " + schema +
            ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, assigned_to, "
-           "ver_ts, ver_src, ver_seq, onboard_seq, first_upsert_seq) SELECT agent_id, "
-           "phone_number, $2, NULLIF(chat_id, ''), origin, tags, NULLIF(assigned_to, ''), 0, 0, "
-           "0, seq, NULL FROM r ON CONFLICT (agent_id, phone_number) DO NOTHING RETURNING "
-           "agent_id, phone_number)" +
+           "ver_ts, ver_src, ver_seq, onboard_seq, first_upsert_seq, onboarded_cols) SELECT "
+           "agent_id, phone_number, $2, NULLIF(chat_id, ''), origin, tags, NULLIF(assigned_to, "
+           "''), 0, 0, 0, seq, NULL, " +
+           MaskOf(value) +
+           " FROM r ON CONFLICT (agent_id, phone_number) DO NOTHING RETURNING agent_id, "
+           "phone_number)" +
            log_insert +
            "created USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO "
            "NOTHING";
   }
   if (op == 'm') {
     // A known contact is taken over when this message comes before its first realtime
-    // contacts.upsert and before the message that onboarded it so far. Its content becomes
-    // this message's where only onboarding had set it.
+    // contacts.upsert and before the message that onboarded it so far. The columns that
+    // still hold what onboarding wrote, or nothing, take this message's values; what contact
+    // events wrote stays, as it would on top of this message's onboarding.
     std::string sets = "onboard_seq = r.seq";
+    std::string mask = "(";
     for (std::string_view c : kOnboardedColumns) {
       const std::string col = Quoted(c);
-      const std::string v = c == "tags" ? "r.tags" : "NULLIF(r." + col + ", '')";
-      sets += ", " + col + " = CASE WHEN cur.ver_seq = 0 THEN " + v + " ELSE COALESCE(cur." + col +
-              ", " + v + ") END";
+      const std::string bit = std::to_string(OnboardedBit(c));
+      const std::string take = "(cur.onboarded_cols & " + bit + " <> 0 OR cur." + col + " IS NULL)";
+      sets +=
+          ", " + col + " = CASE WHEN " + take + " THEN " + value(c) + " ELSE cur." + col + " END";
+      mask += (mask.size() > 1 ? " | " : "") + std::string("CASE WHEN ") + take + " AND " +
+              value(c) + " IS NOT NULL THEN " + bit + " ELSE 0 END";
     }
+    sets += ", onboarded_cols = " + mask + ")";
     return candidates + ", moved AS (UPDATE " + schema + ".contacts AS cur SET " + sets +
            " FROM r WHERE cur.agent_id = r.agent_id AND cur.phone_number = r.phone_number AND "
            "COALESCE(cur.first_upsert_seq > r.seq, true) AND COALESCE(cur.onboard_seq > r.seq, "
@@ -238,7 +270,7 @@ std::string SetWriter::OnboardingSql(char op, const std::string& schema) {
   }
   // 'c', after the contacts.upsert rows are written: a contact that a later message
   // onboarded existed earlier in stream order, so its log row goes. (The upsert itself
-  // dropped the content only that onboarding had given it, see OnboardedColumnSet.)
+  // replaced what only that onboarding had written, see ContactsUpsertConflict.)
   return "WITH r AS (SELECT agent_id, phone_number, min(seq) AS seq FROM "
          "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, seq bigint) "
          "GROUP BY agent_id, phone_number), moved AS (UPDATE " +
@@ -252,20 +284,45 @@ std::string SetWriter::OnboardingSql(char op, const std::string& schema) {
          "l.phone_number = moved.phone_number AND l.stream_seq > moved.seq";
 }
 
-std::string SetWriter::OnboardedColumnSet(std::string_view column, const std::string& value) {
-  const bool onboarded = std::find(kOnboardedColumns.begin(), kOnboardedColumns.end(), column) !=
-                         kOnboardedColumns.end();
-  const std::string col = Quoted(column);
-  const std::string keep =
-      value == "NULL" ? "cur." + col : "COALESCE(" + value + ", cur." + col + ")";
-  if (!onboarded) return col + " = " + keep;
-  // A realtime upsert that comes before the message that onboarded the contact, while only
-  // that onboarding has written it: the contact did not exist yet, so the upsert's fields
-  // replace the onboarding's instead of filling in around them.
-  return col +
-         " = CASE WHEN cur.ver_seq = 0 AND cur.onboard_seq > EXCLUDED.ver_seq AND "
-         "EXCLUDED.ver_src = 1 THEN " +
-         value + " ELSE " + keep + " END";
+std::string SetWriter::ContactsUpsertConflict() {
+  const TableDef& def = handlers::Definition(handlers::Table::kContacts);
+  // newer: the usual version guard. first: this realtime upsert comes before the message
+  // that onboarded the contact and before any other realtime upsert of it, so in stream
+  // order it created the contact and the onboarding never happened. It then applies even
+  // when a later event already wrote the contact: under those events' values (it is older),
+  // but over what only onboarding wrote, which it replaces.
+  const std::string newer =
+      "(cur.ver_ts, cur.ver_src, cur.ver_seq) <= (EXCLUDED.ver_ts, EXCLUDED.ver_src, "
+      "EXCLUDED.ver_seq)";
+  const std::string first =
+      "(EXCLUDED.ver_src = 1 AND cur.onboard_seq > EXCLUDED.ver_seq AND "
+      "COALESCE(cur.first_upsert_seq > EXCLUDED.ver_seq, true))";
+  std::string sets;
+  for (size_t i = def.key_count; i < def.columns.size(); ++i) {
+    const std::string col = Quoted(def.columns[i].name);
+    const std::string ex = "EXCLUDED." + col;
+    const std::string cu = "cur." + col;
+    sets += col + " = CASE ";
+    if (const int bit = OnboardedBit(def.columns[i].name); bit != 0) {
+      sets += "WHEN " + first + " AND cur.onboarded_cols & " + std::to_string(bit) + " <> 0 THEN " +
+              ex + " ";
+    }
+    sets += "WHEN " + newer + " THEN COALESCE(" + ex + ", " + cu + ") ELSE COALESCE(" + cu + ", " +
+            ex + ") END, ";
+  }
+  sets += "onboarded_cols = CASE WHEN " + first + " THEN 0 ELSE cur.onboarded_cols & ~" +
+          MaskOf([](std::string_view c) { return "EXCLUDED." + Quoted(c); }) + " END, ";
+  for (std::string_view v : {"ver_ts", "ver_src", "ver_seq"}) {
+    sets += std::string(v) + " = CASE WHEN " + newer + " THEN EXCLUDED." + std::string(v) +
+            " ELSE cur." + std::string(v) + " END, ";
+  }
+  return "DO UPDATE SET " + sets + "updated_at = now() WHERE " + newer + " OR " + first;
+}
+
+int SetWriter::OnboardedBits(const Mutation& m) {
+  int bits = 0;
+  for (const auto& v : m.values) bits |= OnboardedBit(v.column->name);
+  return bits;
 }
 
 void SetWriter::AppendOnboarding(std::string& array, const Mutation& m) {

@@ -50,10 +50,12 @@ class SetWriter {
   // AppendOnboarding records and $2 the tenant; 'c' runs after the contacts.upsert rows are
   // written, with $1 an array of AppendContactSeq records. `schema` is quoted.
   static std::string OnboardingSql(char op, const std::string& schema);
-  // SET clause of a contacts.upsert for `column`, `value` being the new value or NULL when
-  // the event lacks the field: absent fields keep the stored value, except what only an
-  // onboarding later in the stream had written.
-  static std::string OnboardedColumnSet(std::string_view column, const std::string& value);
+  // ON CONFLICT clause of a contacts.upsert (EXCLUDED the new row, cur the stored one):
+  // the version guard, except for an upsert that comes before the contact's onboarding in
+  // the stream, which replaces what only onboarding wrote.
+  static std::string ContactsUpsertConflict();
+  // contacts.onboarded_cols bits of the columns a contacts.update carries.
+  static int OnboardedBits(const handlers::Mutation& m);
   static void AppendOnboarding(std::string& array, const handlers::Mutation& m);
   static void AppendContactSeq(std::string& array, const handlers::Mutation& m);
   // True for a realtime contacts.upsert: the 'c' statement must see it.
