@@ -321,9 +321,7 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
   if (m.onboarding) {
     std::string rows;
     SetWriter::AppendOnboarding(rows, m);
-    rows += "]";
-    tx.exec_params0(SetWriter::OnboardingSql('o', schema), rows, m.company_id);
-    tx.exec_params0(SetWriter::OnboardingSql('m', schema), rows, m.company_id);
+    tx.exec_params0(SetWriter::OnboardingSql('o', schema), rows + "]", m.company_id);
   }
   if (SetWriter::MarksFirstUpsert(m)) {
     std::string rows;

@@ -228,45 +228,39 @@ std::string SetWriter::OnboardingSql(char op, const std::string& schema) {
     return c == "tags" ? std::string("r.tags") : "NULLIF(r." + Quoted(c) + ", '')";
   };
   if (op == 'o') {
-    // An unknown contact: created with the lowest version (any real contact event overrides
-    // it), and logged.
-    return candidates + ", created AS (INSERT INTO " + schema +
-           ".contacts (agent_id, phone_number, company_id, chat_id, origin, tags, assigned_to, "
-           "ver_ts, ver_src, ver_seq, onboard_seq, first_upsert_seq, onboarded_cols) SELECT "
-           "agent_id, phone_number, $2, NULLIF(chat_id, ''), origin, tags, NULLIF(assigned_to, "
-           "''), 0, 0, 0, seq, NULL, " +
-           MaskOf(value) +
-           " FROM r ON CONFLICT (agent_id, phone_number) DO NOTHING RETURNING agent_id, "
-           "phone_number)" +
-           log_insert +
-           "created USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO "
-           "NOTHING";
-  }
-  if (op == 'm') {
-    // A known contact is taken over when this message comes before its first realtime
-    // contacts.upsert and before the message that onboarded it so far. The columns that
-    // still hold what onboarding wrote, or nothing, take this message's values; what contact
-    // events wrote stays, as it would on top of this message's onboarding.
-    std::string sets = "onboard_seq = r.seq";
+    // An unknown contact is created with the lowest version (any real contact event
+    // overrides it). A known one is taken over when this message comes before its first
+    // realtime contacts.upsert and before the message that onboarded it so far: the columns
+    // that still hold what onboarding wrote, or nothing, take this message's values; what
+    // contact events wrote stays, as it would on top of this message's onboarding. ON
+    // CONFLICT judges the latest version of the row, also one a concurrent writer (a
+    // replica, the DLQ worker) committed while this statement waited for it.
+    std::string sets = "onboard_seq = EXCLUDED.onboard_seq";
     std::string mask = "(";
     for (std::string_view c : kOnboardedColumns) {
       const std::string col = Quoted(c);
       const std::string bit = std::to_string(OnboardedBit(c));
       const std::string take = "(cur.onboarded_cols & " + bit + " <> 0 OR cur." + col + " IS NULL)";
-      sets +=
-          ", " + col + " = CASE WHEN " + take + " THEN " + value(c) + " ELSE cur." + col + " END";
-      mask += (mask.size() > 1 ? " | " : "") + std::string("CASE WHEN ") + take + " AND " +
-              value(c) + " IS NOT NULL THEN " + bit + " ELSE 0 END";
+      sets += ", " + col + " = CASE WHEN " + take + " THEN EXCLUDED." + col + " ELSE cur." + col +
+              " END";
+      mask += (mask.size() > 1 ? " | " : "") + std::string("CASE WHEN ") + take + " AND EXCLUDED." +
+              col + " IS NOT NULL THEN " + bit + " ELSE 0 END";
     }
     sets += ", onboarded_cols = " + mask + ")";
-    return candidates + ", moved AS (UPDATE " + schema + ".contacts AS cur SET " + sets +
-           " FROM r WHERE cur.agent_id = r.agent_id AND cur.phone_number = r.phone_number AND "
-           "COALESCE(cur.first_upsert_seq > r.seq, true) AND COALESCE(cur.onboard_seq > r.seq, "
-           "true) RETURNING cur.agent_id, cur.phone_number)" +
+    return candidates + ", onboarded AS (INSERT INTO " + schema +
+           ".contacts AS cur (agent_id, phone_number, company_id, chat_id, origin, tags, "
+           "assigned_to, ver_ts, ver_src, ver_seq, onboard_seq, first_upsert_seq, "
+           "onboarded_cols) SELECT agent_id, phone_number, $2, NULLIF(chat_id, ''), origin, "
+           "tags, NULLIF(assigned_to, ''), 0, 0, 0, seq, NULL, " +
+           MaskOf(value) + " FROM r ON CONFLICT (agent_id, phone_number) DO UPDATE SET " + sets +
+           " WHERE COALESCE(cur.first_upsert_seq > EXCLUDED.onboard_seq, true) AND "
+           "COALESCE(cur.onboard_seq > EXCLUDED.onboard_seq, true) RETURNING agent_id, "
+           "phone_number)" +
            log_insert +
-           "moved USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO UPDATE "
-           "SET chat_id = EXCLUDED.chat_id, message_id = EXCLUDED.message_id, origin = "
-           "EXCLUDED.origin, tags = EXCLUDED.tags, stream_seq = EXCLUDED.stream_seq";
+           "onboarded USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO "
+           "UPDATE SET chat_id = EXCLUDED.chat_id, message_id = EXCLUDED.message_id, origin = "
+           "EXCLUDED.origin, tags = EXCLUDED.tags, stream_seq = EXCLUDED.stream_seq WHERE "
+           "onboarding_log.stream_seq > EXCLUDED.stream_seq";
   }
   // 'c', after the contacts.upsert rows are written: a contact that a later message
   // onboarded existed earlier in stream order, so its log row goes. (The upsert itself
@@ -351,7 +345,7 @@ bool SetWriter::MarksFirstUpsert(const Mutation& m) {
 
 std::string SetWriter::StepSql(const WriteStep& step) {
   const std::string schema = QuoteIdent(step.schema);
-  if (step.op == 'o' || step.op == 'm' || step.op == 'c') return OnboardingSql(step.op, schema);
+  if (step.op == 'o' || step.op == 'c') return OnboardingSql(step.op, schema);
   return BuildSql(schema + "." + Quoted(step.def->name), *step.def, step.op);
 }
 
@@ -437,11 +431,9 @@ std::vector<WriteStep> SetWriter::Plan(std::span<const Mutation> mutations,
     if (known != first_contact_upsert.end() && known->second < mutations[i].version.seq) continue;
     AppendOnboarding(onboard[mutations[i].company_id], mutations[i]);
   }
-  for (char op : {'o', 'm'}) {
-    for (auto& [tenant, arr] : onboard) {
-      steps.push_back(
-          {TenantSchemaName(tenant_prefix_, tenant), nullptr, op, {arr + "]", tenant}, {}, {}});
-    }
+  for (auto& [tenant, arr] : onboard) {
+    steps.push_back(
+        {TenantSchemaName(tenant_prefix_, tenant), nullptr, 'o', {arr + "]", tenant}, {}, {}});
   }
   for (const auto& g : groups) PlanGroup(mutations, g, out, steps);
   for (auto& [tenant, arr] : marks) {

@@ -23,8 +23,8 @@ std::string QuoteIdent(std::string_view name);
 struct WriteStep {
   std::string schema;
   const handlers::TableDef* def = nullptr;  // null for onboarding
-  // 'u' upsert, 'p' update, 'x' stale check of updates; onboarding: 'o' new contacts, 'm'
-  // contacts taken over, 'c' first realtime contacts.upsert of each contact
+  // 'u' upsert, 'p' update, 'x' stale check of updates; onboarding: 'o' contacts created or
+  // taken over, 'c' first realtime contacts.upsert of each contact
   char op = 'u';
   std::vector<std::string> params;
   std::map<std::string, size_t> upsert_by_key;  // 'u': key text -> mutation index
@@ -46,7 +46,7 @@ class SetWriter {
   static std::string StepSql(const WriteStep& step);
 
   // Onboarding in stream order (tenant migration 0002), shared with the row-at-a-time path.
-  // 'o' creates unknown contacts and 'm' takes known ones over, both with $1 a jsonb array of
+  // 'o' creates unknown contacts or takes known ones over, with $1 a jsonb array of
   // AppendOnboarding records and $2 the tenant; 'c' runs after the contacts.upsert rows are
   // written, with $1 an array of AppendContactSeq records. `schema` is quoted.
   static std::string OnboardingSql(char op, const std::string& schema);

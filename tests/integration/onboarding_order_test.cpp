@@ -259,9 +259,7 @@ std::string RaceWithUncommittedOnboarding(const std::string& dsn, postgres::PgSt
   pqxx::work tx(other);
   std::string rows;
   postgres::SetWriter::AppendOnboarding(rows, held);
-  rows += "]";
-  tx.exec_params0(postgres::SetWriter::OnboardingSql('o', schema), rows, tenant);
-  tx.exec_params0(postgres::SetWriter::OnboardingSql('m', schema), rows, tenant);
+  tx.exec_params0(postgres::SetWriter::OnboardingSql('o', schema), rows + "]", tenant);
 
   auto applied = std::async(std::launch::async, [&] {
     auto r = store.Apply(std::vector<Mutation>{racing});
