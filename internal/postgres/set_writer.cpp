@@ -264,18 +264,19 @@ std::string SetWriter::OnboardingSql(char op, const std::string& schema) {
   }
   // 'c', after the contacts.upsert rows are written: a contact that a later message
   // onboarded existed earlier in stream order, so its log row goes. (The upsert itself
-  // replaced what only that onboarding had written, see ContactsUpsertConflict.)
+  // replaced what only that onboarding had written and lowered first_upsert_seq when it
+  // applied, see ContactsUpsertConflict; the UPDATE here is for the stale ones.)
   return "WITH r AS (SELECT agent_id, phone_number, min(seq) AS seq FROM "
          "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, seq bigint) "
-         "GROUP BY agent_id, phone_number), moved AS (UPDATE " +
+         "GROUP BY agent_id, phone_number), lowered AS (UPDATE " +
          schema +
          ".contacts AS cur SET first_upsert_seq = r.seq, onboard_seq = CASE WHEN "
          "cur.onboard_seq > r.seq THEN NULL ELSE cur.onboard_seq END FROM r WHERE cur.agent_id "
          "= r.agent_id AND cur.phone_number = r.phone_number AND COALESCE(cur.first_upsert_seq "
-         "> r.seq, true) RETURNING cur.agent_id, cur.phone_number, r.seq) DELETE FROM " +
+         "> r.seq, true)) DELETE FROM " +
          schema +
-         ".onboarding_log AS l USING moved WHERE l.agent_id = moved.agent_id AND "
-         "l.phone_number = moved.phone_number AND l.stream_seq > moved.seq";
+         ".onboarding_log AS l USING r WHERE l.agent_id = r.agent_id AND l.phone_number = "
+         "r.phone_number AND l.stream_seq > r.seq";
 }
 
 std::string SetWriter::ContactsUpsertConflict() {
@@ -306,6 +307,13 @@ std::string SetWriter::ContactsUpsertConflict() {
   }
   sets += "onboarded_cols = CASE WHEN " + first + " THEN 0 ELSE cur.onboarded_cols & ~" +
           MaskOf([](std::string_view c) { return "EXCLUDED." + Quoted(c); }) + " END, ";
+  // What the 'c' statement records, done here when the row is written anyway (a second
+  // write of the same row in the transaction would cost a second row version).
+  const std::string earliest =
+      "(EXCLUDED.ver_src = 1 AND COALESCE(cur.first_upsert_seq > EXCLUDED.ver_seq, true))";
+  sets += "first_upsert_seq = CASE WHEN " + earliest +
+          " THEN EXCLUDED.ver_seq ELSE cur.first_upsert_seq END, onboard_seq = CASE WHEN " + first +
+          " THEN NULL ELSE cur.onboard_seq END, ";
   for (std::string_view v : {"ver_ts", "ver_src", "ver_seq"}) {
     sets += std::string(v) + " = CASE WHEN " + newer + " THEN EXCLUDED." + std::string(v) +
             " ELSE cur." + std::string(v) + " END, ";
