@@ -210,9 +210,7 @@ std::string KeyOf(const Mutation& m, size_t key_count) {
 }  // namespace
 
 std::string SetWriter::OnboardingSql(char op, const std::string& schema) {
-  // Each statement takes a fresh snapshot, after the previous one waited for any concurrent
-  // writer of the same rows: a replica or the DLQ worker onboarding the same contact at the
-  // same time is seen by the next statement.
+  // 'o' onboards (below); 'c' records first realtime upserts (at the end).
   const std::string candidates =
       "WITH r AS (SELECT DISTINCT ON (agent_id, phone_number) * FROM "
       "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, chat_id text, "
