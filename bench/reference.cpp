@@ -15,7 +15,8 @@
 //                     it saw that (unix seconds with microseconds). Exit 0 drained, 3 after
 //                     --timeout-s, 4 when --pid died without draining (after 5 s for acks
 //                     in flight). One process with one connection: measuring costs next to
-//                     no CPU, unlike a curl + jq poll.
+//                     no CPU, unlike a curl + jq poll. --trace FILE writes one line per poll:
+//                     "unix-seconds backlog".
 //
 // Prints one line "reference: key=value ..." that bench/run.sh parses. Exit status: 0 done,
 // 1 a server or database error, 2 bad arguments.
@@ -63,6 +64,7 @@ struct Options {
   bool wait_drained = false;
   int64_t timeout_s = 600;
   int64_t pid = 0;  // --wait-drained: the process expected to drain the consumer
+  std::string trace;  // --wait-drained: file of "unix-seconds backlog" lines, one per poll
 };
 
 [[noreturn]] void Usage(const std::string& why) {
@@ -72,7 +74,7 @@ struct Options {
                "       [--stream NAME] [--durable NAME] [--table NAME] [--batch N]\n"
                "       [--writers N] [--limit N] [--idle-exit-ms N]\n"
                "       evp_bench_reference --wait-drained --nats URL --stream NAME --durable NAME\n"
-               "       [--timeout-s N] [--pid PID]\n",
+               "       [--timeout-s N] [--pid PID] [--trace FILE]\n",
                why.c_str());
   std::exit(2);
 }
@@ -120,6 +122,8 @@ Options ParseArgs(int argc, char** argv) {
       o.timeout_s = number();
     } else if (a == "--pid") {
       o.pid = number();
+    } else if (a == "--trace") {
+      o.trace = value();
     } else {
       Usage("unknown argument " + a);
     }
@@ -526,35 +530,46 @@ int RunNaive(const Options& o) {
 
 }  // namespace
 
+// Wall-clock time as "unix-seconds.microseconds".
+std::string UnixNow() {
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+  char text[32];
+  std::snprintf(text, sizeof text, "%lld.%06lld", static_cast<long long>(us / 1'000'000),
+                static_cast<long long>(us % 1'000'000));
+  return text;
+}
+
 int WaitDrained(const Options& o) {
   Nats nats(o.nats_url);
+  std::FILE* trace = o.trace.empty() ? nullptr : std::fopen(o.trace.c_str(), "w");
+  if (!o.trace.empty() && trace == nullptr) Usage("cannot write " + o.trace);
   const auto deadline = Clock::now() + std::chrono::seconds(o.timeout_s);
   std::optional<Clock::time_point> dead_since;
   std::string last = "no consumer";
+  auto finish = [&](int rc, const std::string& out) {
+    if (trace != nullptr) std::fclose(trace);
+    std::printf("%s\n", out.c_str());
+    return rc;
+  };
   while (true) {
     auto backlog = nats.Backlog(o.stream, o.durable);
-    if (backlog && *backlog == 0) {
-      const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
-                          std::chrono::system_clock::now().time_since_epoch())
-                          .count();
-      std::printf("%lld.%06lld\n", static_cast<long long>(us / 1'000'000),
-                  static_cast<long long>(us % 1'000'000));
-      return 0;
+    const std::string now = UnixNow();
+    if (trace != nullptr && backlog) {
+      std::fprintf(trace, "%s %lld\n", now.c_str(), static_cast<long long>(*backlog));
     }
+    if (backlog && *backlog == 0) return finish(0, now);
     if (backlog) last = std::to_string(*backlog);
     if (o.pid > 0 && kill(static_cast<pid_t>(o.pid), 0) != 0) {
       if (!dead_since) dead_since = Clock::now();
       if (Clock::now() - *dead_since > std::chrono::seconds(5)) {
         std::fprintf(stderr, "evp_bench_reference: pid %lld died with backlog %s\n",
                      static_cast<long long>(o.pid), last.c_str());
-        std::printf("%s\n", last.c_str());
-        return 4;
+        return finish(4, last);
       }
     }
-    if (Clock::now() > deadline) {
-      std::printf("%s\n", last.c_str());
-      return 3;
-    }
+    if (Clock::now() > deadline) return finish(3, last);
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }

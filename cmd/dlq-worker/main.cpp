@@ -68,7 +68,8 @@ int main() {
   if (!advisory_src) return 0;
   pipeline::LoopHealth advisory_health;
   std::thread advisories([&] {
-    postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix);
+    postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix,
+                            static_cast<size_t>(config.db_statement_cache));
     pipeline::SystemClock clock;
     nats::JetStreamDeadLetterSink sink(conn);
     nats::JetStreamMessageStore messages(conn);
@@ -83,7 +84,8 @@ int main() {
   std::vector<std::thread> workers;
   for (int i = 0; i < config.dlq_workers; ++i) {
     workers.emplace_back([&, i] {
-      postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix);
+      postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix,
+                              static_cast<size_t>(config.db_statement_cache));
       pipeline::SystemClock clock;
       nats::JetStreamDeadLetterSink sink(conn);
       dlq::DlqHandler handler(config, schemas.value(), store, store, sink, clock, metrics);

@@ -130,6 +130,11 @@ std::vector<Key> Keys(Binary binary) {
       [](Config& c, int64_t v) { c.db_pool_size = static_cast<int>(v); },
       [](const Config& c) { return c.db_pool_size; }));
   keys.push_back(IntKey(
+      "DB_STATEMENT_CACHE",
+      "prepared statements kept per writer connection (each costs PostgreSQL 70-350 KB)", "2000",
+      16, 1000000, [](Config& c, int64_t v) { c.db_statement_cache = static_cast<int>(v); },
+      [](const Config& c) { return c.db_statement_cache; }));
+  keys.push_back(IntKey(
       "HTTP_PORT",
       "port of /healthz, /readyz and /metrics (default 8080 for events-processor, 8081 for "
       "dlq-worker)",

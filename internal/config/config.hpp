@@ -26,6 +26,7 @@ struct Config {
   std::string nats_creds_file;
   std::string postgres_dsn;
   int db_pool_size = 4;
+  int db_statement_cache = 2000;
 
   // HTTP and logs.
   int http_port = 8080;

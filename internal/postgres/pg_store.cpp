@@ -147,11 +147,12 @@ struct PgStore::Connection {
   pqxx::connection conn;
 };
 
-PgStore::PgStore(std::string dsn, std::string ops_schema, std::string tenant_prefix)
+PgStore::PgStore(std::string dsn, std::string ops_schema, std::string tenant_prefix,
+                 size_t statement_cache)
     : dsn_(std::move(dsn)),
       ops_schema_(std::move(ops_schema)),
       tenant_prefix_(std::move(tenant_prefix)),
-      pipelined_(dsn_, tenant_prefix_) {}
+      pipelined_(dsn_, tenant_prefix_, statement_cache) {}
 
 PgStore::~PgStore() = default;
 
@@ -408,16 +409,35 @@ Result<bool, StoreError> PgStore::RecordExhausted(const DeadLetter& dl,
 PgWriterPool::PgWriterPool(const Config& config, int size) {
   for (int i = 0; i < std::max(1, size); ++i) {
     stores_.push_back(std::make_unique<PgStore>(config.postgres_dsn, config.ops_schema,
-                                                config.tenant_schema_prefix));
+                                                config.tenant_schema_prefix,
+                                                static_cast<size_t>(config.db_statement_cache)));
   }
+  tenants_at_.assign(stores_.size(), 0);
+}
+
+size_t PgWriterPool::HomeOf(const std::string& company_id) {
+  auto it = home_.find(company_id);
+  if (it != home_.end()) return it->second;
+  const size_t home = static_cast<size_t>(std::min_element(tenants_at_.begin(), tenants_at_.end()) -
+                                          tenants_at_.begin());
+  ++tenants_at_[home];
+  home_.emplace(company_id, home);
+  return home;
+}
+
+size_t PgWriterPool::ConnectionOf(const std::string& company_id) {
+  std::lock_guard lock(known_mu_);
+  return HomeOf(company_id);
 }
 
 Result<Unit, StoreError> PgWriterPool::EnsureTenant(const std::string& company_id) {
+  size_t home = 0;
   {
     std::lock_guard lock(known_mu_);
     if (known_tenants_.count(company_id) != 0) return Unit{};
+    home = HomeOf(company_id);
   }
-  auto r = stores_.front()->EnsureTenant(company_id);
+  auto r = stores_[home]->EnsureTenant(company_id);
   if (r.ok()) {
     std::lock_guard lock(known_mu_);
     known_tenants_.insert(company_id);
@@ -426,23 +446,26 @@ Result<Unit, StoreError> PgWriterPool::EnsureTenant(const std::string& company_i
 }
 
 void PgWriterPool::PrepareTenants(const std::vector<std::string>& company_ids) {
-  std::vector<std::string> unknown;
+  // Each connection creates the unknown tenants it is home to; failures are left to
+  // EnsureTenant, which repeats the attempt and reports the error.
+  std::vector<std::vector<std::string>> unknown(stores_.size());
+  size_t count = 0;
   {
     std::lock_guard lock(known_mu_);
     for (const auto& id : company_ids) {
-      if (known_tenants_.count(id) == 0) unknown.push_back(id);
+      if (known_tenants_.count(id) != 0) continue;
+      unknown[HomeOf(id)].push_back(id);
+      ++count;
     }
   }
-  if (unknown.size() < 2 || stores_.size() < 2) return;  // EnsureTenant does it
-  // Connection k creates tenants k, k + n, k + 2n, ...; failures are left to EnsureTenant,
-  // which repeats the attempt and reports the error.
-  const size_t n = std::min(stores_.size(), unknown.size());
+  if (count < 2 || stores_.size() < 2) return;  // EnsureTenant does it
   std::vector<std::future<std::vector<std::string>>> created;
-  for (size_t k = 0; k < n; ++k) {
-    created.push_back(std::async(std::launch::async, [this, k, n, &unknown] {
+  for (size_t k = 0; k < stores_.size(); ++k) {
+    if (unknown[k].empty()) continue;
+    created.push_back(std::async(std::launch::async, [this, k, &unknown] {
       std::vector<std::string> ready;
-      for (size_t i = k; i < unknown.size(); i += n) {
-        if (stores_[k]->EnsureTenant(unknown[i]).ok()) ready.push_back(unknown[i]);
+      for (const std::string& id : unknown[k]) {
+        if (stores_[k]->EnsureTenant(id).ok()) ready.push_back(id);
       }
       return ready;
     }));
@@ -465,13 +488,13 @@ Result<std::vector<ApplyResult>, StoreError> PgWriterPool::Apply(
     std::span<const Mutation> mutations) {
   const size_t n = stores_.size();
   if (n == 1) return stores_.front()->Apply(mutations);
-  // Tenant -> connection, stable within the batch: all of a tenant's events in one
-  // transaction. Tenants are dealt round-robin in order of appearance to balance the load.
+  // Each tenant's events go to its home connection: all of them in one transaction.
   std::vector<std::vector<size_t>> parts(n);
-  std::unordered_map<std::string, size_t> part_of;
-  for (size_t i = 0; i < mutations.size(); ++i) {
-    auto [it, inserted] = part_of.try_emplace(mutations[i].company_id, part_of.size() % n);
-    parts[it->second].push_back(i);
+  {
+    std::lock_guard lock(known_mu_);
+    for (size_t i = 0; i < mutations.size(); ++i) {
+      parts[HomeOf(mutations[i].company_id)].push_back(i);
+    }
   }
   std::vector<std::vector<Mutation>> inputs(n);
   for (size_t p = 0; p < n; ++p) {

@@ -10,6 +10,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "config/config.hpp"
@@ -27,7 +28,8 @@ std::string TenantSchemaName(const std::string& prefix, const std::string& compa
 
 class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedStore {
  public:
-  PgStore(std::string dsn, std::string ops_schema, std::string tenant_prefix);
+  PgStore(std::string dsn, std::string ops_schema, std::string tenant_prefix,
+          size_t statement_cache = PipelinedWriter::kDefaultStatementCache);
   ~PgStore() override;
 
   Result<Unit, pipeline::StoreError> EnsureTenant(const std::string& company_id) override;
@@ -56,7 +58,10 @@ class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedSto
 
 // DB_POOL_SIZE stores writing one batch in parallel: tenants are spread over the
 // connections (a tenant's events always share one transaction), so PostgreSQL can use
-// more than one core. Thread-safe.
+// more than one core. Each tenant keeps its connection (its home): a PostgreSQL backend
+// caches the catalog entries and prepared statements of every tenant it writes, so with
+// 1,000 tenants dealing them anew in every batch would make each backend hold all of them.
+// Thread-safe.
 class PgWriterPool final : public pipeline::EventStore, public pipeline::ExhaustedStore {
  public:
   PgWriterPool(const Config& config, int size);
@@ -70,11 +75,18 @@ class PgWriterPool final : public pipeline::EventStore, public pipeline::Exhaust
   bool Ping() override;
   Result<bool, pipeline::StoreError> RecordExhausted(const DeadLetter& letter,
                                                      const std::string& final_reason) override;
+  // The connection (0 .. size - 1) that writes the tenant's events.
+  size_t ConnectionOf(const std::string& company_id);
 
  private:
+  // The home connection of a tenant: the one with the fewest tenants when it is first seen.
+  size_t HomeOf(const std::string& company_id);  // needs known_mu_
+
   std::vector<std::unique_ptr<PgStore>> stores_;
   std::mutex known_mu_;
   std::set<std::string> known_tenants_;  // ready, whichever connection created them
+  std::unordered_map<std::string, size_t> home_;
+  std::vector<size_t> tenants_at_;  // tenants per connection (home_ counted)
 };
 
 }  // namespace evp::postgres

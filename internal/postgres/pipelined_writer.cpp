@@ -2,6 +2,9 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
+#include <unordered_set>
+
 #include "postgres/pg_errors.hpp"
 
 namespace evp::postgres {
@@ -19,8 +22,10 @@ std::string ErrorText(PGconn* conn, const PGresult* res) {
 
 }  // namespace
 
-PipelinedWriter::PipelinedWriter(std::string dsn, std::string tenant_prefix)
-    : dsn_(std::move(dsn)), planner_(std::move(tenant_prefix)) {}
+PipelinedWriter::PipelinedWriter(std::string dsn, std::string tenant_prefix, size_t statement_cache)
+    : dsn_(std::move(dsn)),
+      planner_(std::move(tenant_prefix)),
+      statement_cache_(std::max<size_t>(1, statement_cache)) {}
 
 PipelinedWriter::~PipelinedWriter() { Close(); }
 
@@ -28,6 +33,7 @@ void PipelinedWriter::Close() {
   if (conn_ != nullptr) PQfinish(conn_);
   conn_ = nullptr;
   prepared_.clear();
+  lru_.clear();
 }
 
 bool PipelinedWriter::Connect(std::string& error) {
@@ -112,18 +118,41 @@ bool PipelinedWriter::Exchange(const std::vector<const WriteStep*>& steps, bool 
   return PQstatus(conn_) == CONNECTION_OK;
 }
 
-PipelinedWriter::Outcome PipelinedWriter::Write(std::span<const handlers::Mutation> mutations) {
-  Outcome outcome;
-  if (!Connect(outcome.message)) {
-    outcome.failure = Failure::kConnection;
-    return outcome;
+bool PipelinedWriter::PrepareStatements(const std::vector<const WriteStep*>& steps, bool evict,
+                                        Outcome& outcome) {
+  std::vector<std::pair<std::string, const WriteStep*>> missing;
+  std::unordered_set<std::string> seen;
+  for (const WriteStep* step : steps) {
+    std::string name = planner_.StatementName(*step);
+    if (auto it = prepared_.find(name); it != prepared_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second);  // used again: most recent
+    } else if (seen.insert(name).second) {
+      missing.emplace_back(std::move(name), step);
+    }
   }
-  const std::vector<WriteStep> steps = planner_.Plan(mutations, outcome.results);
-  // Statements are prepared once per connection, before the pipeline.
-  for (const WriteStep& step : steps) {
-    const std::string name = planner_.StatementName(step);
-    if (prepared_.count(name) != 0) continue;
-    PGresult* r = PQprepare(conn_, name.c_str(), SetWriter::StepSql(step).c_str(), 0, nullptr);
+  // Room for this batch's statements: the least recently used go, in one round trip. A batch
+  // needing more than the cache holds keeps them all until the next batch.
+  std::string deallocate;
+  while (evict && !lru_.empty() && prepared_.size() + missing.size() > statement_cache_) {
+    deallocate += "DEALLOCATE " + lru_.back() + ";";
+    prepared_.erase(lru_.back());
+    lru_.pop_back();
+  }
+  if (!deallocate.empty()) {
+    PGresult* r = PQexec(conn_, deallocate.c_str());
+    const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) {
+      // Which statements are left is unknown: a new connection has none.
+      Close();
+      if (!Connect(outcome.message)) {
+        outcome.failure = Failure::kConnection;
+        return false;
+      }
+    }
+  }
+  for (const auto& [name, step] : missing) {
+    PGresult* r = PQprepare(conn_, name.c_str(), SetWriter::StepSql(*step).c_str(), 0, nullptr);
     const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     if (!ok) {
       outcome.message = ErrorText(conn_, r);
@@ -131,10 +160,20 @@ PipelinedWriter::Outcome PipelinedWriter::Write(std::span<const handlers::Mutati
           PQstatus(conn_) == CONNECTION_OK ? Failure::kStatement : Failure::kConnection;
     }
     PQclear(r);
-    if (!ok) return outcome;
-    prepared_.insert(name);
+    if (!ok) return false;
+    lru_.push_front(name);
+    prepared_.emplace(name, lru_.begin());
   }
+  return true;
+}
 
+PipelinedWriter::Outcome PipelinedWriter::Write(std::span<const handlers::Mutation> mutations) {
+  Outcome outcome;
+  if (!Connect(outcome.message)) {
+    outcome.failure = Failure::kConnection;
+    return outcome;
+  }
+  const std::vector<WriteStep> steps = planner_.Plan(mutations, outcome.results);
   auto lost = [&](Outcome& o) {
     o.failure = Failure::kConnection;
     o.message = "connection lost: " + ErrorText(conn_, nullptr);
@@ -146,13 +185,20 @@ PipelinedWriter::Outcome PipelinedWriter::Write(std::span<const handlers::Mutati
   std::vector<const WriteStep*> writes;
   std::vector<const WriteStep*> checks;
   for (const WriteStep& step : steps) (step.op == 'x' ? checks : writes).push_back(&step);
+  // Statements are prepared once per connection, before they are sent; a check only when it
+  // is needed. Evicting is only done before the transaction: it may reconnect.
+  if (!PrepareStatements(writes, true, outcome)) return outcome;
   if (!Exchange(writes, true, false, outcome)) return lost(outcome);
   if (outcome.failure == Failure::kNone) {
     std::vector<const WriteStep*> needed;
     for (const WriteStep* check : checks) {
       if (SetWriter::Needed(*check, outcome.results)) needed.push_back(check);
     }
-    if (!Exchange(needed, false, true, outcome)) return lost(outcome);
+    if (!PrepareStatements(needed, false, outcome)) {
+      if (PQstatus(conn_) != CONNECTION_OK) return lost(outcome);
+    } else if (!Exchange(needed, false, true, outcome)) {
+      return lost(outcome);
+    }
   }
   if (outcome.failure != Failure::kNone || PQtransactionStatus(conn_) != PQTRANS_IDLE) {
     // An aborted transaction block stays open after the sync: end it.

@@ -1,0 +1,154 @@
+// What a PostgreSQL backend holds for many tenants stays bounded: each writer connection keeps
+// at most its cache of prepared statements (each costs the backend 70-350 KB with its plan),
+// and each tenant is written by one connection of the pool, so no backend prepares every
+// tenant's statements. Real PostgreSQL.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "postgres/pg_store.hpp"
+#include "postgres/pipelined_writer.hpp"
+#include "support/db.hpp"
+#include "support/servers.hpp"
+
+namespace evp::testing {
+namespace {
+
+using handlers::Mutation;
+using nlohmann::json;
+
+constexpr const char* kOps = "events_ops";
+constexpr const char* kPrefix = "tenant_";
+
+Mutation Message(const std::string& tenant, uint64_t seq, const std::string& text) {
+  json doc = {{"message_id", "m-" + tenant},
+              {"chat_id", "c1"},
+              {"agent_id", "a1"},
+              {"flow", "OUT"},
+              {"message_text", text},
+              {"message_timestamp", 1000 + seq}};
+  return handlers::BuildMutation(EventType::kMessagesUpsert, doc, tenant,
+                                 Version{static_cast<int64_t>(1000 + seq), Source::kRealtime, seq});
+}
+
+Mutation Chat(const std::string& tenant, uint64_t seq) {
+  json doc = {{"chat_id", "c1"}, {"agent_id", "a1"}, {"conversation_timestamp", 1000 + seq}};
+  return handlers::BuildMutation(EventType::kChatsUpsert, doc, tenant,
+                                 Version{static_cast<int64_t>(1000 + seq), Source::kRealtime, seq});
+}
+
+std::string TextOf(const std::string& dsn, const std::string& tenant) {
+  return QueryString(dsn, "SELECT message_text FROM " + std::string(kPrefix) + tenant +
+                              ".messages WHERE message_id = 'm-" + tenant + "'")
+      .value_or("<none>");
+}
+
+class StatementCache : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dsn_ = PostgresServer::Shared().Dsn();
+    auto migrated = postgres::MigrateOps(dsn_, kOps);
+    ASSERT_TRUE(migrated.ok()) << migrated.error();
+  }
+  std::string dsn_;
+};
+
+TEST_F(StatementCache, EvictedStatementsArePreparedAgainAndTheCacheStaysWithinItsSize) {
+  postgres::PgStore creator(dsn_, kOps, kPrefix);
+  const std::vector<std::string> tenants = {"sc1", "sc2", "sc3", "sc4", "sc5"};
+  for (const auto& t : tenants) ASSERT_TRUE(creator.EnsureTenant(t).ok());
+
+  // Room for three statements; every batch needs two (one tenant's messages and chats).
+  postgres::PipelinedWriter writer(dsn_, kPrefix, 3);
+  uint64_t seq = 0;
+  for (int round = 0; round < 3; ++round) {
+    for (const auto& t : tenants) {
+      ++seq;
+      const std::vector<Mutation> batch = {Message(t, seq, "round " + std::to_string(round)),
+                                           Chat(t, seq)};
+      auto outcome = writer.Write(batch);
+      // A statement evicted on the client but still on the server would fail to prepare
+      // again ("already exists"); one deallocated but still listed would fail to execute.
+      ASSERT_EQ(outcome.failure, postgres::PipelinedWriter::Failure::kNone)
+          << t << " round " << round << ": " << outcome.message;
+      EXPECT_EQ(outcome.results.at(0).outcome, pipeline::ApplyOutcome::kApplied);
+      EXPECT_EQ(outcome.results.at(1).outcome, pipeline::ApplyOutcome::kApplied);
+      EXPECT_LE(writer.PreparedCount(), 3u);
+      EXPECT_EQ(TextOf(dsn_, t), "round " + std::to_string(round));
+    }
+  }
+}
+
+TEST_F(StatementCache, ABatchNeedingMoreStatementsThanTheCacheHoldsStillCommits) {
+  postgres::PgStore creator(dsn_, kOps, kPrefix);
+  std::vector<Mutation> batch;
+  for (int i = 0; i < 4; ++i) {
+    const std::string t = "big" + std::to_string(i);
+    ASSERT_TRUE(creator.EnsureTenant(t).ok());
+    batch.push_back(Message(t, 1, "first"));
+  }
+  postgres::PipelinedWriter writer(dsn_, kPrefix, 2);
+  auto outcome = writer.Write(batch);
+  ASSERT_EQ(outcome.failure, postgres::PipelinedWriter::Failure::kNone) << outcome.message;
+  EXPECT_EQ(writer.PreparedCount(), 4u);  // kept until the next batch needs the room
+  for (auto& m : batch) m = Message(m.company_id, 2, "second");
+  batch.resize(1);
+  outcome = writer.Write(batch);
+  ASSERT_EQ(outcome.failure, postgres::PipelinedWriter::Failure::kNone) << outcome.message;
+  EXPECT_LE(writer.PreparedCount(), 2u);
+  EXPECT_EQ(TextOf(dsn_, "big0"), "second");
+  EXPECT_EQ(TextOf(dsn_, "big3"), "first");
+}
+
+TEST_F(StatementCache, EachTenantKeepsOneConnectionAndTenantsAreSpreadEvenly) {
+  Config config;
+  config.postgres_dsn = dsn_;
+  config.ops_schema = kOps;
+  config.tenant_schema_prefix = kPrefix;
+  postgres::PgWriterPool pool(config, 4);
+  std::vector<std::string> tenants;
+  for (int i = 0; i < 10; ++i) tenants.push_back("home" + std::to_string(i));
+  pool.PrepareTenants(tenants);
+
+  std::map<std::string, size_t> first_home;
+  std::map<size_t, int> per_connection;
+  for (const auto& t : tenants) {
+    first_home[t] = pool.ConnectionOf(t);
+    ++per_connection[first_home[t]];
+  }
+  EXPECT_EQ(per_connection.size(), 4u);
+  for (const auto& [connection, count] : per_connection) {
+    EXPECT_TRUE(count == 2 || count == 3) << "connection " << connection << ": " << count;
+  }
+  // Batches that see the tenants in other orders and subsets keep them where they were. A
+  // connection commits its share of a batch in one transaction: tenants share the
+  // transaction id (xmin) of their rows exactly when they share a connection.
+  for (int round = 0; round < 3; ++round) {
+    std::vector<Mutation> batch;
+    for (size_t i = 0; i < tenants.size(); ++i) {
+      const std::string& t = tenants[(i * 3 + static_cast<size_t>(round)) % tenants.size()];
+      if ((i + static_cast<size_t>(round)) % 4 == 0) continue;
+      batch.push_back(Message(t, 10 + static_cast<uint64_t>(round), "r" + std::to_string(round)));
+    }
+    auto results = pool.Apply(batch);
+    ASSERT_TRUE(results.ok()) << results.error().message;
+    for (const auto& r : results.value()) EXPECT_EQ(r.outcome, pipeline::ApplyOutcome::kApplied);
+    std::map<std::string, std::string> xmin;
+    for (const auto& m : batch) {
+      xmin[m.company_id] = QueryString(dsn_, "SELECT xmin::text FROM " + std::string(kPrefix) +
+                                                 m.company_id + ".messages")
+                               .value_or("");
+    }
+    for (const auto& [a, xa] : xmin) {
+      for (const auto& [b, xb] : xmin) {
+        EXPECT_EQ(xa == xb, first_home[a] == first_home[b])
+            << "round " << round << ": " << a << " and " << b;
+      }
+    }
+    for (const auto& t : tenants) EXPECT_EQ(pool.ConnectionOf(t), first_home[t]) << t;
+  }
+}
+
+}  // namespace
+}  // namespace evp::testing
