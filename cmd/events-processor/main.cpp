@@ -54,6 +54,7 @@ int main() {
   auto realtime_src = app::BindWhenReady(config, conn, realtime_spec, stop);
   auto history_src = app::BindWhenReady(config, conn, history_spec, stop);
   if (!realtime_src || !history_src) return 0;
+  realtime_src->SetBatchByteBudget(static_cast<size_t>(config.batch_max_bytes));
   consumers_bound = true;
   observability::LogInfo("consuming", {{"realtime_consumer", config.realtime_consumer},
                                        {"history_consumer", config.history_consumer},

@@ -221,9 +221,14 @@ std::vector<Key> Keys(Binary binary) {
       [](Config& c, int64_t v) { c.stream_replicas = static_cast<int>(v); },
       [](const Config& c) { return c.stream_replicas; }));
   keys.push_back(IntKey(
-      "BATCH_SIZE", "messages fetched and written per batch", "1000", 1, 10000,
+      "BATCH_SIZE", "messages fetched and written per batch", "4000", 1, 10000,
       [](Config& c, int64_t v) { c.batch_size = static_cast<int>(v); },
       [](const Config& c) { return c.batch_size; }));
+  keys.push_back(IntKey(
+      "BATCH_MAX_BYTES",
+      "payload bytes after which a realtime batch takes no more messages (0 = no limit)", "4194304",
+      0, 1024LL * 1024 * 1024, [](Config& c, int64_t v) { c.batch_max_bytes = v; },
+      [](const Config& c) { return c.batch_max_bytes; }));
   dur_key("BATCH_MAX_WAIT", "longest wait for messages when none are pending", "100ms", ms(1),
           ms(10'000), &Config::batch_max_wait);
   dur_key("ACK_WAIT", "realtime consumer AckWait (redelivery after a crash)", "5s", ms(1000),

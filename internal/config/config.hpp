@@ -53,7 +53,8 @@ struct Config {
   int stream_replicas = 1;
 
   // Pipeline.
-  int batch_size = 1000;
+  int batch_size = 4000;
+  int64_t batch_max_bytes = 4 * 1024 * 1024;
   ms batch_max_wait{};
   ms ack_wait{};
   int max_deliver = 20;

@@ -465,11 +465,12 @@ JetStreamSource::~JetStreamSource() {
 Result<pipeline::FetchedBatch, std::string> JetStreamSource::Fetch(int max,
                                                                    std::chrono::milliseconds wait) {
   std::vector<natsMsg*> owned;
-  TakeQueued(sub_, max, owned, pulls_);
+  const int first = std::min(max, kFetchPart);
+  TakeQueued(sub_, first, owned, pulls_);
   if (owned.empty()) {
     jsErrCode jerr = static_cast<jsErrCode>(0);
     const auto started = std::chrono::steady_clock::now();
-    natsStatus s = FetchInto(sub_, max, std::max<int64_t>(1, wait.count()), owned, &jerr, pulls_);
+    natsStatus s = FetchInto(sub_, first, std::max<int64_t>(1, wait.count()), owned, &jerr, pulls_);
     if (s != NATS_OK && s != NATS_TIMEOUT && owned.empty()) {
       return Err{"fetch from " + spec_.durable + " failed: " + StatusText(s, jerr)};
     }
@@ -479,6 +480,7 @@ Result<pipeline::FetchedBatch, std::string> JetStreamSource::Fetch(int max,
       std::this_thread::sleep_for(std::min(wait, std::chrono::milliseconds(10)));
     }
   }
+  if (static_cast<int>(owned.size()) == first && first < max) FetchRest(max, wait, owned);
   pipeline::FetchedBatch batch;
   batch.messages.reserve(owned.size());
   for (natsMsg* m : owned) batch.messages.push_back(Convert(m, spec_.stream));
@@ -487,6 +489,38 @@ Result<pipeline::FetchedBatch, std::string> JetStreamSource::Fetch(int max,
   batch.token = next_token_++;
   pending_[batch.token] = std::move(owned);
   return batch;
+}
+
+void JetStreamSource::FetchRest(int max, std::chrono::milliseconds wait,
+                                std::vector<natsMsg*>& owned) {
+  // The first part came back full, so more is pending: "no wait" pulls return at once with
+  // what the server has. Each part is sized so that the batch stays near the byte budget at
+  // the mean message size seen so far.
+  size_t bytes = 0;
+  for (natsMsg* m : owned) bytes += static_cast<size_t>(natsMsg_GetDataLength(m));
+  int last = static_cast<int>(owned.size());
+  int asked = last;
+  while (last == asked && static_cast<int>(owned.size()) < max &&
+         (byte_budget_ == 0 || bytes < byte_budget_)) {
+    asked = std::min(kFetchPart, max - static_cast<int>(owned.size()));
+    if (byte_budget_ != 0) {
+      const size_t mean = std::max<size_t>(1, bytes / owned.size());
+      asked = std::min<int>(
+          asked, static_cast<int>(std::max<size_t>(1, (byte_budget_ - bytes + mean - 1) / mean)));
+    }
+    const size_t before = owned.size();
+    TakeQueued(sub_, static_cast<int>(before) + asked, owned, pulls_);
+    if (owned.size() == before &&
+        FetchInto(sub_, asked, std::max<int64_t>(1, wait.count()), owned, nullptr, pulls_) !=
+            NATS_OK &&
+        owned.size() == before) {
+      break;
+    }
+    for (size_t i = before; i < owned.size(); ++i) {
+      bytes += static_cast<size_t>(natsMsg_GetDataLength(owned[i]));
+    }
+    last = static_cast<int>(owned.size() - before);
+  }
 }
 
 void JetStreamSource::Settle(uint64_t token, std::span<const pipeline::Decision> decisions) {

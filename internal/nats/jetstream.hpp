@@ -117,6 +117,11 @@ class JetStreamSource final : public pipeline::EventSource {
   void SetRecovery(std::function<Result<Unit, std::string>()> ensure) {
     ensure_ = std::move(ensure);
   }
+  // Under backlog a batch is pulled in parts of at most kFetchPart messages, and no further
+  // part is pulled once the batch holds `bytes` of payload (0 = no limit): a batch is held in
+  // memory whole, and events may be up to MAX_EVENT_BYTES each.
+  void SetBatchByteBudget(size_t bytes) { byte_budget_ = bytes; }
+  static constexpr int kFetchPart = 250;
 
  private:
   JetStreamSource() = default;
@@ -129,9 +134,12 @@ class JetStreamSource final : public pipeline::EventSource {
   std::map<uint64_t, std::vector<__natsMsg*>> pending_;
   // Waits out every pull request sent so far and returns what they delivered.
   std::vector<__natsMsg*> CollectLateDeliveries();
+  // Pulls the rest of a batch whose first part came back full (see SetBatchByteBudget).
+  void FetchRest(int max, std::chrono::milliseconds wait, std::vector<__natsMsg*>& owned);
   // Slack for a delivery that the server decided on just before a request expired.
   static constexpr std::chrono::milliseconds kLatePullMargin{100};
   PullLog pulls_;
+  size_t byte_budget_ = 0;
 };
 
 class JetStreamMessageStore final : public dlq::MessageStore {

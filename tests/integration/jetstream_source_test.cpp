@@ -100,5 +100,37 @@ TEST(JetStreamSource, DestroyedSourceHandsBackUnsettledMessages) {
   EXPECT_EQ(seen.size(), 50u) << "unsettled messages waited for AckWait";
 }
 
+// Under backlog a batch is pulled in parts; a full batch comes back whole, and with a byte
+// budget it stops growing once its payload reaches the budget.
+TEST(JetStreamSource, ABacklogFillsTheBatchInPartsUpToItsByteBudget) {
+  SourceFixture f;
+  const std::string body(100, 'x');
+  for (int i = 0; i < 2600; ++i) {
+    auto r = f.publisher.Publish("src.e", body, "id-" + std::to_string(i));
+    ASSERT_TRUE(r.ok) << r.error;
+  }
+  auto src = f.Bind();
+  std::set<std::string> seen;
+  auto take = [&](int max) {
+    auto batch = src->Fetch(max, milliseconds(200));
+    EXPECT_TRUE(batch.ok()) << batch.error();
+    if (!batch.ok()) return size_t{0};
+    for (const auto& m : batch->messages) seen.insert(m.msg_id);
+    if (!batch->messages.empty()) src->Settle(batch->token, AckAll(batch->messages.size()));
+    return batch->messages.size();
+  };
+  // More than one part (kFetchPart) per batch.
+  EXPECT_EQ(take(1000), 1000u);
+  // 30,000 bytes of 100-byte messages: 300, whatever the part size.
+  src->SetBatchByteBudget(30'000);
+  EXPECT_EQ(take(1000), 300u);
+  // A budget smaller than one message still takes the first part: a batch never stalls.
+  src->SetBatchByteBudget(50);
+  EXPECT_EQ(take(1000), static_cast<size_t>(nats::JetStreamSource::kFetchPart));
+  src->SetBatchByteBudget(0);
+  EXPECT_EQ(take(5000), 2600u - 1000u - 300u - nats::JetStreamSource::kFetchPart);
+  EXPECT_EQ(seen.size(), 2600u);
+}
+
 }  // namespace
 }  // namespace evp::testing

@@ -354,6 +354,20 @@ TEST(Config, MasksCredentialsEmbeddedInTheNatsUrlInDescribe) {
   EXPECT_EQ(all.find("hunter2"), std::string::npos) << DescribeLine(c, "NATS_URL");
 }
 
+TEST(Config, BatchAndStatementCacheDefaultsAndBounds) {
+  Config c = Load(kMinimal);
+  EXPECT_EQ(c.batch_size, 4000);
+  EXPECT_EQ(c.max_ack_pending, 16000);
+  EXPECT_EQ(c.batch_max_bytes, 4 * 1024 * 1024);
+  EXPECT_EQ(c.db_statement_cache, 2000);
+  c = Load(With(kMinimal, {{"BATCH_MAX_BYTES", "0"}, {"DB_STATEMENT_CACHE", "16"}}));
+  EXPECT_EQ(c.batch_max_bytes, 0);
+  EXPECT_EQ(c.db_statement_cache, 16);
+  auto errors = Errors({{"BATCH_MAX_BYTES", "-1"}, {"DB_STATEMENT_CACHE", "15"}});
+  EXPECT_TRUE(HasErrorFor(errors, "BATCH_MAX_BYTES")) << Joined(errors);
+  EXPECT_TRUE(HasErrorFor(errors, "DB_STATEMENT_CACHE")) << Joined(errors);
+}
+
 TEST(Config, AnEmptyValueMeansTheDefault) {
   Config c = Load(With(kMinimal, {{"BATCH_SIZE", ""}, {"NATS_URL", "  "}, {"ORDERING_GRACE", ""}}));
   EXPECT_EQ(c.batch_size, Config{}.batch_size);
