@@ -465,7 +465,12 @@ JetStreamSource::~JetStreamSource() {
 Result<pipeline::FetchedBatch, std::string> JetStreamSource::Fetch(int max,
                                                                    std::chrono::milliseconds wait) {
   std::vector<natsMsg*> owned;
-  const int first = std::min(max, kFetchPart);
+  // The first part is sized by the mean message size of the previous batch: under a byte
+  // budget, a stream of large events gets small parts from the second batch on.
+  int first = std::min(max, kFetchPart);
+  if (byte_budget_ != 0 && mean_bytes_ != 0) {
+    first = std::min<int>(first, static_cast<int>(std::max<size_t>(1, byte_budget_ / mean_bytes_)));
+  }
   TakeQueued(sub_, first, owned, pulls_);
   if (owned.empty()) {
     jsErrCode jerr = static_cast<jsErrCode>(0);
@@ -481,6 +486,11 @@ Result<pipeline::FetchedBatch, std::string> JetStreamSource::Fetch(int max,
     }
   }
   if (static_cast<int>(owned.size()) == first && first < max) FetchRest(max, wait, owned);
+  if (!owned.empty()) {
+    size_t bytes = 0;
+    for (natsMsg* m : owned) bytes += static_cast<size_t>(natsMsg_GetDataLength(m));
+    mean_bytes_ = std::max<size_t>(1, bytes / owned.size());
+  }
   pipeline::FetchedBatch batch;
   batch.messages.reserve(owned.size());
   for (natsMsg* m : owned) batch.messages.push_back(Convert(m, spec_.stream));

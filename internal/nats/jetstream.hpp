@@ -119,7 +119,9 @@ class JetStreamSource final : public pipeline::EventSource {
   }
   // Under backlog a batch is pulled in parts of at most kFetchPart messages, and no further
   // part is pulled once the batch holds `bytes` of payload (0 = no limit): a batch is held in
-  // memory whole, and events may be up to MAX_EVENT_BYTES each.
+  // memory whole, and events may be up to MAX_EVENT_BYTES each. Parts are sized by the mean
+  // message size seen (the first part of a batch by the previous batch's); a batch always
+  // takes at least one message.
   void SetBatchByteBudget(size_t bytes) { byte_budget_ = bytes; }
   static constexpr int kFetchPart = 250;
 
@@ -140,6 +142,7 @@ class JetStreamSource final : public pipeline::EventSource {
   static constexpr std::chrono::milliseconds kLatePullMargin{100};
   PullLog pulls_;
   size_t byte_budget_ = 0;
+  size_t mean_bytes_ = 0;  // mean payload size of the last batch
 };
 
 class JetStreamMessageStore final : public dlq::MessageStore {

@@ -124,11 +124,14 @@ TEST(JetStreamSource, ABacklogFillsTheBatchInPartsUpToItsByteBudget) {
   // 30,000 bytes of 100-byte messages: 300, whatever the part size.
   src->SetBatchByteBudget(30'000);
   EXPECT_EQ(take(1000), 300u);
-  // A budget smaller than one message still takes the first part: a batch never stalls.
+  // The first part is sized by the last batch's messages too: 1,000 bytes are 10 of them.
+  src->SetBatchByteBudget(1000);
+  EXPECT_EQ(take(1000), 10u);
+  // A budget smaller than one message still takes one: a batch never stalls.
   src->SetBatchByteBudget(50);
-  EXPECT_EQ(take(1000), static_cast<size_t>(nats::JetStreamSource::kFetchPart));
+  EXPECT_EQ(take(1000), 1u);
   src->SetBatchByteBudget(0);
-  EXPECT_EQ(take(5000), 2600u - 1000u - 300u - nats::JetStreamSource::kFetchPart);
+  EXPECT_EQ(take(5000), 2600u - 1000u - 300u - 10u - 1u);
   EXPECT_EQ(seen.size(), 2600u);
 }
 
