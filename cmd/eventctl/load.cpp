@@ -6,7 +6,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <latch>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -34,6 +36,7 @@ struct LoadOptions {
   int history_items = 100;
   std::string run_id;
   bool quiet = false;
+  bool prebuild = false;  // build every event before the first publish (needs count)
 };
 
 struct MixEntry {
@@ -223,6 +226,10 @@ int RunLoad(const Config& config, const LoadOptions& o) {
     std::fprintf(stderr, "--duration must look like 30s, 5m or 500ms\n");
     return 2;
   }
+  if (o.prebuild && (o.count == 0 || o.rate != 0)) {
+    std::fprintf(stderr, "--prebuild needs --count and --rate 0\n");
+    return 2;
+  }
   if (auto err = routing::TenantIdError(o.tenant_prefix + "_t0000")) {
     std::fprintf(stderr, "--tenant-prefix '%s' does not make valid tenant ids: %s\n",
                  o.tenant_prefix.c_str(), err->c_str());
@@ -242,8 +249,11 @@ int RunLoad(const Config& config, const LoadOptions& o) {
   std::atomic<int64_t> failed{0};        // negative PubAcks
   std::atomic<bool> done{false};
   std::atomic<int> connect_failures{0};
-  const auto started = Clock::now();
+  auto started = Clock::now();
   const auto deadline = started + *duration;
+  // --prebuild: every worker builds its events, then all start publishing together.
+  std::latch built(o.concurrency);
+  std::once_flag publish_start;
   std::vector<std::thread> workers;
   for (int w = 0; w < o.concurrency; ++w) {
     workers.emplace_back([&, w] {
@@ -251,6 +261,7 @@ int RunLoad(const Config& config, const LoadOptions& o) {
       if (!conn.ok()) {
         std::fprintf(stderr, "%s\n", conn.error().c_str());
         connect_failures.fetch_add(1);
+        if (o.prebuild) built.count_down();
         return;
       }
       auto count_acks = [&] {
@@ -263,6 +274,21 @@ int RunLoad(const Config& config, const LoadOptions& o) {
       const double per_worker_rate = o.rate > 0 ? o.rate / o.concurrency : 0;
       const int64_t quota = o.count > 0 ? (o.count + o.concurrency - 1 - w) / o.concurrency : -1;
       int64_t n = 0;
+      std::vector<std::pair<std::string, std::string>> prebuilt;
+      if (o.prebuild) {
+        for (int64_t i = 0; i < quota; ++i)
+          prebuilt.push_back(factory.Next(static_cast<uint64_t>(i)));
+        built.arrive_and_wait();
+        std::call_once(publish_start, [&] {
+          started = Clock::now();
+          const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+          std::printf("publishing from %lld.%06lld\n", static_cast<long long>(us / 1'000'000),
+                      static_cast<long long>(us % 1'000'000));
+          std::fflush(stdout);
+        });
+      }
       while (!g_interrupted.load()) {
         if (quota >= 0 ? n >= quota : Clock::now() >= deadline) break;
         if (per_worker_rate > 0) {
@@ -274,7 +300,8 @@ int RunLoad(const Config& config, const LoadOptions& o) {
           if (quota < 0 && due >= deadline) break;
           if (due > Clock::now()) std::this_thread::sleep_until(due);
         }
-        auto [subject, body] = factory.Next(static_cast<uint64_t>(n));
+        auto [subject, body] = o.prebuild ? std::move(prebuilt[static_cast<size_t>(n)])
+                                          : factory.Next(static_cast<uint64_t>(n));
         const std::string msg_id = run_id + "-w" + std::to_string(w) + "-" + std::to_string(n);
         auto r = (*conn)->PublishAsync(subject, body, msg_id);
         (r.ok() ? published : refused).fetch_add(1, std::memory_order_relaxed);
@@ -373,6 +400,10 @@ std::function<int(const Config&)> AddLoadCommand(CLI::App& app) {
   cmd->add_option("--run-id", o->run_id,
                   "prefix of the Nats-Msg-Ids, unique per run (default: load<unix time>-<random>)");
   cmd->add_flag("--quiet", o->quiet, "no progress line");
+  cmd->add_flag("--prebuild", o->prebuild,
+                "build every event before publishing (with --count and --rate 0), print "
+                "\"publishing from <unix time>\" when the first publish goes out, and time the "
+                "run from there");
   return [o, cmd](const Config& config) -> int {
     if (!*cmd) return -1;
     return RunLoad(config, *o);

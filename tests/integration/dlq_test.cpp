@@ -372,6 +372,30 @@ TEST(DlqWorker, LoadRunsStartedTogetherNeverShareMessageIds) {
       << first.Log() << second.Log();
 }
 
+TEST(DlqWorker, PrebuiltLoadPublishesEveryEventAndSaysWhenPublishingStarted) {
+  Stack stack;
+  const std::string prefix = UniqueName("pb");
+  const auto before =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  ChildProcess load(BinaryPath("eventctl"),
+                    {"load", "--count", "30", "--rate", "0", "--tenants", "1", "--tenant-prefix",
+                     prefix, "--mix", "messages.upsert=1", "--concurrency", "3", "--prebuild"},
+                    stack.Env());
+  EXPECT_EQ(load.Wait(std::chrono::seconds(60)), 0) << load.Log();
+  EXPECT_NE(load.Log().find("30 acknowledged, 0 errors"), std::string::npos) << load.Log();
+  const size_t at = load.Log().find("publishing from ");
+  ASSERT_NE(at, std::string::npos) << load.Log();
+  const double started = std::stod(load.Log().substr(at + 16));
+  EXPECT_GE(started, before - 1) << load.Log();
+  EXPECT_TRUE(stack.WaitCount("SELECT count(*) FROM tenant_" + prefix + "_t0000.messages", 30))
+      << load.Log();
+  // It needs a count and an unpaced run.
+  ChildProcess paced(BinaryPath("eventctl"), {"load", "--rate", "10", "--prebuild"}, stack.Env());
+  EXPECT_EQ(paced.Wait(std::chrono::seconds(30)), 2) << paced.Log();
+  EXPECT_NE(paced.Log().find("--prebuild needs --count and --rate 0"), std::string::npos)
+      << paced.Log();
+}
+
 // A history item exhausted alone goes back wrapped in an envelope of one item.
 TEST(DlqWorker, RedriveOfAnExhaustedHistoryItemAppliesThatItem) {
   Stack stack;
