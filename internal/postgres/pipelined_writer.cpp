@@ -122,18 +122,21 @@ bool PipelinedWriter::PrepareStatements(const std::vector<const WriteStep*>& ste
                                         Outcome& outcome) {
   std::vector<std::pair<std::string, const WriteStep*>> missing;
   std::unordered_set<std::string> seen;
+  size_t used = 0;  // statements of this batch already prepared (now at the front)
   for (const WriteStep* step : steps) {
     std::string name = planner_.StatementName(*step);
+    if (!seen.insert(name).second) continue;
     if (auto it = prepared_.find(name); it != prepared_.end()) {
       lru_.splice(lru_.begin(), lru_, it->second);  // used again: most recent
-    } else if (seen.insert(name).second) {
+      ++used;
+    } else {
       missing.emplace_back(std::move(name), step);
     }
   }
-  // Room for this batch's statements: the least recently used go, in one round trip. A batch
-  // needing more than the cache holds keeps them all until the next batch.
+  // Room for this batch's statements: the least recently used others go, in one round trip.
+  // A batch needing more than the cache holds keeps all of its own until the next batch.
   std::string deallocate;
-  while (evict && !lru_.empty() && prepared_.size() + missing.size() > statement_cache_) {
+  while (evict && lru_.size() > used && prepared_.size() + missing.size() > statement_cache_) {
     deallocate += "DEALLOCATE " + lru_.back() + ";";
     prepared_.erase(lru_.back());
     lru_.pop_back();
@@ -143,12 +146,14 @@ bool PipelinedWriter::PrepareStatements(const std::vector<const WriteStep*>& ste
     const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     if (!ok) {
-      // Which statements are left is unknown: a new connection has none.
+      // Which statements are left is unknown: a new connection has none, so all of this
+      // batch's are prepared there.
       Close();
       if (!Connect(outcome.message)) {
         outcome.failure = Failure::kConnection;
         return false;
       }
+      return PrepareStatements(steps, false, outcome);
     }
   }
   for (const auto& [name, step] : missing) {
