@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "core/dead_letter.hpp"
 #include "dlq/dlq_handler.hpp"
 #include "observability/metrics.hpp"
 #include "unit/fakes.hpp"
@@ -15,6 +16,27 @@
 
 namespace evp::dlq {
 namespace {
+
+// Found by dlq_fuzz in CI: a dead letter carrying Evp-Trace-Id (with control bytes) keeps its
+// trace id through encode and decode, cleaned, and the header is one of the known ones.
+TEST(FuzzRegressions, ATraceIdHeaderSurvivesTheDeadLetterRoundTripCleaned) {
+  HeaderMap in = {{dlq_headers::kSourceSubject, "v1.chats.upsert.acme"},
+                  {dlq_headers::kErrorClass, "fatal"},
+                  {dlq_headers::kReason, "malformed_json: x"},
+                  {dlq_headers::kAttempts, "2"},
+                  {dlq_headers::kSourceStream, "EVENTS_REALTIME"},
+                  {dlq_headers::kStreamSeq, "1"},
+                  {dlq_headers::kTraceId, "1\x01"}};
+  auto decoded = DecodeDeadLetter(in, std::string("{\"chat_id\":\0", 12));
+  ASSERT_TRUE(decoded.ok()) << decoded.error();
+  const HeaderMap out = EncodeDeadLetterHeaders(decoded.value());
+  ASSERT_EQ(out.count(dlq_headers::kTraceId), 1u);
+  EXPECT_EQ(out.at(dlq_headers::kTraceId), "1 ");
+  auto again = DecodeDeadLetter(out, decoded.value().original);
+  ASSERT_TRUE(again.ok()) << again.error();
+  EXPECT_EQ(again.value().trace_id, "1 ");
+  EXPECT_EQ(again.value().original, decoded.value().original);
+}
 
 // Found while writing dlq_fuzz (by review; DlqHandler is not fuzzed: it links prometheus):
 // DecodeDeadLetter accepts any non-negative int in Evp-Attempts and DlqHandler::Retry computes
