@@ -67,7 +67,8 @@ int main() {
     pipeline::BatchProcessor processor(config, schemas.value(), store, dlq, store, clock, metrics);
     pipeline::RunPipelinedLoop(*realtime_src, processor, store, metrics,
                                {config.realtime_consumer, config.batch_size, config.batch_max_wait,
-                                config.ack_wait / 3, std::chrono::milliseconds(5000)},
+                                config.ack_wait / 3, std::chrono::milliseconds(5000),
+                                /*fetch_ahead=*/true},
                                stop, realtime_health);
   });
   std::thread history([&] {

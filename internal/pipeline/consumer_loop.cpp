@@ -139,14 +139,24 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
       observability::LogWarn("database unavailable; pausing fetches", {{"consumer", options.name}});
     }
   };
-  while (!stop.load()) {
-    if (!health.store_ok.load()) {
-      settle();
-      if (!WaitForStore(store, processor, stop, health, options, update_lag)) break;
-      continue;
-    }
+  // With fetch_ahead, the next pull runs on its own thread while a batch is prepared and
+  // the previous one written; the source serves a fetch alongside settles and heartbeats.
+  // Lag and recovery stay with the fetch (never two at once).
+  std::future<Result<FetchedBatch, std::string>> ahead;
+  auto fetch = [&] {
     update_lag();
-    auto fetched = source.Fetch(options.batch_size, options.max_wait);
+    return source.Fetch(options.batch_size, options.max_wait);
+  };
+  while (true) {
+    if (!ahead.valid()) {
+      if (stop.load()) break;
+      if (!health.store_ok.load()) {
+        settle();
+        if (!WaitForStore(store, processor, stop, health, options, update_lag)) break;
+        continue;
+      }
+    }
+    auto fetched = ahead.valid() ? ahead.get() : fetch();
     if (!fetched.ok()) {
       health.source_ok = false;
       observability::LogWarn("fetch failed",
@@ -161,6 +171,12 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
     if (fetched->messages.empty()) {
       settle();
       continue;
+    }
+    // Under backlog (a batch at least half full), pull the next one meanwhile.
+    if (options.fetch_ahead &&
+        fetched->messages.size() * 2 >= static_cast<size_t>(options.batch_size) && !stop.load() &&
+        health.store_ok.load()) {
+      ahead = std::async(std::launch::async, fetch);
     }
     InFlight next{std::move(fetched.value()), nullptr, steady_clock::now(), nullptr};
     next.heartbeat = std::make_unique<Heartbeat>(source, next.batch.token, options.heartbeat);

@@ -20,6 +20,9 @@ struct LoopOptions {
   // processed (long history batches).
   std::chrono::milliseconds heartbeat{0};
   std::chrono::milliseconds lag_interval{2000};  // consumer info for the lag gauges
+  // RunPipelinedLoop: pull the next batch while the current one is prepared (one more batch
+  // held in memory and unacknowledged).
+  bool fetch_ahead = false;
 };
 
 // Shared health of a loop, read by /readyz.
@@ -34,7 +37,8 @@ void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& s
                      const std::atomic<bool>& stop, LoopHealth& health);
 
 // As RunConsumerLoop, but overlaps the fetch and preparation of the next batch with the
-// write of the current one (Complete calls stay in batch order).
+// write of the current one (Complete calls stay in batch order); with fetch_ahead, the
+// batch after that is pulled meanwhile too.
 void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore& store,
                       observability::Metrics& metrics, const LoopOptions& options,
                       const std::atomic<bool>& stop, LoopHealth& health);

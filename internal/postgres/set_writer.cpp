@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <unordered_map>
 
 #include "postgres/pg_store.hpp"
@@ -327,13 +326,21 @@ int SetWriter::OnboardedBits(const Mutation& m) {
 
 void SetWriter::AppendOnboarding(std::string& array, const Mutation& m) {
   const auto& ob = *m.onboarding;
-  array += array.empty() ? "[" : ",";
-  array +=
-      nlohmann::json{{"agent_id", ob.agent_id},       {"phone_number", ob.phone_number},
-                     {"chat_id", ob.chat_id},         {"message_id", ob.message_id},
-                     {"origin", ob.origin},           {"tags", nlohmann::json::parse(ob.tags_json)},
-                     {"assigned_to", ob.assigned_to}, {"seq", m.version.seq}}
-          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  array += array.empty() ? "[{\"agent_id\":" : ",{\"agent_id\":";
+  AppendJsonString(array, ob.agent_id);
+  array += ",\"phone_number\":";
+  AppendJsonString(array, ob.phone_number);
+  array += ",\"chat_id\":";
+  AppendJsonString(array, ob.chat_id);
+  array += ",\"message_id\":";
+  AppendJsonString(array, ob.message_id);
+  array += ",\"origin\":";
+  AppendJsonString(array, ob.origin);
+  array += ",\"tags\":";
+  array += ob.tags_json;  // a JSON array already
+  array += ",\"assigned_to\":";
+  AppendJsonString(array, ob.assigned_to);
+  array += ",\"seq\":" + std::to_string(m.version.seq) + "}";
 }
 
 void SetWriter::AppendContactSeq(std::string& array, const Mutation& m) {

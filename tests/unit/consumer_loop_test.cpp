@@ -3,10 +3,14 @@
 #include "pipeline/consumer_loop.hpp"
 
 #include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
 
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "fakes.hpp"
+#include "validation/schema_registry.hpp"
 
 namespace evp::pipeline {
 namespace {
@@ -219,6 +223,173 @@ TEST(ConsumerLoop, TellsTheHandlerHowLongItWaitedForTheDatabase) {
   ASSERT_EQ(handler.outages.load(), 1);
   EXPECT_GE(handler.outage_ms.load(), 600);
   EXPECT_LE(handler.outage_ms.load(), down_for.count());
+}
+
+// A backlog of `batches` full batches of chats.upsert events, then nothing. Thread-safe: with
+// fetch-ahead, Fetch runs alongside Settle. `WaitForFetch(n, patience)` blocks until the
+// n-th Fetch has started or patience ran out.
+class BacklogSource final : public EventSource {
+ public:
+  BacklogSource(int batches, int batch_size) : batches_(batches), batch_size_(batch_size) {}
+
+  Result<FetchedBatch, std::string> Fetch(int max, milliseconds) override {
+    std::unique_lock lock(mu_);
+    ++fetches_;
+    cv_.notify_all();
+    FetchedBatch batch;
+    if (handed_out_ == batches_) return batch;
+    batch.token = static_cast<uint64_t>(++handed_out_);
+    for (int i = 0; i < std::min(max, batch_size_); ++i) {
+      InboundMessage m;
+      m.subject = "v1.chats.upsert.t1";
+      m.stream = "EVENTS_REALTIME";
+      m.stream_seq = ++seq_;
+      m.data = R"({"chat_id":"c)" + std::to_string(m.stream_seq) +
+               R"(","jid":"j","phone_number":"+1","conversation_timestamp":1699999000})";
+      m.delivered = 1;
+      batch.messages.push_back(std::move(m));
+    }
+    if (handed_out_ == batches_ && stop_after_last_ != nullptr) *stop_after_last_ = true;
+    return batch;
+  }
+  void Settle(uint64_t token, std::span<const Decision> decisions) override {
+    std::lock_guard lock(mu_);
+    settled_[token] += static_cast<int>(decisions.size());
+    for (const Decision& d : decisions) acked_ += d.kind == Decision::Kind::kAck ? 1 : 0;
+  }
+  void InProgress(uint64_t) override {}
+  bool Connected() override { return true; }
+  bool Lag(uint64_t* pending, uint64_t* ack_pending) override {
+    *pending = 0;
+    *ack_pending = 0;
+    return true;
+  }
+
+  bool WaitForFetch(int n, milliseconds patience) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, patience, [&] { return fetches_ >= n; });
+  }
+  // Every batch handed out was settled once, whole and acknowledged.
+  bool AllSettled() {
+    std::lock_guard lock(mu_);
+    if (static_cast<int>(settled_.size()) != handed_out_) return false;
+    for (const auto& [token, count] : settled_) {
+      if (count != batch_size_) return false;
+    }
+    return acked_ == handed_out_ * batch_size_;
+  }
+  int HandedOut() {
+    std::lock_guard lock(mu_);
+    return handed_out_;
+  }
+  void StopAfterLast(std::atomic<bool>* stop) { stop_after_last_ = stop; }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int batches_;
+  int batch_size_;
+  int fetches_ = 0;
+  int handed_out_ = 0;
+  uint64_t seq_ = 0;
+  int acked_ = 0;
+  std::map<uint64_t, int> settled_;
+  std::atomic<bool>* stop_after_last_ = nullptr;
+};
+
+// Writes nothing until the source has seen a given number of fetches: the write of batch k
+// waits for the fetch after the next one (k + 2), which only a loop that pulls ahead has
+// started by then. The last batch's write does not wait: nothing comes after it.
+class WaitForFetchStore final : public EventStore {
+ public:
+  WaitForFetchStore(BacklogSource& source, int batches, milliseconds patience)
+      : source_(source), batches_(batches), patience_(patience) {}
+  Result<Unit, StoreError> EnsureTenant(const std::string& company_id) override {
+    return inner_.EnsureTenant(company_id);
+  }
+  Result<std::vector<ApplyResult>, StoreError> Apply(
+      std::span<const handlers::Mutation> mutations) override {
+    ++writes_;
+    if (writes_ < batches_ && !source_.WaitForFetch(writes_ + 2, patience_)) ++timeouts;
+    return inner_.Apply(mutations);
+  }
+  bool Ping() override { return true; }
+
+  std::atomic<int> timeouts{0};
+
+ private:
+  BacklogSource& source_;
+  int batches_;
+  milliseconds patience_;
+  testing::InMemoryEventStore inner_;
+  int writes_ = 0;
+};
+
+class PipelinedLoop : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { spdlog::set_level(spdlog::level::off); }
+  static void TearDownTestSuite() { spdlog::set_level(spdlog::level::info); }
+
+  // Runs RunPipelinedLoop over `source` until every batch is settled (or 10 s pass), unless
+  // the source stops it itself.
+  void Run(BacklogSource& source, EventStore& store, bool fetch_ahead, int batches) {
+    auto schemas = validation::SchemaRegistry::LoadEmbedded();
+    ASSERT_TRUE(schemas.ok()) << schemas.error();
+    auto cfg = Config::FromEnvironment(Binary::kProcessor, [](const std::string& k) {
+      return k == "POSTGRES_DSN" ? std::optional<std::string>("postgresql://t@localhost/t")
+                                 : std::nullopt;
+    });
+    ASSERT_TRUE(cfg.ok());
+    observability::Metrics metrics("test");
+    testing::RecordingDeadLetterSink sink;
+    testing::InMemoryExhaustedStore exhausted;
+    testing::FakeClock clock;
+    BatchProcessor processor(cfg.value(), schemas.value(), store, sink, exhausted, clock, metrics);
+    LoopHealth health;
+    LoopOptions options{"test", kBatch, milliseconds(1), milliseconds(0), milliseconds(60'000)};
+    options.fetch_ahead = fetch_ahead;
+    std::thread loop(
+        [&] { RunPipelinedLoop(source, processor, store, metrics, options, stop_, health); });
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!stop_ && std::chrono::steady_clock::now() < deadline &&
+           !(source.HandedOut() == batches && source.AllSettled())) {
+      std::this_thread::sleep_for(milliseconds(5));  // poll period
+    }
+    stop_ = true;
+    loop.join();
+    EXPECT_EQ(sink.publish_calls, 0) << "the events are valid: all must be written";
+  }
+
+  static constexpr int kBatch = 8;
+  std::atomic<bool> stop_{false};
+};
+
+TEST_F(PipelinedLoop, UnderBacklogTheNextBatchIsPulledWhileTheCurrentOneIsWritten) {
+  BacklogSource source(6, kBatch);
+  WaitForFetchStore store(source, 6, milliseconds(5000));
+  Run(source, store, true, 6);
+  EXPECT_EQ(store.timeouts.load(), 0) << "a write waited in vain for the fetch after next";
+  EXPECT_EQ(source.HandedOut(), 6);
+  EXPECT_TRUE(source.AllSettled());
+}
+
+TEST_F(PipelinedLoop, WithoutFetchAheadTheNextFetchWaitsForTheWrite) {
+  // The same store with the option off: the gate can only time out, which shows that the
+  // test above measures the option and not the timing of its threads.
+  BacklogSource source(2, kBatch);
+  WaitForFetchStore store(source, 2, milliseconds(500));
+  Run(source, store, false, 2);
+  EXPECT_GE(store.timeouts.load(), 1);
+  EXPECT_TRUE(source.AllSettled());
+}
+
+TEST_F(PipelinedLoop, ABatchPulledAheadWhenStoppingIsStillWrittenAndSettled) {
+  BacklogSource source(5, kBatch);
+  source.StopAfterLast(&stop_);  // stop arrives while the last batch is pulled ahead
+  testing::InMemoryEventStore store;
+  Run(source, store, true, 5);
+  EXPECT_EQ(source.HandedOut(), 5);
+  EXPECT_TRUE(source.AllSettled()) << "a batch fetched before the stop was dropped";
 }
 
 }  // namespace
