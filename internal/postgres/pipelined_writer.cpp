@@ -68,11 +68,16 @@ bool PipelinedWriter::Exchange(const std::vector<const WriteStep*>& steps, bool 
   for (const WriteStep* step : steps) {
     if (!sent) break;
     std::vector<const char*> values;
+    std::vector<int> lengths;
     values.reserve(step->params.size());
-    for (const std::string& param : step->params) values.push_back(param.c_str());
+    for (const std::string& param : step->params) {
+      values.push_back(param.data());
+      lengths.push_back(static_cast<int>(param.size()));
+    }
+    const std::vector<int> formats(step->params.size(), step->binary ? 1 : 0);
     sent = PQsendQueryPrepared(conn_, planner_.StatementName(*step).c_str(),
-                               static_cast<int>(values.size()), values.data(), nullptr, nullptr,
-                               0) == 1;
+                               static_cast<int>(values.size()), values.data(), lengths.data(),
+                               formats.data(), 0) == 1;
   }
   if (commit) {
     sent =

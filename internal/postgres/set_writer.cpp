@@ -33,22 +33,6 @@ std::string QuoteIdent(std::string_view name) {
 
 namespace {
 
-std::string RecordType(ColumnType t) {
-  switch (t) {
-    case ColumnType::kText:
-      return "text";
-    case ColumnType::kBigint:
-      return "bigint";
-    case ColumnType::kBool:
-      return "boolean";
-    case ColumnType::kJsonb:
-      return "jsonb";
-    case ColumnType::kTextArray:
-      return "text[]";  // jsonb_to_recordset turns a JSON array into an array itself
-  }
-  return "text";
-}
-
 // Value of staged column `c` as stored: absent (NULL) stays NULL.
 std::string Staged(const handlers::Column& c) {
   const std::string v = "r." + Quoted(c.name);
@@ -56,10 +40,43 @@ std::string Staged(const handlers::Column& c) {
   return v;
 }
 
-std::string RecordDefinition(const TableDef& def) {
-  std::string out = "idx integer";
-  for (const auto& c : def.columns) out += ", " + Quoted(c.name) + " " + RecordType(c.type);
-  return out + ", ver_ts bigint, ver_src smallint, ver_seq bigint";
+// A staged column as its table's type. Every data column arrives as text (NULL when the
+// event does not carry it); text[] columns arrive as a JSON array.
+std::string Typed(const std::string& v, ColumnType t) {
+  switch (t) {
+    case ColumnType::kText:
+      return v;
+    case ColumnType::kBigint:
+      return v + "::bigint";
+    case ColumnType::kBool:
+      return v + "::boolean";
+    case ColumnType::kJsonb:
+      return v + "::jsonb";
+    case ColumnType::kTextArray:
+      return "CASE WHEN " + v + " IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(" +
+             v + "::jsonb)) END";
+  }
+  return v;
+}
+
+// The rows of a 'u', 'p' or 'x' step: one array parameter per column (see ColumnArrays),
+// unnested into rows r(idx, the table's columns, ver_ts, ver_src, ver_seq).
+std::string FromRows(const TableDef& def) {
+  std::string args = "$1::int4[]";
+  std::string names = "idx";
+  std::string typed = "u.idx";
+  int param = 2;
+  for (const auto& c : def.columns) {
+    args += ", $" + std::to_string(param++) + "::text[]";
+    names += ", " + Quoted(c.name);
+    typed += ", " + Typed("u." + Quoted(c.name), c.type) + " AS " + Quoted(c.name);
+  }
+  for (const char* v : {"::int8[]", "::int2[]", "::int8[]"}) {
+    args += ", $" + std::to_string(param++) + v;
+  }
+  names += ", ver_ts, ver_src, ver_seq";
+  typed += ", u.ver_ts, u.ver_src, u.ver_seq";
+  return " FROM (SELECT " + typed + " FROM unnest(" + args + ") AS u(" + names + ")) AS r";
 }
 
 // The contact columns an onboarding message sets, and their bits in contacts.onboarded_cols
@@ -88,8 +105,7 @@ std::string MaskOf(ValueOf value_of) {
 
 // 'u' upsert, 'p' update, 'x' the updates that a newer stored version makes stale.
 std::string BuildSql(const std::string& table, const TableDef& def, char op) {
-  const std::string from =
-      " FROM jsonb_to_recordset($1::jsonb) AS r(" + RecordDefinition(def) + ")";
+  const std::string from = FromRows(def);
   std::string keys;
   std::string key_match;
   for (size_t i = 0; i < def.key_count; ++i) {
@@ -172,30 +188,82 @@ void AppendJsonString(std::string& out, const std::string& s) {
   out += '"';
 }
 
-// One record of jsonb_to_recordset: idx, the mutation's values, its version.
-void AppendRecord(std::string& out, size_t idx, const Mutation& m) {
-  out += "{\"idx\":";
-  out += std::to_string(idx);
-  for (const auto& v : m.values) {
-    out += ",\"";
-    out += v.column->name;
-    out += "\":";
-    switch (v.column->type) {
-      case ColumnType::kText:
-        AppendJsonString(out, v.text);
-        break;
-      case ColumnType::kBigint:
-      case ColumnType::kBool:
-      case ColumnType::kJsonb:
-      case ColumnType::kTextArray:
-        out += v.text;  // already JSON text
-        break;
+// The parameters of a 'u', 'p' or 'x' step: one-dimensional arrays in PostgreSQL's binary
+// array format (array_recv): idx int4[], one text[] per column, ver_ts int8[], ver_src
+// int2[], ver_seq int8[]. Values go as they are (no quoting, no JSON): PostgreSQL only casts
+// the non-text columns.
+class ColumnArrays {
+ public:
+  explicit ColumnArrays(const TableDef& def)
+      : def_(def), columns_(def.columns.size() + 4), has_null_(def.columns.size() + 4, false) {}
+
+  void Add(size_t idx, const Mutation& m) {
+    ++rows_;
+    PutNumber(columns_[0], idx, 4);
+    const size_t n = def_.columns.size();
+    std::vector<const handlers::Value*> by_column(n, nullptr);
+    for (const auto& v : m.values) {
+      for (size_t c = 0; c < n; ++c) {
+        if (def_.columns[c].name == v.column->name) {
+          by_column[c] = &v;
+          break;
+        }
+      }
     }
+    for (size_t c = 0; c < n; ++c) {
+      const handlers::Value* v = by_column[c];
+      // A JSON null of a non-text column is no value, as jsonb_to_recordset read it.
+      if (v == nullptr || (def_.columns[c].type != ColumnType::kText && v->text == "null")) {
+        Put(columns_[c + 1], 0xffffffffu, 4);  // NULL
+        has_null_[c + 1] = true;
+      } else {
+        Put(columns_[c + 1], v->text.size(), 4);
+        columns_[c + 1] += v->text;
+      }
+    }
+    PutNumber(columns_[n + 1], static_cast<uint64_t>(m.version.seconds), 8);
+    PutNumber(columns_[n + 2], static_cast<uint64_t>(m.version.source), 2);
+    PutNumber(columns_[n + 3], m.version.seq, 8);
   }
-  out += ",\"ver_ts\":" + std::to_string(m.version.seconds);
-  out += ",\"ver_src\":" + std::to_string(static_cast<int>(m.version.source));
-  out += ",\"ver_seq\":" + std::to_string(m.version.seq) + "}";
-}
+
+  bool empty() const { return rows_ == 0; }
+
+  std::vector<std::string> Params() const {
+    constexpr uint32_t kInt8 = 20, kInt2 = 21, kInt4 = 23, kText = 25;  // type oids
+    const size_t n = def_.columns.size();
+    std::vector<std::string> out;
+    out.reserve(columns_.size());
+    for (size_t c = 0; c < columns_.size(); ++c) {
+      const uint32_t oid = c == 0 ? kInt4 : c <= n ? kText : c == n + 2 ? kInt2 : kInt8;
+      std::string a;
+      a.reserve(20 + columns_[c].size());
+      Put(a, 1, 4);  // one dimension
+      Put(a, has_null_[c] ? 1 : 0, 4);
+      Put(a, oid, 4);
+      Put(a, rows_, 4);  // its length
+      Put(a, 1, 4);      // its lower bound
+      a += columns_[c];
+      out.push_back(std::move(a));
+    }
+    return out;
+  }
+
+ private:
+  // `bytes` bytes of v, most significant first (network order).
+  static void Put(std::string& out, uint64_t v, int bytes) {
+    for (int b = bytes - 1; b >= 0; --b) out += static_cast<char>((v >> (8 * b)) & 0xff);
+  }
+  // An integer element: its length, then its value.
+  static void PutNumber(std::string& out, uint64_t v, int bytes) {
+    Put(out, static_cast<uint64_t>(bytes), 4);
+    Put(out, v, bytes);
+  }
+
+  const TableDef& def_;
+  std::vector<std::string> columns_;  // the elements of each array
+  std::vector<bool> has_null_;
+  size_t rows_ = 0;
+};
 
 std::string KeyOf(const Mutation& m, size_t key_count) {
   std::string k;
@@ -376,30 +444,30 @@ void SetWriter::PlanGroup(std::span<const Mutation> all, const std::vector<size_
     rounds[r].push_back(i);
   }
   for (const auto& round : rounds) {
-    WriteStep upsert{schema, &def, 'u', {"["}, {}, {}};
-    WriteStep update{schema, &def, 'p', {"["}, {}, {}};
+    WriteStep upsert{schema, &def, 'u', {}, {}, {}, true};
+    WriteStep update{schema, &def, 'p', {}, {}, {}, true};
+    ColumnArrays upsert_rows(def);
+    ColumnArrays update_rows(def);
     for (size_t i : round) {
       const Mutation& m = all[i];
       if (m.kind == WriteKind::kUpsert) {
-        if (upsert.params[0].size() > 1) upsert.params[0] += ',';
-        AppendRecord(upsert.params[0], i, m);
+        upsert_rows.Add(i, m);
         upsert.upsert_by_key[KeyOf(m, def.key_count)] = i;
         out[i] = {ApplyOutcome::kStale, ""};
       } else {
-        if (update.params[0].size() > 1) update.params[0] += ',';
-        AppendRecord(update.params[0], i, m);
+        update_rows.Add(i, m);
         update.indices.push_back(i);
         // Until proven stale: a row missing now, or committed by another writer after the
         // UPDATE's snapshot, must be retried, never dropped.
         out[i] = {ApplyOutcome::kNotYet, m.KeyText()};
       }
     }
-    if (!upsert.upsert_by_key.empty()) {
-      upsert.params[0] += "]";
+    if (!upsert_rows.empty()) {
+      upsert.params = upsert_rows.Params();
       steps.push_back(std::move(upsert));
     }
-    if (!update.indices.empty()) {
-      update.params[0] += "]";
+    if (!update_rows.empty()) {
+      update.params = update_rows.Params();
       WriteStep check = update;
       check.op = 'x';
       steps.push_back(std::move(update));

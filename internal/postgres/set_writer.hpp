@@ -1,6 +1,6 @@
 #pragma once
 // Set-based writes: all mutations of one batch in a few statements per (tenant, table, kind),
-// each statement taking its rows as one jsonb array (jsonb_to_recordset), with the same
+// each statement taking its rows as one binary array per column (unnest), with the same
 // version guard as the row-at-a-time path. Several events for one key in a batch are written
 // in rounds (the k-th event of every key in round k, in fetch order), because ON CONFLICT
 // cannot touch a row twice in one statement; the result equals applying them one by one.
@@ -18,8 +18,9 @@ namespace evp::postgres {
 // A double-quoted SQL identifier (quotes inside doubled).
 std::string QuoteIdent(std::string_view name);
 
-// One statement of a batch write: its target, its parameters ($1 the jsonb rows, $2 the
-// tenant for onboarding) and what its result rows mean.
+// One statement of a batch write: its target, its parameters (the rows as one array per
+// column; for onboarding $1 the rows as a jsonb array and $2 the tenant) and what its result
+// rows mean.
 struct WriteStep {
   std::string schema;
   const handlers::TableDef* def = nullptr;  // null for onboarding
@@ -29,6 +30,7 @@ struct WriteStep {
   std::vector<std::string> params;
   std::map<std::string, size_t> upsert_by_key;  // 'u': key text -> mutation index
   std::vector<size_t> indices;                  // 'p', 'x': the updates' mutation indices
+  bool binary = false;  // params in binary format ('u', 'p', 'x': arrays), else text
 };
 
 class SetWriter {
