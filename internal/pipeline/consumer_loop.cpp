@@ -142,10 +142,21 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
   // With fetch_ahead, the next pull runs on its own thread while a batch is prepared and
   // the previous one written; the source serves a fetch alongside settles and heartbeats.
   // Lag and recovery stay with the fetch (never two at once).
-  std::future<Result<FetchedBatch, std::string>> ahead;
+  // A pulled batch's in-progress acks start at once: one pulled ahead may wait longer than
+  // ACK_WAIT (a batch creating many tenant schemas is written before it).
+  struct Pulled {
+    Result<FetchedBatch, std::string> fetched;
+    std::unique_ptr<Heartbeat> heartbeat;
+  };
+  std::future<Pulled> ahead;
   auto fetch = [&] {
     update_lag();
-    return source.Fetch(options.batch_size, options.max_wait);
+    Pulled pulled{source.Fetch(options.batch_size, options.max_wait), nullptr};
+    if (pulled.fetched.ok() && !pulled.fetched->messages.empty()) {
+      pulled.heartbeat =
+          std::make_unique<Heartbeat>(source, pulled.fetched->token, options.heartbeat);
+    }
+    return pulled;
   };
   while (true) {
     if (!ahead.valid()) {
@@ -156,7 +167,8 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
         continue;
       }
     }
-    auto fetched = ahead.valid() ? ahead.get() : fetch();
+    Pulled pulled = ahead.valid() ? ahead.get() : fetch();
+    auto& fetched = pulled.fetched;
     if (!fetched.ok()) {
       health.source_ok = false;
       observability::LogWarn("fetch failed",
@@ -178,8 +190,8 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
         health.store_ok.load()) {
       ahead = std::async(std::launch::async, fetch);
     }
-    InFlight next{std::move(fetched.value()), nullptr, steady_clock::now(), nullptr};
-    next.heartbeat = std::make_unique<Heartbeat>(source, next.batch.token, options.heartbeat);
+    InFlight next{std::move(fetched.value()), nullptr, steady_clock::now(),
+                  std::move(pulled.heartbeat)};
     next.prepared = processor.Prepare(next.batch.messages);
     settle();  // the previous batch must be written before this one starts
     writing = std::move(next);

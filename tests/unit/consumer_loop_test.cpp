@@ -7,6 +7,7 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "fakes.hpp"
@@ -257,7 +258,11 @@ class BacklogSource final : public EventSource {
     settled_[token] += static_cast<int>(decisions.size());
     for (const Decision& d : decisions) acked_ += d.kind == Decision::Kind::kAck ? 1 : 0;
   }
-  void InProgress(uint64_t) override {}
+  void InProgress(uint64_t token) override {
+    std::lock_guard lock(mu_);
+    in_progress_.insert(token);
+    cv_.notify_all();
+  }
   bool Connected() override { return true; }
   bool Lag(uint64_t* pending, uint64_t* ack_pending) override {
     *pending = 0;
@@ -265,6 +270,11 @@ class BacklogSource final : public EventSource {
     return true;
   }
 
+  // Blocks until batch `token` got an in-progress ack or patience ran out.
+  bool WaitForInProgress(uint64_t token, milliseconds patience) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, patience, [&] { return in_progress_.count(token) > 0; });
+  }
   bool WaitForFetch(int n, milliseconds patience) {
     std::unique_lock lock(mu_);
     return cv_.wait_for(lock, patience, [&] { return fetches_ >= n; });
@@ -294,6 +304,7 @@ class BacklogSource final : public EventSource {
   uint64_t seq_ = 0;
   int acked_ = 0;
   std::map<uint64_t, int> settled_;
+  std::set<uint64_t> in_progress_;
   std::atomic<bool>* stop_after_last_ = nullptr;
 };
 
@@ -304,13 +315,20 @@ class WaitForFetchStore final : public EventStore {
  public:
   WaitForFetchStore(BacklogSource& source, int batches, milliseconds patience)
       : source_(source), batches_(batches), patience_(patience) {}
+  // Instead: the write of batch k waits until batch k + 2, pulled ahead, is kept alive with
+  // in-progress acks.
+  void WaitForHeartbeatInstead() { heartbeat_ = true; }
   Result<Unit, StoreError> EnsureTenant(const std::string& company_id) override {
     return inner_.EnsureTenant(company_id);
   }
   Result<std::vector<ApplyResult>, StoreError> Apply(
       std::span<const handlers::Mutation> mutations) override {
     ++writes_;
-    if (writes_ < batches_ && !source_.WaitForFetch(writes_ + 2, patience_)) ++timeouts;
+    const bool ok =
+        writes_ >= batches_ - (heartbeat_ ? 1 : 0) ||
+        (heartbeat_ ? source_.WaitForInProgress(static_cast<uint64_t>(writes_) + 2, patience_)
+                    : source_.WaitForFetch(writes_ + 2, patience_));
+    if (!ok) ++timeouts;
     return inner_.Apply(mutations);
   }
   bool Ping() override { return true; }
@@ -321,6 +339,7 @@ class WaitForFetchStore final : public EventStore {
   BacklogSource& source_;
   int batches_;
   milliseconds patience_;
+  bool heartbeat_ = false;
   testing::InMemoryEventStore inner_;
   int writes_ = 0;
 };
@@ -332,7 +351,8 @@ class PipelinedLoop : public ::testing::Test {
 
   // Runs RunPipelinedLoop over `source` until every batch is settled (or 10 s pass), unless
   // the source stops it itself.
-  void Run(BacklogSource& source, EventStore& store, bool fetch_ahead, int batches) {
+  void Run(BacklogSource& source, EventStore& store, bool fetch_ahead, int batches,
+           milliseconds heartbeat = milliseconds(0)) {
     auto schemas = validation::SchemaRegistry::LoadEmbedded();
     ASSERT_TRUE(schemas.ok()) << schemas.error();
     auto cfg = Config::FromEnvironment(Binary::kProcessor, [](const std::string& k) {
@@ -346,7 +366,7 @@ class PipelinedLoop : public ::testing::Test {
     testing::FakeClock clock;
     BatchProcessor processor(cfg.value(), schemas.value(), store, sink, exhausted, clock, metrics);
     LoopHealth health;
-    LoopOptions options{"test", kBatch, milliseconds(1), milliseconds(0), milliseconds(60'000)};
+    LoopOptions options{"test", kBatch, milliseconds(1), heartbeat, milliseconds(60'000)};
     options.fetch_ahead = fetch_ahead;
     std::thread loop(
         [&] { RunPipelinedLoop(source, processor, store, metrics, options, stop_, health); });
@@ -380,6 +400,17 @@ TEST_F(PipelinedLoop, WithoutFetchAheadTheNextFetchWaitsForTheWrite) {
   WaitForFetchStore store(source, 2, milliseconds(500));
   Run(source, store, false, 2);
   EXPECT_GE(store.timeouts.load(), 1);
+  EXPECT_TRUE(source.AllSettled());
+}
+
+TEST_F(PipelinedLoop, ABatchPulledAheadGetsInProgressAcksWhileItWaits) {
+  // Batches pulled ahead can wait longer than ACK_WAIT (the batch before them may create
+  // many tenant schemas): without in-progress acks the server would deliver them again.
+  BacklogSource source(5, kBatch);
+  WaitForFetchStore store(source, 5, milliseconds(5000));
+  store.WaitForHeartbeatInstead();
+  Run(source, store, true, 5, milliseconds(10));
+  EXPECT_EQ(store.timeouts.load(), 0) << "a batch pulled ahead got no in-progress ack";
   EXPECT_TRUE(source.AllSettled());
 }
 
