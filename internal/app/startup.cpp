@@ -51,8 +51,10 @@ Config StartService(Binary binary, const char* binary_name, std::atomic<bool>& s
   // glibc gives every thread that allocates at once a heap (arena) of its own, up to 8 per
   // core, and each keeps its peak. Batches are built on one thread and freed on another:
   // two arenas took the peak RSS under a 200,000-event backlog from 86 to 62-65 MB for
-  // the same throughput (bench/run.sh, docs/performance.md).
-  mallopt(M_ARENA_MAX, 2);
+  // the same throughput (bench/run.sh, docs/performance.md). An operator's own setting wins.
+  if (std::getenv("MALLOC_ARENA_MAX") == nullptr && std::getenv("GLIBC_TUNABLES") == nullptr) {
+    mallopt(M_ARENA_MAX, 2);
+  }
   return config;
 }
 

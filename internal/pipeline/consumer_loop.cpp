@@ -141,7 +141,8 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
   };
   // With fetch_ahead, the next pull runs on its own thread while a batch is prepared and
   // the previous one written; the source serves a fetch alongside settles and heartbeats.
-  // Lag and recovery stay with the fetch (never two at once).
+  // Lag checks and recovery (which may replace the subscription) stay on this thread, and
+  // only run while no fetch is in flight.
   // A pulled batch's in-progress acks start at once: one pulled ahead may wait longer than
   // ACK_WAIT (a batch creating many tenant schemas is written before it).
   struct Pulled {
@@ -149,8 +150,10 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
     std::unique_ptr<Heartbeat> heartbeat;
   };
   std::future<Pulled> ahead;
+  // Pulled ahead before a database outage showed: written once the database is back (on
+  // stop meanwhile, the source hands it back to the server).
+  std::optional<Pulled> held;
   auto fetch = [&] {
-    update_lag();
     Pulled pulled{source.Fetch(options.batch_size, options.max_wait), nullptr};
     if (pulled.fetched.ok() && !pulled.fetched->messages.empty()) {
       pulled.heartbeat =
@@ -158,16 +161,25 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
     }
     return pulled;
   };
-  while (true) {
-    if (!ahead.valid()) {
-      if (stop.load()) break;
-      if (!health.store_ok.load()) {
-        settle();
-        if (!WaitForStore(store, processor, stop, health, options, update_lag)) break;
-        continue;
-      }
+  auto next_pulled = [&]() -> Pulled {
+    if (held) {
+      Pulled p = std::move(*held);
+      held.reset();
+      return p;
     }
-    Pulled pulled = ahead.valid() ? ahead.get() : fetch();
+    if (ahead.valid()) return ahead.get();
+    update_lag();
+    return fetch();
+  };
+  while (true) {
+    if (!held && !ahead.valid() && stop.load()) break;
+    if (!health.store_ok.load()) {
+      settle();
+      if (ahead.valid()) held = ahead.get();
+      if (!WaitForStore(store, processor, stop, health, options, update_lag)) break;
+      continue;
+    }
+    Pulled pulled = next_pulled();
     auto& fetched = pulled.fetched;
     if (!fetched.ok()) {
       health.source_ok = false;
@@ -188,6 +200,7 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
     if (options.fetch_ahead &&
         fetched->messages.size() * 2 >= static_cast<size_t>(options.batch_size) && !stop.load() &&
         health.store_ok.load()) {
+      update_lag();
       ahead = std::async(std::launch::async, fetch);
     }
     InFlight next{std::move(fetched.value()), nullptr, steady_clock::now(),

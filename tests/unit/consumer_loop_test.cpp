@@ -234,6 +234,7 @@ class BacklogSource final : public EventSource {
   BacklogSource(int batches, int batch_size) : batches_(batches), batch_size_(batch_size) {}
 
   Result<FetchedBatch, std::string> Fetch(int max, milliseconds) override {
+    if (recovering_) ++overlaps;
     std::unique_lock lock(mu_);
     ++fetches_;
     cv_.notify_all();
@@ -254,7 +255,9 @@ class BacklogSource final : public EventSource {
     return batch;
   }
   void Settle(uint64_t token, std::span<const Decision> decisions) override {
+    if (recovering_) ++overlaps;
     std::lock_guard lock(mu_);
+    for (const Decision& d : decisions) acks_of_[token] += d.kind == Decision::Kind::kAck ? 1 : 0;
     settled_[token] += static_cast<int>(decisions.size());
     for (const Decision& d : decisions) acked_ += d.kind == Decision::Kind::kAck ? 1 : 0;
   }
@@ -267,9 +270,22 @@ class BacklogSource final : public EventSource {
   bool Lag(uint64_t* pending, uint64_t* ack_pending) override {
     *pending = 0;
     *ack_pending = 0;
+    return !lag_fails;  // failing while connected: the loop recovers the consumer
+  }
+  // Recovery replaces the subscription: a fetch or an ack meanwhile would use a freed one.
+  bool Recover() override {
+    recovering_ = true;
+    std::this_thread::sleep_for(milliseconds(2));  // the work of re-creating the consumer
+    recovering_ = false;
+    ++recoveries;
     return true;
   }
 
+  // Acknowledged messages of batch `token` (settled so far).
+  int AcksOf(uint64_t token) {
+    std::lock_guard lock(mu_);
+    return acks_of_[token];
+  }
   // Blocks until batch `token` got an in-progress ack or patience ran out.
   bool WaitForInProgress(uint64_t token, milliseconds patience) {
     std::unique_lock lock(mu_);
@@ -305,7 +321,14 @@ class BacklogSource final : public EventSource {
   int acked_ = 0;
   std::map<uint64_t, int> settled_;
   std::set<uint64_t> in_progress_;
+  std::map<uint64_t, int> acks_of_;
   std::atomic<bool>* stop_after_last_ = nullptr;
+  std::atomic<bool> recovering_{false};
+
+ public:
+  std::atomic<bool> lag_fails{false};
+  std::atomic<int> overlaps{0};  // fetches and acks during a recovery
+  std::atomic<int> recoveries{0};
 };
 
 // Writes nothing until the source has seen a given number of fetches: the write of batch k
@@ -344,6 +367,33 @@ class WaitForFetchStore final : public EventStore {
   int writes_ = 0;
 };
 
+// Fails every write while `down` (the database is unreachable); Ping tells.
+class OutageStore final : public EventStore {
+ public:
+  Result<Unit, StoreError> EnsureTenant(const std::string& company_id) override {
+    return inner_.EnsureTenant(company_id);
+  }
+  Result<std::vector<ApplyResult>, StoreError> Apply(
+      std::span<const handlers::Mutation> mutations) override {
+    if (down) {
+      ++writes_while_down;
+      return Err{StoreError{StoreErrorKind::kTransient, "08006: connection failure"}};
+    }
+    return inner_.Apply(mutations);
+  }
+  bool Ping() override {
+    if (down) ++pings_while_down;
+    return !down;
+  }
+
+  std::atomic<bool> down{true};
+  std::atomic<int> writes_while_down{0};
+  std::atomic<int> pings_while_down{0};
+
+ private:
+  testing::InMemoryEventStore inner_;
+};
+
 class PipelinedLoop : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { spdlog::set_level(spdlog::level::off); }
@@ -353,6 +403,13 @@ class PipelinedLoop : public ::testing::Test {
   // the source stops it itself.
   void Run(BacklogSource& source, EventStore& store, bool fetch_ahead, int batches,
            milliseconds heartbeat = milliseconds(0)) {
+    Run(source, store, fetch_ahead, heartbeat, milliseconds(60'000),
+        [&] { return source.HandedOut() == batches && source.AllSettled(); });
+  }
+  // The same until `done` holds (or 10 s pass), with lag checks every `lag_interval`.
+  template <typename Pred>
+  void Run(BacklogSource& source, EventStore& store, bool fetch_ahead, milliseconds heartbeat,
+           milliseconds lag_interval, Pred done) {
     auto schemas = validation::SchemaRegistry::LoadEmbedded();
     ASSERT_TRUE(schemas.ok()) << schemas.error();
     auto cfg = Config::FromEnvironment(Binary::kProcessor, [](const std::string& k) {
@@ -366,13 +423,12 @@ class PipelinedLoop : public ::testing::Test {
     testing::FakeClock clock;
     BatchProcessor processor(cfg.value(), schemas.value(), store, sink, exhausted, clock, metrics);
     LoopHealth health;
-    LoopOptions options{"test", kBatch, milliseconds(1), heartbeat, milliseconds(60'000)};
+    LoopOptions options{"test", kBatch, milliseconds(1), heartbeat, lag_interval};
     options.fetch_ahead = fetch_ahead;
     std::thread loop(
         [&] { RunPipelinedLoop(source, processor, store, metrics, options, stop_, health); });
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (!stop_ && std::chrono::steady_clock::now() < deadline &&
-           !(source.HandedOut() == batches && source.AllSettled())) {
+    while (!stop_ && std::chrono::steady_clock::now() < deadline && !done()) {
       std::this_thread::sleep_for(milliseconds(5));  // poll period
     }
     stop_ = true;
@@ -412,6 +468,38 @@ TEST_F(PipelinedLoop, ABatchPulledAheadGetsInProgressAcksWhileItWaits) {
   Run(source, store, true, 5, milliseconds(10));
   EXPECT_EQ(store.timeouts.load(), 0) << "a batch pulled ahead got no in-progress ack";
   EXPECT_TRUE(source.AllSettled());
+}
+
+TEST_F(PipelinedLoop, RecoveringTheConsumerNeverRunsAlongsideAFetchOrAnAck) {
+  BacklogSource source(30, kBatch);
+  source.lag_fails = true;  // every lag check recovers the consumer
+  testing::InMemoryEventStore store;
+  Run(source, store, true, milliseconds(0), milliseconds(0),
+      [&] { return source.HandedOut() == 30 && source.AllSettled(); });
+  EXPECT_GT(source.recoveries.load(), 0);
+  EXPECT_EQ(source.overlaps.load(), 0);
+  EXPECT_TRUE(source.AllSettled());
+}
+
+TEST_F(PipelinedLoop, AnOutageHoldsTheBatchPulledAheadUntilTheDatabaseIsBack) {
+  BacklogSource source(6, kBatch);
+  OutageStore store;
+  // Batch 1 meets the outage, and batch 2 was prepared meanwhile: both are written once
+  // and handed back. Batch 3, pulled ahead, waits with the loop until the database answers.
+  bool paused_after_two = false;
+  Run(source, store, true, milliseconds(0), milliseconds(60'000), [&] {
+    if (store.down && store.pings_while_down >= 3) {  // the loop waits for the database
+      paused_after_two = store.writes_while_down == 2;
+      store.down = false;
+    }
+    return source.HandedOut() == 6 && source.AcksOf(6) == kBatch;
+  });
+  EXPECT_TRUE(paused_after_two) << store.writes_while_down << " writes during the outage";
+  EXPECT_EQ(source.AcksOf(1), 0);
+  EXPECT_EQ(source.AcksOf(2), 0);
+  for (uint64_t token = 3; token <= 6; ++token) {
+    EXPECT_EQ(source.AcksOf(token), kBatch) << "batch " << token;
+  }
 }
 
 TEST_F(PipelinedLoop, ABatchPulledAheadWhenStoppingIsStillWrittenAndSettled) {
