@@ -191,64 +191,56 @@ void AppendJsonString(std::string& out, const std::string& s) {
 // The parameters of a 'u', 'p' or 'x' step: one-dimensional arrays in PostgreSQL's binary
 // array format (array_recv): idx int4[], one text[] per column, ver_ts int8[], ver_src
 // int2[], ver_seq int8[]. Values go as they are (no quoting, no JSON): PostgreSQL only casts
-// the non-text columns.
+// the non-text columns. Columns an event does not carry are NULL.
 class ColumnArrays {
  public:
   explicit ColumnArrays(const TableDef& def)
-      : def_(def), columns_(def.columns.size() + 4), has_null_(def.columns.size() + 4, false) {}
+      : def_(def), arrays_(def.columns.size() + 4), has_null_(def.columns.size() + 4, false) {
+    // Room for each array's header, written by Take once the row count is known.
+    for (std::string& a : arrays_) a.assign(kHeaderBytes, '\0');
+  }
 
   void Add(size_t idx, const Mutation& m) {
     ++rows_;
-    PutNumber(columns_[0], idx, 4);
-    const size_t n = def_.columns.size();
-    std::vector<const handlers::Value*> by_column(n, nullptr);
+    PutNumber(arrays_[0], idx, 4);
+    // A mutation's values point into its table's columns, in column order (BuildMutation).
+    size_t next = 0;
     for (const auto& v : m.values) {
-      for (size_t c = 0; c < n; ++c) {
-        if (def_.columns[c].name == v.column->name) {
-          by_column[c] = &v;
-          break;
-        }
-      }
+      const auto c = static_cast<size_t>(v.column - def_.columns.data());
+      for (; next < c; ++next) PutNull(next);
+      Put(arrays_[c + 1], v.text.size(), 4);
+      arrays_[c + 1] += v.text;
+      next = c + 1;
     }
-    for (size_t c = 0; c < n; ++c) {
-      const handlers::Value* v = by_column[c];
-      // A JSON null of a non-text column is no value, as jsonb_to_recordset read it.
-      if (v == nullptr || (def_.columns[c].type != ColumnType::kText && v->text == "null")) {
-        Put(columns_[c + 1], 0xffffffffu, 4);  // NULL
-        has_null_[c + 1] = true;
-      } else {
-        Put(columns_[c + 1], v->text.size(), 4);
-        columns_[c + 1] += v->text;
-      }
-    }
-    PutNumber(columns_[n + 1], static_cast<uint64_t>(m.version.seconds), 8);
-    PutNumber(columns_[n + 2], static_cast<uint64_t>(m.version.source), 2);
-    PutNumber(columns_[n + 3], m.version.seq, 8);
+    for (; next < def_.columns.size(); ++next) PutNull(next);
+    const size_t n = def_.columns.size();
+    PutNumber(arrays_[n + 1], static_cast<uint64_t>(m.version.seconds), 8);
+    PutNumber(arrays_[n + 2], static_cast<uint64_t>(m.version.source), 2);
+    PutNumber(arrays_[n + 3], m.version.seq, 8);
   }
 
   bool empty() const { return rows_ == 0; }
 
-  std::vector<std::string> Params() const {
+  // The finished arrays, as the step's parameters.
+  std::vector<std::string> Take() {
     constexpr uint32_t kInt8 = 20, kInt2 = 21, kInt4 = 23, kText = 25;  // type oids
     const size_t n = def_.columns.size();
-    std::vector<std::string> out;
-    out.reserve(columns_.size());
-    for (size_t c = 0; c < columns_.size(); ++c) {
+    for (size_t c = 0; c < arrays_.size(); ++c) {
       const uint32_t oid = c == 0 ? kInt4 : c <= n ? kText : c == n + 2 ? kInt2 : kInt8;
-      std::string a;
-      a.reserve(20 + columns_[c].size());
-      Put(a, 1, 4);  // one dimension
-      Put(a, has_null_[c] ? 1 : 0, 4);
-      Put(a, oid, 4);
-      Put(a, rows_, 4);  // its length
-      Put(a, 1, 4);      // its lower bound
-      a += columns_[c];
-      out.push_back(std::move(a));
+      std::string header;
+      Put(header, 1, 4);  // one dimension
+      Put(header, has_null_[c] ? 1 : 0, 4);
+      Put(header, oid, 4);
+      Put(header, rows_, 4);  // its length
+      Put(header, 1, 4);      // its lower bound
+      arrays_[c].replace(0, kHeaderBytes, header);
     }
-    return out;
+    return std::move(arrays_);
   }
 
  private:
+  static constexpr size_t kHeaderBytes = 20;
+
   // `bytes` bytes of v, most significant first (network order).
   static void Put(std::string& out, uint64_t v, int bytes) {
     for (int b = bytes - 1; b >= 0; --b) out += static_cast<char>((v >> (8 * b)) & 0xff);
@@ -258,9 +250,13 @@ class ColumnArrays {
     Put(out, static_cast<uint64_t>(bytes), 4);
     Put(out, v, bytes);
   }
+  void PutNull(size_t column) {
+    Put(arrays_[column + 1], 0xffffffffu, 4);  // length -1
+    has_null_[column + 1] = true;
+  }
 
   const TableDef& def_;
-  std::vector<std::string> columns_;  // the elements of each array
+  std::vector<std::string> arrays_;  // header room, then the elements
   std::vector<bool> has_null_;
   size_t rows_ = 0;
 };
@@ -463,11 +459,11 @@ void SetWriter::PlanGroup(std::span<const Mutation> all, const std::vector<size_
       }
     }
     if (!upsert_rows.empty()) {
-      upsert.params = upsert_rows.Params();
+      upsert.params = upsert_rows.Take();
       steps.push_back(std::move(upsert));
     }
     if (!update_rows.empty()) {
-      update.params = update_rows.Params();
+      update.params = update_rows.Take();
       WriteStep check = update;
       check.op = 'x';
       steps.push_back(std::move(update));
