@@ -145,7 +145,7 @@ int main(int argc, char** argv) {
   observability::Metrics metrics("bench", {});
   pipeline::BatchProcessor processor(cfg.value(), schemas.value(), store, sink, store, clock,
                                      metrics);
-  postgres::SetWriter planner("tenant_");
+  postgres::SetWriter planner("tenant_", "events_ops");
   const auto events = StandardMix(o);
 
   std::vector<double> prepare_us;

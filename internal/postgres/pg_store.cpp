@@ -152,7 +152,7 @@ PgStore::PgStore(std::string dsn, std::string ops_schema, std::string tenant_pre
     : dsn_(std::move(dsn)),
       ops_schema_(std::move(ops_schema)),
       tenant_prefix_(std::move(tenant_prefix)),
-      pipelined_(dsn_, tenant_prefix_, statement_cache) {}
+      pipelined_(dsn_, ops_schema_, tenant_prefix_, statement_cache) {}
 
 PgStore::~PgStore() = default;
 

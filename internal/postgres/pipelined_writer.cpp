@@ -3,6 +3,7 @@
 #include <libpq-fe.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <unordered_set>
 
 #include "postgres/pg_errors.hpp"
@@ -22,9 +23,11 @@ std::string ErrorText(PGconn* conn, const PGresult* res) {
 
 }  // namespace
 
-PipelinedWriter::PipelinedWriter(std::string dsn, std::string tenant_prefix, size_t statement_cache)
+PipelinedWriter::PipelinedWriter(std::string dsn, std::string ops_schema, std::string tenant_prefix,
+                                 size_t statement_cache)
     : dsn_(std::move(dsn)),
-      planner_(std::move(tenant_prefix)),
+      ops_schema_(ops_schema),
+      planner_(std::move(tenant_prefix), std::move(ops_schema)),
       statement_cache_(std::max<size_t>(1, statement_cache)) {}
 
 PipelinedWriter::~PipelinedWriter() { Close(); }
@@ -53,11 +56,55 @@ bool PipelinedWriter::Connect(std::string& error) {
   PGresult* r = PQexec(conn_,
                        "SET plan_cache_mode = force_generic_plan; SET enable_hashjoin = off; "
                        "SET enable_mergejoin = off");
-  const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
   if (!ok) error = ErrorText(conn_, r);
   PQclear(r);
+  ok = ok && LoadRowTypes(error);
   if (!ok) Close();
   return ok;
+}
+
+bool PipelinedWriter::LoadRowTypes(std::string& error) {
+  // The statements' parameters name their row type by oid. A type missing or differing from
+  // what this version sends (ops migrations not run, or run by another version) stops the
+  // writes with this error, as an outage would: nothing is written, nothing is exhausted.
+  const char* sql =
+      "SELECT t.typname, t.oid, string_agg(a.attname || ' ' || format_type(a.atttypid, "
+      "a.atttypmod), ', ' ORDER BY a.attnum) FROM pg_type t JOIN pg_namespace n ON n.oid = "
+      "t.typnamespace JOIN pg_attribute a ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT "
+      "a.attisdropped WHERE n.nspname = $1 AND t.typname LIKE 'rows\\_%' GROUP BY t.typname, "
+      "t.oid";
+  const char* params[] = {ops_schema_.c_str()};
+  PGresult* r = PQexecParams(conn_, sql, 1, nullptr, params, nullptr, nullptr, 0);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    error = ErrorText(conn_, r);
+    PQclear(r);
+    return false;
+  }
+  SetWriter::RowTypes oids{};
+  for (const handlers::Table table : {handlers::Table::kChats, handlers::Table::kMessages,
+                                      handlers::Table::kContacts, handlers::Table::kAgents}) {
+    const std::string name = SetWriter::RowTypeName(table);
+    const std::string expected = SetWriter::RowTypeColumns(handlers::Definition(table));
+    std::string found;
+    for (int row = 0; row < PQntuples(r); ++row) {
+      if (name == PQgetvalue(r, row, 0)) {
+        oids[static_cast<size_t>(table)] =
+            static_cast<uint32_t>(std::strtoul(PQgetvalue(r, row, 1), nullptr, 10));
+        found = PQgetvalue(r, row, 2);
+      }
+    }
+    if (found != expected) {
+      error = "type " + ops_schema_ + "." + name +
+              (found.empty() ? " does not exist" : " is (" + found + ")") +
+              ", this version needs (" + expected + "): run the ops migrations of this version";
+      PQclear(r);
+      return false;
+    }
+  }
+  PQclear(r);
+  planner_.SetRowTypes(oids);
+  return true;
 }
 
 bool PipelinedWriter::Exchange(const std::vector<const WriteStep*>& steps, bool begin, bool commit,
@@ -162,7 +209,7 @@ bool PipelinedWriter::PrepareStatements(const std::vector<const WriteStep*>& ste
     }
   }
   for (const auto& [name, step] : missing) {
-    PGresult* r = PQprepare(conn_, name.c_str(), SetWriter::StepSql(*step).c_str(), 0, nullptr);
+    PGresult* r = PQprepare(conn_, name.c_str(), planner_.StepSql(*step).c_str(), 0, nullptr);
     const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     if (!ok) {
       outcome.message = ErrorText(conn_, r);

@@ -21,7 +21,8 @@ namespace evp::postgres {
 class PipelinedWriter {
  public:
   // `statement_cache`: prepared statements kept on the connection (least recently used go).
-  PipelinedWriter(std::string dsn, std::string tenant_prefix,
+  // `ops_schema` holds the row types of the statements' parameters.
+  PipelinedWriter(std::string dsn, std::string ops_schema, std::string tenant_prefix,
                   size_t statement_cache = kDefaultStatementCache);
   ~PipelinedWriter();
   PipelinedWriter(const PipelinedWriter&) = delete;
@@ -45,6 +46,8 @@ class PipelinedWriter {
 
  private:
   bool Connect(std::string& error);
+  // Looks up the row types of the statements' parameters and checks their columns.
+  bool LoadRowTypes(std::string& error);
   // One round trip in pipeline mode: BEGIN (when `begin`), the steps, COMMIT (when
   // `commit`), a sync point; interprets the steps' rows into outcome.results and records the
   // first failing statement in outcome. False when the connection is lost.
@@ -57,6 +60,7 @@ class PipelinedWriter {
   bool PrepareStatements(const std::vector<const WriteStep*>& steps, bool evict, Outcome& outcome);
 
   std::string dsn_;
+  std::string ops_schema_;
   SetWriter planner_;
   pg_conn* conn_ = nullptr;
   size_t statement_cache_;

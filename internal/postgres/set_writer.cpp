@@ -59,24 +59,15 @@ std::string Typed(const std::string& v, ColumnType t) {
   return v;
 }
 
-// The rows of a 'u', 'p' or 'x' step: one array parameter per column (see ColumnArrays),
-// unnested into rows r(idx, the table's columns, ver_ts, ver_src, ver_seq).
-std::string FromRows(const TableDef& def) {
-  std::string args = "$1::int4[]";
-  std::string names = "idx";
+// The rows of a 'u', 'p' or 'x' step: one array parameter of the table's row type (see
+// RowArray), unnested into rows r(idx, the table's columns, ver_ts, ver_src, ver_seq).
+std::string FromRows(const TableDef& def, const std::string& row_type) {
   std::string typed = "u.idx";
-  int param = 2;
   for (const auto& c : def.columns) {
-    args += ", $" + std::to_string(param++) + "::text[]";
-    names += ", " + Quoted(c.name);
     typed += ", " + Typed("u." + Quoted(c.name), c.type) + " AS " + Quoted(c.name);
   }
-  for (const char* v : {"::int8[]", "::int2[]", "::int8[]"}) {
-    args += ", $" + std::to_string(param++) + v;
-  }
-  names += ", ver_ts, ver_src, ver_seq";
   typed += ", u.ver_ts, u.ver_src, u.ver_seq";
-  return " FROM (SELECT " + typed + " FROM unnest(" + args + ") AS u(" + names + ")) AS r";
+  return " FROM (SELECT " + typed + " FROM unnest($1::" + row_type + "[]) AS u) AS r";
 }
 
 // The contact columns an onboarding message sets, and their bits in contacts.onboarded_cols
@@ -104,8 +95,9 @@ std::string MaskOf(ValueOf value_of) {
 }
 
 // 'u' upsert, 'p' update, 'x' the updates that a newer stored version makes stale.
-std::string BuildSql(const std::string& table, const TableDef& def, char op) {
-  const std::string from = FromRows(def);
+std::string BuildSql(const std::string& table, const std::string& row_type, const TableDef& def,
+                     char op) {
+  const std::string from = FromRows(def, row_type);
   std::string keys;
   std::string key_match;
   for (size_t i = 0; i < def.key_count; ++i) {
@@ -188,76 +180,81 @@ void AppendJsonString(std::string& out, const std::string& s) {
   out += '"';
 }
 
-// The parameters of a 'u', 'p' or 'x' step: one-dimensional arrays in PostgreSQL's binary
-// array format (array_recv): idx int4[], one text[] per column, ver_ts int8[], ver_src
-// int2[], ver_seq int8[]. Values go as they are (no quoting, no JSON): PostgreSQL only casts
-// the non-text columns. Columns an event does not carry are NULL.
-class ColumnArrays {
+// The parameter of a 'u', 'p' or 'x' step: a one-dimensional array of the table's row type
+// (ops migration 0003) in PostgreSQL's binary format (array_recv, record_recv). Each element
+// holds idx int4, one text field per column, ver_ts int8, ver_src int2, ver_seq int8. Values go
+// as they are (no quoting, no JSON): PostgreSQL only casts the non-text columns. Columns an
+// event does not carry are NULL.
+class RowArray {
  public:
-  explicit ColumnArrays(const TableDef& def)
-      : def_(def), arrays_(def.columns.size() + 4), has_null_(def.columns.size() + 4, false) {
-    // Room for each array's header, written by Take once the row count is known.
-    for (std::string& a : arrays_) a.assign(kHeaderBytes, '\0');
+  RowArray(const TableDef& def, uint32_t row_type) : def_(def), row_type_(row_type) {
+    out_.assign(kHeaderBytes, '\0');  // written by Take once the row count is known
   }
 
   void Add(size_t idx, const Mutation& m) {
+    constexpr uint32_t kInt8 = 20, kInt2 = 21, kInt4 = 23, kText = 25;  // type oids
     ++rows_;
-    PutNumber(arrays_[0], idx, 4);
+    const size_t start = out_.size();
+    Put(0, 4);  // the element's length, set below
+    Put(def_.columns.size() + 4, 4);
+    PutField(kInt4, idx, 4);
     // A mutation's values point into its table's columns, in column order (BuildMutation).
     size_t next = 0;
     for (const auto& v : m.values) {
       const auto c = static_cast<size_t>(v.column - def_.columns.data());
-      for (; next < c; ++next) PutNull(next);
-      Put(arrays_[c + 1], v.text.size(), 4);
-      arrays_[c + 1] += v.text;
+      for (; next < c; ++next) PutNull(kText);
+      Put(kText, 4);
+      Put(v.text.size(), 4);
+      out_ += v.text;
       next = c + 1;
     }
-    for (; next < def_.columns.size(); ++next) PutNull(next);
-    const size_t n = def_.columns.size();
-    PutNumber(arrays_[n + 1], static_cast<uint64_t>(m.version.seconds), 8);
-    PutNumber(arrays_[n + 2], static_cast<uint64_t>(m.version.source), 2);
-    PutNumber(arrays_[n + 3], m.version.seq, 8);
+    for (; next < def_.columns.size(); ++next) PutNull(kText);
+    PutField(kInt8, static_cast<uint64_t>(m.version.seconds), 8);
+    PutField(kInt2, static_cast<uint64_t>(m.version.source), 2);
+    PutField(kInt8, m.version.seq, 8);
+    Set(start, out_.size() - start - 4);
   }
 
   bool empty() const { return rows_ == 0; }
 
-  // The finished arrays, as the step's parameters.
+  // The finished array, as the step's parameters.
   std::vector<std::string> Take() {
-    constexpr uint32_t kInt8 = 20, kInt2 = 21, kInt4 = 23, kText = 25;  // type oids
-    const size_t n = def_.columns.size();
-    for (size_t c = 0; c < arrays_.size(); ++c) {
-      const uint32_t oid = c == 0 ? kInt4 : c <= n ? kText : c == n + 2 ? kInt2 : kInt8;
-      std::string header;
-      Put(header, 1, 4);  // one dimension
-      Put(header, has_null_[c] ? 1 : 0, 4);
-      Put(header, oid, 4);
-      Put(header, rows_, 4);  // its length
-      Put(header, 1, 4);      // its lower bound
-      arrays_[c].replace(0, kHeaderBytes, header);
-    }
-    return std::move(arrays_);
+    Set(0, 1);  // one dimension
+    Set(4, 0);  // no NULL elements
+    Set(8, row_type_);
+    Set(12, rows_);  // its length
+    Set(16, 1);      // its lower bound
+    std::vector<std::string> params;
+    params.push_back(std::move(out_));
+    return params;
   }
 
  private:
   static constexpr size_t kHeaderBytes = 20;
 
   // `bytes` bytes of v, most significant first (network order).
-  static void Put(std::string& out, uint64_t v, int bytes) {
-    for (int b = bytes - 1; b >= 0; --b) out += static_cast<char>((v >> (8 * b)) & 0xff);
+  void Put(uint64_t v, int bytes) {
+    for (int b = bytes - 1; b >= 0; --b) out_ += static_cast<char>((v >> (8 * b)) & 0xff);
   }
-  // An integer element: its length, then its value.
-  static void PutNumber(std::string& out, uint64_t v, int bytes) {
-    Put(out, static_cast<uint64_t>(bytes), 4);
-    Put(out, v, bytes);
+  // A field of the record: its type, its length, its value.
+  void PutField(uint32_t type, uint64_t v, int bytes) {
+    Put(type, 4);
+    Put(static_cast<uint64_t>(bytes), 4);
+    Put(v, bytes);
   }
-  void PutNull(size_t column) {
-    Put(arrays_[column + 1], 0xffffffffu, 4);  // length -1
-    has_null_[column + 1] = true;
+  void PutNull(uint32_t type) {
+    Put(type, 4);
+    Put(0xffffffffu, 4);  // length -1
+  }
+  // A 4-byte integer at `at`.
+  void Set(size_t at, uint64_t v) {
+    for (int b = 0; b < 4; ++b)
+      out_[at + static_cast<size_t>(b)] = static_cast<char>((v >> (8 * (3 - b))) & 0xff);
   }
 
   const TableDef& def_;
-  std::vector<std::string> arrays_;  // header room, then the elements
-  std::vector<bool> has_null_;
+  uint32_t row_type_;
+  std::string out_;  // header room, then the elements
   size_t rows_ = 0;
 };
 
@@ -420,10 +417,21 @@ bool SetWriter::MarksFirstUpsert(const Mutation& m) {
          m.version.source == Source::kRealtime;
 }
 
-std::string SetWriter::StepSql(const WriteStep& step) {
+std::string SetWriter::StepSql(const WriteStep& step) const {
   const std::string schema = QuoteIdent(step.schema);
   if (step.op == 'o' || step.op == 'c') return OnboardingSql(step.op, schema);
-  return BuildSql(schema + "." + Quoted(step.def->name), *step.def, step.op);
+  return BuildSql(schema + "." + Quoted(step.def->name),
+                  QuoteIdent(ops_schema_) + "." + RowTypeName(step.def->table), *step.def, step.op);
+}
+
+std::string SetWriter::RowTypeName(handlers::Table table) {
+  return "rows_" + std::string(handlers::Definition(table).name);
+}
+
+std::string SetWriter::RowTypeColumns(const TableDef& def) {
+  std::string out = "idx integer";
+  for (const auto& c : def.columns) out += ", " + std::string(c.name) + " text";
+  return out + ", ver_ts bigint, ver_src smallint, ver_seq bigint";
 }
 
 void SetWriter::PlanGroup(std::span<const Mutation> all, const std::vector<size_t>& indices,
@@ -442,8 +450,9 @@ void SetWriter::PlanGroup(std::span<const Mutation> all, const std::vector<size_
   for (const auto& round : rounds) {
     WriteStep upsert{schema, &def, 'u', {}, {}, {}, true};
     WriteStep update{schema, &def, 'p', {}, {}, {}, true};
-    ColumnArrays upsert_rows(def);
-    ColumnArrays update_rows(def);
+    const uint32_t row_type = row_types_[static_cast<size_t>(def.table)];
+    RowArray upsert_rows(def, row_type);
+    RowArray update_rows(def, row_type);
     for (size_t i : round) {
       const Mutation& m = all[i];
       if (m.kind == WriteKind::kUpsert) {

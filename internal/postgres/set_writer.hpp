@@ -1,10 +1,12 @@
 #pragma once
 // Set-based writes: all mutations of one batch in a few statements per (tenant, table, kind),
-// each statement taking its rows as one binary array per column (unnest), with the same
-// version guard as the row-at-a-time path. Several events for one key in a batch are written
+// each statement taking its rows as one binary array of the table's row type (unnest), with the
+// same version guard as the row-at-a-time path. Several events for one key in a batch are written
 // in rounds (the k-th event of every key in round k, in fetch order), because ON CONFLICT
 // cannot touch a row twice in one statement; the result equals applying them one by one.
 // Not thread-safe (one per connection).
+#include <array>
+#include <cstdint>
 #include <map>
 #include <span>
 #include <string>
@@ -18,9 +20,9 @@ namespace evp::postgres {
 // A double-quoted SQL identifier (quotes inside doubled).
 std::string QuoteIdent(std::string_view name);
 
-// One statement of a batch write: its target, its parameters (the rows as one array per
-// column; for onboarding $1 the rows as a jsonb array and $2 the tenant) and what its result
-// rows mean.
+// One statement of a batch write: its target, its parameters (the rows as one array of the
+// table's row type; for onboarding $1 the rows as a jsonb array and $2 the tenant) and what
+// its result rows mean.
 struct WriteStep {
   std::string schema;
   const handlers::TableDef* def = nullptr;  // null for onboarding
@@ -30,12 +32,23 @@ struct WriteStep {
   std::vector<std::string> params;
   std::map<std::string, size_t> upsert_by_key;  // 'u': key text -> mutation index
   std::vector<size_t> indices;                  // 'p', 'x': the updates' mutation indices
-  bool binary = false;  // params in binary format ('u', 'p', 'x': arrays), else text
+  bool binary = false;  // params in binary format ('u', 'p', 'x': an array), else text
 };
 
 class SetWriter {
  public:
-  explicit SetWriter(std::string tenant_prefix) : tenant_prefix_(std::move(tenant_prefix)) {}
+  // `ops_schema` holds the row types of the statements' parameters (ops migration 0003).
+  SetWriter(std::string tenant_prefix, std::string ops_schema)
+      : tenant_prefix_(std::move(tenant_prefix)), ops_schema_(std::move(ops_schema)) {}
+
+  // The row types' oids on the connection, indexed by handlers::Table (binary parameters
+  // name their type).
+  using RowTypes = std::array<uint32_t, 4>;
+  void SetRowTypes(const RowTypes& oids) { row_types_ = oids; }
+  // The row type of `table`'s statements ("rows_messages"), and its columns as
+  // "name type, ..." with PostgreSQL's type names (format_type), which the writer checks.
+  static std::string RowTypeName(handlers::Table table);
+  static std::string RowTypeColumns(const handlers::TableDef& def);
 
   // The statements of a batch, in order, and each mutation's outcome before any of them ran
   // (upserts stale, updates not yet); Interpret moves outcomes forward from result rows.
@@ -45,7 +58,7 @@ class SetWriter {
                         std::vector<pipeline::ApplyResult>& out);
   // False for a stale check whose updates all applied (a sequential writer may skip it).
   static bool Needed(const WriteStep& step, const std::vector<pipeline::ApplyResult>& out);
-  static std::string StepSql(const WriteStep& step);
+  std::string StepSql(const WriteStep& step) const;
 
   // Onboarding in stream order (tenant migration 0002), shared with the row-at-a-time path.
   // 'o' creates unknown contacts or takes known ones over, with $1 a jsonb array of
@@ -70,6 +83,8 @@ class SetWriter {
                  std::vector<pipeline::ApplyResult>& out, std::vector<WriteStep>& steps) const;
 
   std::string tenant_prefix_;
+  std::string ops_schema_;
+  RowTypes row_types_{};
   std::map<std::string, std::string> names_;  // (schema, table, op) -> statement name
 };
 

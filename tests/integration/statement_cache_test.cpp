@@ -60,7 +60,7 @@ TEST_F(StatementCache, EvictedStatementsArePreparedAgainAndTheCacheStaysWithinIt
   for (const auto& t : tenants) ASSERT_TRUE(creator.EnsureTenant(t).ok());
 
   // Room for three statements; every batch needs two (one tenant's messages and chats).
-  postgres::PipelinedWriter writer(dsn_, kPrefix, 3);
+  postgres::PipelinedWriter writer(dsn_, kOps, kPrefix, 3);
   uint64_t seq = 0;
   for (int round = 0; round < 3; ++round) {
     for (const auto& t : tenants) {
@@ -88,7 +88,7 @@ TEST_F(StatementCache, ABatchNeedingMoreStatementsThanTheCacheHoldsStillCommits)
     ASSERT_TRUE(creator.EnsureTenant(t).ok());
     batch.push_back(Message(t, 1, "first"));
   }
-  postgres::PipelinedWriter writer(dsn_, kPrefix, 2);
+  postgres::PipelinedWriter writer(dsn_, kOps, kPrefix, 2);
   auto outcome = writer.Write(batch);
   ASSERT_EQ(outcome.failure, postgres::PipelinedWriter::Failure::kNone) << outcome.message;
   EXPECT_EQ(writer.PreparedCount(), 4u);  // kept until the next batch needs the room
@@ -153,6 +153,39 @@ TEST_F(StatementCache, EachTenantKeepsOneConnectionAndTenantsAreSpreadEvenly) {
     }
     for (const auto& t : tenants) EXPECT_EQ(pool.ConnectionOf(t), first_home[t]) << t;
   }
+}
+
+TEST_F(StatementCache, ARowTypeThatDiffersFromThisVersionStopsTheWritesWithAClearError) {
+  // The batch statements name their parameters' row type (ops migration 0003) by oid. Types
+  // another version created must never be written with: the writer says what differs and
+  // writes nothing, as in an outage (nothing is exhausted for it).
+  constexpr const char* kOtherOps = "events_ops_rowtypes";
+  Exec(dsn_, std::string("DROP SCHEMA IF EXISTS ") + kOtherOps + " CASCADE");
+  ASSERT_TRUE(postgres::MigrateOps(dsn_, kOtherOps).ok());
+  postgres::PgStore creator(dsn_, kOtherOps, kPrefix);
+  ASSERT_TRUE(creator.EnsureTenant("rt1").ok());
+  const std::vector<Mutation> batch = {Message("rt1", 1, "typed")};
+  {
+    postgres::PipelinedWriter writer(dsn_, kOtherOps, kPrefix);
+    auto outcome = writer.Write(batch);
+    ASSERT_EQ(outcome.failure, postgres::PipelinedWriter::Failure::kNone) << outcome.message;
+    EXPECT_EQ(TextOf(dsn_, "rt1"), "typed");
+  }
+  Exec(dsn_, std::string("ALTER TYPE ") + kOtherOps + ".rows_messages DROP ATTRIBUTE campaign");
+  postgres::PipelinedWriter writer(dsn_, kOtherOps, kPrefix);
+  const std::vector<Mutation> next = {Message("rt1", 2, "not written")};
+  auto outcome = writer.Write(next);
+  EXPECT_EQ(outcome.failure, postgres::PipelinedWriter::Failure::kConnection);
+  EXPECT_NE(outcome.message.find("type events_ops_rowtypes.rows_messages is ("), std::string::npos)
+      << outcome.message;
+  EXPECT_NE(outcome.message.find("run the ops migrations"), std::string::npos) << outcome.message;
+  EXPECT_EQ(TextOf(dsn_, "rt1"), "typed");
+
+  Exec(dsn_, std::string("DROP TYPE ") + kOtherOps + ".rows_messages");
+  outcome = writer.Write(next);
+  EXPECT_EQ(outcome.failure, postgres::PipelinedWriter::Failure::kConnection);
+  EXPECT_NE(outcome.message.find("rows_messages does not exist"), std::string::npos)
+      << outcome.message;
 }
 
 }  // namespace
