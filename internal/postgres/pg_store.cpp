@@ -4,7 +4,9 @@
 #include <future>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <pqxx/pqxx>
+#include <string_view>
 #include <unordered_map>
 
 #include "core/embedded.hpp"
@@ -486,40 +488,62 @@ Result<bool, StoreError> PgWriterPool::RecordExhausted(const DeadLetter& letter,
 
 Result<std::vector<ApplyResult>, StoreError> PgWriterPool::Apply(
     std::span<const Mutation> mutations) {
+  // Each tenant's events go to its home connection, all of them in one transaction. A
+  // connection's share is written in transactions of at most kTenantsPerTransaction tenants:
+  // every statement holds locks on its table and indexes until the commit, and PostgreSQL's
+  // lock table is shared by all backends.
+  struct Part {
+    std::vector<size_t> indices;  // into mutations
+    std::vector<Mutation> input;
+  };
   const size_t n = stores_.size();
-  if (n == 1) return stores_.front()->Apply(mutations);
-  // Each tenant's events go to its home connection: all of them in one transaction.
-  std::vector<std::vector<size_t>> parts(n);
+  std::vector<std::vector<Part>> parts(n);  // per connection, its transactions
   {
     std::lock_guard lock(known_mu_);
+    std::unordered_map<std::string_view, size_t> part_of;  // tenant -> its part at home
+    std::vector<size_t> tenants(n, 0);                     // tenants of the batch per home
     for (size_t i = 0; i < mutations.size(); ++i) {
-      parts[HomeOf(mutations[i].company_id)].push_back(i);
+      const size_t home = HomeOf(mutations[i].company_id);
+      auto [it, inserted] = part_of.try_emplace(mutations[i].company_id, 0);
+      if (inserted) it->second = tenants[home]++ / kTenantsPerTransaction;
+      if (parts[home].size() <= it->second) parts[home].resize(it->second + 1);
+      parts[home][it->second].indices.push_back(i);
     }
   }
-  std::vector<std::vector<Mutation>> inputs(n);
-  for (size_t p = 0; p < n; ++p) {
-    inputs[p].reserve(parts[p].size());
-    for (size_t i : parts[p]) inputs[p].push_back(mutations[i]);
+  for (auto& home : parts) {
+    // One connection, one transaction: it writes the batch as it is.
+    if (home.size() == 1 && home[0].indices.size() == mutations.size()) break;
+    for (Part& part : home) {
+      part.input.reserve(part.indices.size());
+      for (size_t i : part.indices) part.input.push_back(mutations[i]);
+    }
   }
-  std::vector<std::future<Result<std::vector<ApplyResult>, StoreError>>> futures;
-  for (size_t p = 1; p < n; ++p) {
-    if (inputs[p].empty()) continue;
-    futures.push_back(std::async(std::launch::async,
-                                 [this, p, &inputs] { return stores_[p]->Apply(inputs[p]); }));
-  }
-  std::vector<Result<std::vector<ApplyResult>, StoreError>> results;
-  results.push_back(inputs[0].empty()
-                        ? Result<std::vector<ApplyResult>, StoreError>(std::vector<ApplyResult>{})
-                        : stores_[0]->Apply(inputs[0]));
-  for (auto& f : futures) results.push_back(f.get());
   std::vector<ApplyResult> merged(mutations.size());
-  size_t r = 0;
-  for (size_t p = 0; p < n; ++p) {
-    if (p > 0 && inputs[p].empty()) continue;
-    if (!results[r].ok()) return Err{results[r].error()};
-    for (size_t k = 0; k < parts[p].size(); ++k) merged[parts[p][k]] = results[r].value()[k];
-    ++r;
+  // One connection's transactions, one after the other.
+  auto write = [this, &parts, &merged, mutations](size_t home) -> Result<Unit, StoreError> {
+    for (const Part& part : parts[home]) {
+      auto results = stores_[home]->Apply(
+          part.input.empty() ? mutations : std::span<const Mutation>(part.input));
+      if (!results.ok()) return Err{results.error()};
+      for (size_t k = 0; k < part.indices.size(); ++k) {
+        merged[part.indices[k]] = results.value()[k];
+      }
+    }
+    return Unit{};
+  };
+  std::vector<std::future<Result<Unit, StoreError>>> futures;
+  for (size_t home = 1; home < n; ++home) {
+    if (parts[home].empty()) continue;
+    futures.push_back(std::async(std::launch::async, write, home));
   }
+  std::optional<StoreError> failed;
+  if (!parts[0].empty()) {
+    if (auto r = write(0); !r.ok()) failed = r.error();
+  }
+  for (auto& f : futures) {
+    if (auto r = f.get(); !r.ok() && !failed) failed = r.error();
+  }
+  if (failed) return Err{*failed};
   return merged;
 }
 

@@ -78,6 +78,13 @@ class PgWriterPool final : public pipeline::EventStore, public pipeline::Exhaust
   // The connection (0 .. size - 1) that writes the tenant's events.
   size_t ConnectionOf(const std::string& company_id);
 
+  // Tenants written in one transaction at most. Each holds up to 11 relation locks (a table
+  // and its indexes per table written) until the commit; PostgreSQL's lock table holds about
+  // max_locks_per_transaction x max_connections of them for all backends together (6,400 by
+  // default), and a batch over thousands of tenants in one transaction per connection would
+  // fail with "out of shared memory".
+  static constexpr size_t kTenantsPerTransaction = 100;
+
  private:
   // The home connection of a tenant: the one with the fewest tenants when it is first seen.
   size_t HomeOf(const std::string& company_id);  // needs known_mu_

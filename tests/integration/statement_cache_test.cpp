@@ -155,6 +155,45 @@ TEST_F(StatementCache, EachTenantKeepsOneConnectionAndTenantsAreSpreadEvenly) {
   }
 }
 
+TEST_F(StatementCache, AConnectionsShareOfManyTenantsIsCommittedInTransactionsOfAHundredTenants) {
+  // Each statement keeps its table and indexes locked until the commit, and PostgreSQL's lock
+  // table is shared: one transaction per connection over thousands of tenants fails with
+  // "out of shared memory". Each tenant's events still share one transaction.
+  Config config;
+  config.postgres_dsn = dsn_;
+  config.ops_schema = kOps;
+  config.tenant_schema_prefix = kPrefix;
+  postgres::PgWriterPool pool(config, 2);
+  std::vector<std::string> tenants;
+  for (int i = 0; i < 250; ++i) tenants.push_back("many" + std::to_string(i));
+  pool.PrepareTenants(tenants);
+  std::vector<Mutation> batch;
+  for (const auto& t : tenants) batch.push_back(Message(t, 1, "one"));
+  for (auto it = tenants.rbegin(); it != tenants.rend(); ++it) batch.push_back(Chat(*it, 2));
+  auto results = pool.Apply(batch);
+  ASSERT_TRUE(results.ok()) << results.error().message;
+  ASSERT_EQ(results.value().size(), batch.size());
+  for (const auto& r : results.value()) EXPECT_EQ(r.outcome, pipeline::ApplyOutcome::kApplied);
+
+  std::map<std::string, std::vector<std::string>> by_xmin;  // transaction -> its tenants
+  for (const auto& t : tenants) {
+    const std::string schema = std::string(kPrefix) + t;
+    const auto message = QueryString(dsn_, "SELECT xmin::text FROM " + schema + ".messages");
+    const auto chat = QueryString(dsn_, "SELECT xmin::text FROM " + schema + ".chats");
+    ASSERT_TRUE(message.has_value() && chat.has_value()) << t;
+    EXPECT_EQ(*message, *chat) << t << ": its events were split across transactions";
+    by_xmin[*message].push_back(t);
+  }
+  // 125 tenants per connection: two transactions each.
+  EXPECT_EQ(by_xmin.size(), 4u);
+  for (const auto& [xmin, members] : by_xmin) {
+    EXPECT_LE(members.size(), postgres::PgWriterPool::kTenantsPerTransaction) << xmin;
+    for (const auto& t : members) {
+      EXPECT_EQ(pool.ConnectionOf(t), pool.ConnectionOf(members.front())) << t;
+    }
+  }
+}
+
 TEST_F(StatementCache, ARowTypeThatDiffersFromThisVersionStopsTheWritesWithAClearError) {
   // The batch statements name their parameters' row type (ops migration 0003) by oid. Types
   // another version created must never be written with: the writer says what differs and
