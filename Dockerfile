@@ -16,7 +16,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config ca-certificates \
       libnats-dev libpqxx-dev nlohmann-json3-dev prometheus-cpp-dev libspdlog-dev \
-      libgtest-dev libgmock-dev libvalijson-dev libcpp-httplib-dev libcli11-dev \
+      libgtest-dev libgmock-dev libvalijson-dev libcpp-httplib-dev libcli11-dev libjemalloc-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -34,11 +34,12 @@ FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 
 # Runtime libraries only (sonames checked with objdump -p on the binaries):
 # libnats.so.3.4, libpqxx-6.4.so (pulls libpq5), libprometheus-cpp-core.so.1.0,
-# libspdlog.so.1.10, libfmt.so.9, libcpp-httplib.so.0.11. curl serves the HEALTHCHECK.
+# libspdlog.so.1.10, libfmt.so.9, libcpp-httplib.so.0.11, libjemalloc.so.2. curl serves the
+# HEALTHCHECK.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libnats3.4 libpqxx-6.4 libprometheus-cpp-core1.0 libspdlog1.10 libfmt9 \
-      libcpp-httplib0.11 ca-certificates curl \
+      libcpp-httplib0.11 libjemalloc2 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 evp \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

@@ -48,10 +48,11 @@ Config StartService(Binary binary, const char* binary_name, std::atomic<bool>& s
     spdlog::default_logger_raw()->flush();  // an _exit may follow
   });
   BoundDatabaseConnectTimeout();
-  // glibc gives every thread that allocates at once a heap (arena) of its own, up to 8 per
-  // core, and each keeps its peak. Batches are built on one thread and freed on another:
-  // two arenas took the peak RSS under a 200,000-event backlog from 86 to 62-65 MB for
-  // the same throughput (bench/run.sh, docs/performance.md). An operator's own setting wins.
+  // Builds without jemalloc (EVP_JEMALLOC=OFF) allocate with glibc, which gives every thread
+  // that allocates at once a heap (arena) of its own, up to 8 per core, each keeping its
+  // peak. Batches are built on one thread and freed on another: two arenas took the peak RSS
+  // under a 200,000-event backlog from 86 to 62-65 MB for the same throughput (bench/run.sh,
+  // docs/performance.md). An operator's own setting wins. (No effect under jemalloc.)
   if (std::getenv("MALLOC_ARENA_MAX") == nullptr && std::getenv("GLIBC_TUNABLES") == nullptr) {
     mallopt(M_ARENA_MAX, 2);
   }
