@@ -66,8 +66,9 @@ bool PipelinedWriter::Connect(std::string& error) {
 
 bool PipelinedWriter::LoadRowTypes(std::string& error) {
   // The statements' parameters name their row type by oid. A type missing or differing from
-  // what this version sends (ops migrations not run, or run by another version) stops the
-  // writes with this error, as an outage would: nothing is written, nothing is exhausted.
+  // what this version sends (ops migrations not run, or run by another version) fails the
+  // connection with this error: nothing is written here, and the store writes the batch
+  // event by event instead (slow, but nothing is lost or exhausted; see docs/operations.md).
   const char* sql =
       "SELECT t.typname, t.oid, string_agg(a.attname || ' ' || format_type(a.atttypid, "
       "a.atttypmod), ', ' ORDER BY a.attnum) FROM pg_type t JOIN pg_namespace n ON n.oid = "

@@ -248,8 +248,9 @@ class RowArray {
   }
   // A 4-byte integer at `at`.
   void Set(size_t at, uint64_t v) {
-    for (int b = 0; b < 4; ++b)
-      out_[at + static_cast<size_t>(b)] = static_cast<char>((v >> (8 * (3 - b))) & 0xff);
+    for (size_t b = 0; b < 4; ++b) {
+      out_[at + b] = static_cast<char>((v >> (8 * (3 - b))) & 0xff);
+    }
   }
 
   const TableDef& def_;
