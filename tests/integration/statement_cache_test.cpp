@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "postgres/pg_store.hpp"
@@ -50,6 +51,20 @@ class StatementCache : public ::testing::Test {
     dsn_ = PostgresServer::Shared().Dsn();
     auto migrated = postgres::MigrateOps(dsn_, kOps);
     ASSERT_TRUE(migrated.ok()) << migrated.error();
+  }
+  // A writer pool of `size` connections on the test database, with tenants named `stem`0 to
+  // `stem`count-1 created.
+  std::unique_ptr<postgres::PgWriterPool> PoolWithTenants(int size, const std::string& stem,
+                                                          int count,
+                                                          std::vector<std::string>& tenants) {
+    Config config;
+    config.postgres_dsn = dsn_;
+    config.ops_schema = kOps;
+    config.tenant_schema_prefix = kPrefix;
+    auto pool = std::make_unique<postgres::PgWriterPool>(config, size);
+    for (int i = 0; i < count; ++i) tenants.push_back(stem + std::to_string(i));
+    pool->PrepareTenants(tenants);
+    return pool;
   }
   std::string dsn_;
 };
@@ -107,14 +122,9 @@ TEST_F(StatementCache, ABatchNeedingMoreStatementsThanTheCacheHoldsStillCommits)
 }
 
 TEST_F(StatementCache, EachTenantKeepsOneConnectionAndTenantsAreSpreadEvenly) {
-  Config config;
-  config.postgres_dsn = dsn_;
-  config.ops_schema = kOps;
-  config.tenant_schema_prefix = kPrefix;
-  postgres::PgWriterPool pool(config, 4);
   std::vector<std::string> tenants;
-  for (int i = 0; i < 10; ++i) tenants.push_back("home" + std::to_string(i));
-  pool.PrepareTenants(tenants);
+  auto owned = PoolWithTenants(4, "home", 10, tenants);
+  postgres::PgWriterPool& pool = *owned;
 
   std::map<std::string, size_t> first_home;
   std::map<size_t, int> per_connection;
@@ -159,14 +169,9 @@ TEST_F(StatementCache, AConnectionsShareOfManyTenantsIsCommittedInTransactionsOf
   // Each statement keeps its table and indexes locked until the commit, and PostgreSQL's lock
   // table is shared: one transaction per connection over thousands of tenants fails with
   // "out of shared memory". Each tenant's events still share one transaction.
-  Config config;
-  config.postgres_dsn = dsn_;
-  config.ops_schema = kOps;
-  config.tenant_schema_prefix = kPrefix;
-  postgres::PgWriterPool pool(config, 2);
   std::vector<std::string> tenants;
-  for (int i = 0; i < 250; ++i) tenants.push_back("many" + std::to_string(i));
-  pool.PrepareTenants(tenants);
+  auto owned = PoolWithTenants(2, "many", 250, tenants);
+  postgres::PgWriterPool& pool = *owned;
   std::vector<Mutation> batch;
   for (const auto& t : tenants) batch.push_back(Message(t, 1, "one"));
   for (auto it = tenants.rbegin(); it != tenants.rend(); ++it) batch.push_back(Chat(*it, 2));
