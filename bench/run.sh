@@ -29,6 +29,9 @@
 #   PRESET    CMake preset of the binaries [release]; CI's smoke run uses dev, which `make
 #             test` has just built (figures from a dev build are not comparable)
 #   KEEP=1    keep the temp directory (server and processor logs) after the run
+#   PROFILE=1 also print, per run, the CPU each process spent per event in the reference and
+#             processor phases, and where PostgreSQL's executor time went by statement kind
+#             (pg_stat_statements; it costs a few per cent, so figures are not for the bars)
 #   PG_BIN    PostgreSQL server binaries [/usr/lib/postgresql/15/bin]
 #   NATS_STORE_PARENT  directory for nats-server's file store [the temp directory], e.g.
 #             /dev/shm to keep NATS's write-back off PostgreSQL's disk
@@ -67,6 +70,15 @@ SOAK_SECONDS="${SOAK_SECONDS:-0}"
 SOAK_RATE="${SOAK_RATE:-$LATENCY_RATE}"
 BUILD="${BUILD:-1}"
 KEEP="${KEEP:-0}"
+PROFILE="${PROFILE:-0}"
+[[ "$PROFILE" == 0 || "$PROFILE" == 1 ]] || {
+  echo "bench: error: PROFILE must be 0 or 1" >&2
+  exit 1
+}
+[[ "$PROFILE" == 0 ]] || command -v pgrep >/dev/null || {
+  echo "bench: error: PROFILE=1 needs pgrep (Debian package procps)" >&2
+  exit 1
+}
 
 STREAM=EVENTS_REALTIME
 REF_CONSUMER=bench-reference
@@ -109,6 +121,7 @@ COMMAND_LINE+=" LATENCY_SECONDS=$LATENCY_SECONDS NAIVE_EVENTS=$NAIVE_EVENTS"
 COMMAND_LINE+=" HISTORY_EVENTS=$HISTORY_EVENTS HISTORY_ITEMS=$HISTORY_ITEMS"
 COMMAND_LINE+=" REDRIVE_EVENTS=$REDRIVE_EVENTS BUILD=$BUILD"
 ((SOAK_SECONDS == 0)) || COMMAND_LINE+=" SOAK_SECONDS=$SOAK_SECONDS SOAK_RATE=$SOAK_RATE"
+((PROFILE == 0)) || COMMAND_LINE+=" PROFILE=1"
 for v in BATCH_SIZE DB_POOL_SIZE DB_STATEMENT_CACHE BATCH_MAX_WAIT MAX_ACK_PENDING MAX_EVENT_BYTES NATS_STORE_PARENT PGOPTIONS; do
   [[ -n "${!v:-}" ]] && COMMAND_LINE+=" $v=$(printf '%q' "${!v}")"
 done
@@ -232,10 +245,12 @@ mkdir -p "$pg_dir"
 [[ "$(id -u)" -ne 0 ]] || chown postgres:postgres "$pg_dir"
 as_pg "$pg_bin/initdb" -D "$pg_dir/data" --auth=trust -U postgres --encoding=UTF8 --locale=C \
   --no-sync >"$WORK/logs/initdb.log" 2>&1 || die "initdb failed; see $WORK/logs/initdb.log"
+pg_extra=""
+((PROFILE == 0)) || pg_extra=" -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.max=10000"
 for attempt in 1 2 3 4 5; do
   pg_port="$(free_port)"
   if as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/postgres.log" -w -t 60 \
-    -o "-c port=$pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories='$pg_dir' -c fsync=on -c synchronous_commit=on -c full_page_writes=on -c shared_buffers=256MB -c max_connections=100" \
+    -o "-c port=$pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories='$pg_dir' -c fsync=on -c synchronous_commit=on -c full_page_writes=on -c shared_buffers=256MB -c max_connections=100$pg_extra" \
     start >/dev/null; then
     pg_started=1
     break
@@ -325,6 +340,46 @@ median() { # values... ; ">N" (beyond the top bucket) sorts above N; non-numbers
 maximum() { printf '%s\n' "$@" | awk '/^[0-9.]+$/' | sort -g | tail -n 1; }
 vmhwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 vmrss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
+# CPU clock ticks (user + system) of a process, with its reaped children (PostgreSQL backends).
+pid_ticks() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+tree_ticks() { # pid: the process and its live children
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" 2>/dev/null); do total=$((total + $(pid_ticks "$p"))); done
+  echo "$total"
+}
+# "PostgreSQL-ticks nats-server-ticks"
+server_ticks() { echo "$(tree_ticks "$(head -n 1 "$pg_dir/data/postmaster.pid")") $(pid_ticks "$nats_pid")"; }
+cpu_per_event() { # "pg nats" before, "pg nats [processor]" after, events
+  awk -v b="$1" -v a="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    split(b, x, " "); split(a, y, " "); us = 1e6 / hz / n
+    out = sprintf("PostgreSQL %.1f, nats-server %.1f", (y[1] - x[1]) * us, (y[2] - x[2]) * us)
+    if (y[3] != "") out = out sprintf(", processor %.1f", y[3] * us)
+    print out }'
+}
+# pg_stat_statements of the processor phase, grouped by what each statement writes.
+statement_profile() { # database
+  psql_db "$1" -P footer=off <<'SQL'
+SELECT kind, sum(calls) AS calls, sum(rows) AS rows,
+       round(sum(total_exec_time)::numeric) AS exec_ms,
+       round((100 * sum(total_exec_time) / sum(sum(total_exec_time)) OVER ())::numeric) AS pct,
+       round((1000 * sum(total_exec_time) / nullif(sum(calls), 0))::numeric) AS us_per_call
+FROM (SELECT calls, rows, total_exec_time, CASE
+        WHEN query LIKE 'WITH r AS (SELECT DISTINCT ON%' THEN 'onboarding (contacts, onboarding_log)'
+        WHEN query LIKE 'WITH r AS (SELECT agent_id, phone_number, min(seq)%'
+          THEN 'first contacts.upsert marks'
+        WHEN query ~ '^INSERT INTO "[^"]*"\."[a-z_]+" AS cur'
+          THEN 'upsert ' || substring(query from '^INSERT INTO "[^"]*"\."([a-z_]+)"')
+        WHEN query ~ '^UPDATE "[^"]*"\."[a-z_]+" AS cur'
+          THEN 'update ' || substring(query from '^UPDATE "[^"]*"\."([a-z_]+)"')
+        WHEN query LIKE 'SELECT r.idx%'
+          THEN 'stale check ' || substring(query from 'FROM "[^"]*"\."([a-z_]+)" AS cur')
+        WHEN query ~* '^\s*(--|CREATE|ALTER|SET LOCAL|SELECT pg_advisory)' THEN 'tenant schemas (DDL)'
+        ELSE 'other' END AS kind
+      FROM pg_stat_statements
+      WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())) s
+GROUP BY kind ORDER BY sum(total_exec_time) DESC;
+SQL
+}
 mb() { awk -v k="$1" 'BEGIN { if (k == "" || k == "n/a") print "n/a"; else printf "%.0f MB", k / 1024 }'; }
 
 # Sum of evp_events_total by outcome, "applied=N stale_skipped=N ..." from a /metrics dump.
@@ -461,6 +516,7 @@ for ((run = 1; run <= RUNS; run++)); do
   mkdir -p "$nats_store"
   start_nats "$nats_store"
   psql_db postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+  ((PROFILE == 0)) || psql_db "$db" -c "CREATE EXTENSION pg_stat_statements"
 
   # Preload: one stream, EVENTS standard-mix events over TENANTS tenants.
   "$REFERENCE" --ensure-stream --nats "nats://127.0.0.1:$nats_port" --stream "$STREAM" ||
@@ -476,6 +532,7 @@ for ((run = 1; run <= RUNS; run++)); do
 
   # (a) reference: from launch until its consumer has nothing pending or unacknowledged.
   psql_db "$db" -c CHECKPOINT
+  ((PROFILE == 0)) || cpu_before="$(server_ticks)"
   t0="$EPOCHREALTIME"
   "$REFERENCE" --nats "nats://127.0.0.1:$nats_port" --pg "$dsn" --stream "$STREAM" \
     --durable "$REF_CONSUMER" --table bench_ref --batch 4096 --writers 2 --limit "$EVENTS" \
@@ -486,6 +543,7 @@ for ((run = 1; run <= RUNS; run++)); do
   wait "$child_pid" || die "reference failed: $(tail -n 3 "$WORK/logs/reference-$run.log")"
   child_pid=""
   ((status == 0)) || die "reference did not drain its consumer (backlog $last_backlog)"
+  ((PROFILE == 0)) || ref_cpu="$(cpu_per_event "$cpu_before" "$(server_ticks)" "$EVENTS")"
   secs="$(elapsed "$t0" "$drained_at")"
   r="$(rate "$EVENTS" "$secs")"
   ref_rates+=("$r")
@@ -499,6 +557,8 @@ for ((run = 1; run <= RUNS; run++)); do
 
   # (b) processor: from launch (start-up, migrations and tenant schemas included) until drained.
   psql_db "$db" -c CHECKPOINT
+  ((PROFILE == 0)) || psql_db "$db" -c "SELECT pg_stat_statements_reset()" >/dev/null
+  ((PROFILE == 0)) || cpu_before="$(server_ticks)"
   http_port="$(free_port)"
   proc_log="$WORK/logs/processor-$run.log"
   t0="$EPOCHREALTIME"
@@ -523,6 +583,8 @@ for ((run = 1; run <= RUNS; run++)); do
     secs="$(elapsed "$t0" "$drained_at")"
     r="$(rate "$EVENTS" "$secs")"
     rss_drained="$(vmhwm_kb "$proc_pid")"
+    ((PROFILE == 0)) ||
+      proc_cpu="$(cpu_per_event "$cpu_before" "$(server_ticks) $(pid_ticks "$proc_pid")" "$EVENTS")"
     proc_rates+=("$r")
     run_ratios+=("$(ratio "$r" "$ref_this_run")")
     metrics_dump "$WORK/logs/metrics-$run-drained.txt" || die "cannot read the processor's /metrics"
@@ -532,6 +594,12 @@ for ((run = 1; run <= RUNS; run++)); do
     read -r warm warm_n warm_s < <(after_schemas "$proc_log" "$WORK/logs/backlog-$run.txt" "$drained_at")
     warm_rates+=("$warm")
     echo "$tag: processor  after the tenant schemas existed: $warm_n events in $warm_s s = $warm events/s"
+    if ((PROFILE == 1)); then
+      echo "$tag: profile    CPU per event (µs): reference phase: $ref_cpu;" \
+        "processor phase: $proc_cpu"
+      echo "$tag: profile    PostgreSQL executor time of the processor phase by statement:"
+      statement_profile "$db" | sed 's/^/      /'
+    fi
 
     # (d) latency: the caught-up processor under LATENCY_RATE events/s for LATENCY_SECONDS.
     metrics_dump "$WORK/logs/metrics-$run-before.txt" || die "cannot read the processor's /metrics"
