@@ -16,9 +16,11 @@
 
 namespace evp::validation {
 
-// Deeper documents are malformed_json: nothing legitimate nests this deep, and a bound keeps
-// every recursive consumer (dump, jsonb) safe from "[[[[..." bombs.
-inline constexpr size_t kMaxJsonDepth = 64;
+// Deeper documents are malformed_json: free-form objects may nest deeply (the SPEC bounds
+// them only by size), but nothing legitimate nests this deep, and a bound keeps every
+// recursive consumer (nlohmann's dump, PostgreSQL's jsonb parser, which gives up near 20,000
+// levels) safe from "[[[[..." bombs.
+inline constexpr size_t kMaxJsonDepth = 1000;
 // Event timestamps may run ahead of our clock by at most this much (publisher clock skew).
 inline constexpr int64_t kMaxFutureSeconds = 24 * 60 * 60;
 

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "integration/stack.hpp"
+#include "validation/decoder.hpp"
 
 namespace evp::testing {
 namespace {
@@ -283,6 +284,34 @@ TEST(Batch, AwkwardTextAndJsonValuesArriveUnchanged) {
   // Written by the set-based path, not rescued by the row-at-a-time isolation.
   EXPECT_EQ(stack.Processor().Log().find("batch write failed"), std::string::npos)
       << stack.Processor().Log();
+}
+
+TEST(Batch, AFreeFormObjectNestedUpToTheLimitIsStoredAndOneLevelDeeperIsExhausted) {
+  // The SPEC bounds free-form objects only by size; the decoder bounds nesting at
+  // kMaxJsonDepth levels (the event itself is level 1), far beyond real message objects.
+  Stack stack;
+  const std::string t = UniqueName("deep");
+  const std::string s = "tenant_" + t;
+  json deepest = json{{"leaf", "bottom"}};
+  for (size_t level = 3; level < validation::kMaxJsonDepth; ++level) {
+    deepest = json{{"n", deepest}};
+  }
+  json fits = Message("fits", "deep");
+  fits["message_obj"] = json{{"n", deepest}};  // kMaxJsonDepth levels with the event
+  json beyond = Message("beyond", "deeper");
+  beyond["message_obj"] = json{{"n", json{{"n", deepest}}}};
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, fits.dump()).ok);
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, beyond.dump()).ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 1));
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM events_ops.exhausted_events", 1));
+  const auto stored = QueryString(stack.Dsn(), "SELECT message_obj::text FROM " + s + ".messages");
+  ASSERT_TRUE(stored.has_value());
+  EXPECT_EQ(json::parse(*stored), fits["message_obj"]);
+  EXPECT_EQ(QueryString(stack.Dsn(),
+                        "SELECT split_part(reason, ':', 1) || '|' || "
+                        "convert_from(original_payload, 'UTF8') FROM "
+                        "events_ops.exhausted_events"),
+            "malformed_json|" + beyond.dump());
 }
 
 }  // namespace

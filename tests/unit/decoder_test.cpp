@@ -220,18 +220,18 @@ TEST(Decoder, DecodesNullArrayAndNumberButValidationRejectsThemAtTheRoot) {
 
 TEST(Decoder, RejectsADeepNestingAttackAsMalformedJsonWithoutCrashing) {
   ExpectDecodeFailure(std::string(900'000, '['), ReasonCode::kMalformedJson,
-                      "nested deeper than 64 levels at byte offset 64");
+                      "nested deeper than 1000 levels at byte offset 1000");
   std::string objects;
   for (int i = 0; i < 100'000; ++i) objects += "{\"a\":";
-  ExpectDecodeFailure(objects, ReasonCode::kMalformedJson, "nested deeper than 64 levels");
-  ExpectDecodeFailure(Nested(400'000), ReasonCode::kMalformedJson, "nested deeper than 64");
+  ExpectDecodeFailure(objects, ReasonCode::kMalformedJson, "nested deeper than 1000 levels");
+  ExpectDecodeFailure(Nested(400'000), ReasonCode::kMalformedJson, "nested deeper than 1000");
 }
 
-TEST(Decoder, AcceptsNestingOfExactly64Levels) {
+TEST(Decoder, AcceptsNestingOfExactly1000Levels) {
   EXPECT_TRUE(DecodeEvent(Nested(kMaxJsonDepth), kMaxEventBytes).ok());
   ExpectDecodeFailure(Nested(kMaxJsonDepth + 1), ReasonCode::kMalformedJson, "nested deeper");
 
-  // An event is level 1, so its free-form objects may nest 63 levels.
+  // An event is level 1, so its free-form objects may nest 999 levels.
   Json event = MessageEvent();
   Json obj = Json::object();
   for (size_t i = 2; i < kMaxJsonDepth; ++i) obj = Json{{"n", obj}};
