@@ -120,10 +120,13 @@ class JetStreamSource final : public pipeline::EventSource {
   // Under backlog a batch is pulled in parts of at most kFetchPart messages, and no further
   // part is pulled once the batch holds `bytes` of payload (0 = no limit): a batch is held in
   // memory whole, and events may be up to MAX_EVENT_BYTES each. Parts are sized by the mean
-  // message size seen (the first part of a batch by the previous batch's); a batch always
-  // takes at least one message.
+  // message size seen (the first part of a batch by the previous batch's), and each pull
+  // request carries a byte limit: the first one twice NATS's max_payload (or the budget, if
+  // larger), the others the budget's remainder. A batch therefore holds at most the larger of
+  // the budget and twice max_payload, even when message sizes change; it always takes at
+  // least one message.
   void SetBatchByteBudget(size_t bytes) { byte_budget_ = bytes; }
-  static constexpr int kFetchPart = 250;
+  static constexpr int kFetchPart = 1000;
 
  private:
   JetStreamSource() = default;
