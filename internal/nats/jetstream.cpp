@@ -344,13 +344,9 @@ namespace {
 
 // One pull request that returns as soon as the server has delivered what is available (a
 // "no wait" request with an expiry): a full batch under backlog, fewer messages at once when
-// fewer are pending, and the first arrival (or nothing after `timeout_ms`) when idle. With
-// `max_bytes` (0 = none) the server also stops before a message that would take the request
-// past that many bytes (it answers "409 Message Size Exceeds MaxBytes", and what came before
-// is returned as usual).
+// fewer are pending, and the first arrival (or nothing after `timeout_ms`) when idle.
 natsStatus FetchInto(natsSubscription* sub, int batch, int64_t timeout_ms,
-                     std::vector<natsMsg*>& out, jsErrCode* jerr, PullLog& log,
-                     int64_t max_bytes = 0) {
+                     std::vector<natsMsg*>& out, jsErrCode* jerr, PullLog& log) {
   // Counted whether or not nats.c needs to send a request (it does not when enough
   // messages are queued already).
   ++log.sent;
@@ -360,7 +356,6 @@ natsStatus FetchInto(natsSubscription* sub, int batch, int64_t timeout_ms,
   req.Batch = batch;
   req.NoWait = true;
   req.Expires = timeout_ms * 1'000'000;
-  req.MaxBytes = max_bytes;
   natsMsgList list{};
   natsStatus s = natsSubscription_FetchRequest(&list, sub, &req);
   if (jerr != nullptr && s != NATS_OK) *jerr = static_cast<jsErrCode>(0);
@@ -480,13 +475,7 @@ Result<pipeline::FetchedBatch, std::string> JetStreamSource::Fetch(int max,
   if (owned.empty()) {
     jsErrCode jerr = static_cast<jsErrCode>(0);
     const auto started = std::chrono::steady_clock::now();
-    // Bytes too: enough for the largest message NATS can carry (the first message of a
-    // batch is always taken), and the budget when that is more.
-    const int64_t max_bytes =
-        byte_budget_ == 0 ? 0
-                          : static_cast<int64_t>(std::max(byte_budget_, 2 * conn_->MaxPayload()));
-    natsStatus s =
-        FetchInto(sub_, first, std::max<int64_t>(1, wait.count()), owned, &jerr, pulls_, max_bytes);
+    natsStatus s = FetchInto(sub_, first, std::max<int64_t>(1, wait.count()), owned, &jerr, pulls_);
     if (s != NATS_OK && s != NATS_TIMEOUT && owned.empty()) {
       return Err{"fetch from " + spec_.durable + " failed: " + StatusText(s, jerr)};
     }
@@ -531,12 +520,9 @@ void JetStreamSource::FetchRest(int max, std::chrono::milliseconds wait,
     }
     const size_t before = owned.size();
     TakeQueued(sub_, static_cast<int>(before) + asked, owned, pulls_);
-    // The server holds each part to the budget's remaining bytes, so a batch stays within it
-    // even when message sizes change from one part to the next.
-    const int64_t max_bytes = byte_budget_ == 0 ? 0 : static_cast<int64_t>(byte_budget_ - bytes);
     if (owned.size() == before &&
-        FetchInto(sub_, asked, std::max<int64_t>(1, wait.count()), owned, nullptr, pulls_,
-                  max_bytes) != NATS_OK &&
+        FetchInto(sub_, asked, std::max<int64_t>(1, wait.count()), owned, nullptr, pulls_) !=
+            NATS_OK &&
         owned.size() == before) {
       break;
     }

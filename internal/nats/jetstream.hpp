@@ -120,13 +120,14 @@ class JetStreamSource final : public pipeline::EventSource {
   // Under backlog a batch is pulled in parts of at most kFetchPart messages, and no further
   // part is pulled once the batch holds `bytes` of payload (0 = no limit): a batch is held in
   // memory whole, and events may be up to MAX_EVENT_BYTES each. Parts are sized by the mean
-  // message size seen (the first part of a batch by the previous batch's), and each pull
-  // request carries a byte limit: the first one twice NATS's max_payload (or the budget, if
-  // larger), the others the budget's remainder. A batch therefore holds at most the larger of
-  // the budget and twice max_payload, even when message sizes change; it always takes at
-  // least one message.
+  // message size seen (the first part of a batch by the previous batch's); a batch always
+  // takes at least one message.
+  // Pull requests carry no max_bytes: with nats-server 2.9 a redelivered message that does
+  // not fit one makes the consumer step back a message (it is delivered again, the retried
+  // one waits another AckWait), and a "409 Message Size Exceeds MaxBytes" meant for a request
+  // the client gave up on fails the next fetch on the same inbox.
   void SetBatchByteBudget(size_t bytes) { byte_budget_ = bytes; }
-  static constexpr int kFetchPart = 1000;
+  static constexpr int kFetchPart = 250;
 
  private:
   JetStreamSource() = default;
