@@ -8,6 +8,7 @@
 #include <pqxx/pqxx>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 
 #include "core/embedded.hpp"
 #include "core/text.hpp"
@@ -500,14 +501,18 @@ Result<std::vector<ApplyResult>, StoreError> PgWriterPool::Apply(
   std::vector<std::vector<Part>> parts(n);  // per connection, its transactions
   {
     std::lock_guard lock(known_mu_);
-    std::unordered_map<std::string_view, size_t> part_of;  // tenant -> its part at home
-    std::vector<size_t> tenants(n, 0);                     // tenants of the batch per home
+    // tenant -> (its home, its part there); the home is looked up once per tenant
+    std::unordered_map<std::string_view, std::pair<size_t, size_t>> part_of;
+    std::vector<size_t> tenants(n, 0);  // tenants of the batch per home
     for (size_t i = 0; i < mutations.size(); ++i) {
-      const size_t home = HomeOf(mutations[i].company_id);
-      auto [it, inserted] = part_of.try_emplace(mutations[i].company_id, 0);
-      if (inserted) it->second = tenants[home]++ / kTenantsPerTransaction;
-      if (parts[home].size() <= it->second) parts[home].resize(it->second + 1);
-      parts[home][it->second].indices.push_back(i);
+      auto [it, inserted] = part_of.try_emplace(mutations[i].company_id);
+      auto& [home, part] = it->second;
+      if (inserted) {
+        home = HomeOf(mutations[i].company_id);
+        part = tenants[home]++ / kTenantsPerTransaction;
+        if (parts[home].size() <= part) parts[home].resize(part + 1);
+      }
+      parts[home][part].indices.push_back(i);
     }
   }
   for (auto& home : parts) {
