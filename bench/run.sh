@@ -406,12 +406,17 @@ metric_value() { # metrics dump, metric name [, labels that must all appear, e.g
     END { printf "%.0f", v }' "$1"
 }
 
-# "N batches of M messages (mean), T ms per batch (mean), R redeliveries" from a /metrics dump.
+# "N batches of M messages and T ms (means; prepare P, write W, settle S ms), R redeliveries"
+# from a /metrics dump. A batch is prepared while the one before it is written.
 batch_stats() {
   awk '$1 == "evp_batch_size_messages_count" { n = $2 } $1 == "evp_batch_size_messages_sum" { m = $2 }
        $1 == "evp_batch_duration_seconds_sum" { t = $2 } $1 ~ /^evp_redeliveries_total/ { r = $2 }
-       END { printf "%d batches of %.0f messages and %.0f ms (means), %d redeliveries",
-               n, (n ? m / n : 0), (n ? 1000 * t / n : 0), r }' "$1"
+       $1 ~ /^evp_batch_stage_seconds_(sum|count)\{/ && match($1, /stage="[a-z]+"/) {
+         st = substr($1, RSTART + 7, RLENGTH - 8)
+         if ($1 ~ /_sum\{/) ss[st] = $2; else sc[st] = $2 }
+       function mean(st) { return sc[st] ? 1000 * ss[st] / sc[st] : 0 }
+       END { printf "%d batches of %.0f messages and %.0f ms (means; prepare %.0f, write %.0f, settle %.0f ms), %d redeliveries",
+               n, (n ? m / n : 0), (n ? 1000 * t / n : 0), mean("prepare"), mean("write"), mean("settle"), r }' "$1"
 }
 
 # "N tenant schemas created in the first S s" (from "consuming" to the last "tenant schema

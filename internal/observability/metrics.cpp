@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 #include <sstream>
+#include <utility>
 
 namespace evp::observability {
 namespace {
@@ -90,6 +91,18 @@ Metrics::Metrics(std::string_view binary, std::vector<std::string> labelled_tena
                      .Register(r)
                      .Add({}, prometheus::Histogram::BucketBoundaries{1, 10, 50, 100, 250, 500,
                                                                       1000, 2500, 5000, 10000});
+  auto& stages = prometheus::BuildHistogram()
+                     .Name("evp_batch_stage_seconds")
+                     .Help(
+                         "Time one fetched batch spends in each stage of the events-processor: "
+                         "prepare (decode, validate, build rows), write (database), settle "
+                         "(acks and naks to NATS)")
+                     .Register(r);
+  for (const auto& [stage, name] :
+       {std::pair{BatchStage::kPrepare, "prepare"}, std::pair{BatchStage::kWrite, "write"},
+        std::pair{BatchStage::kSettle, "settle"}}) {
+    batch_stage_[static_cast<size_t>(stage)] = &stages.Add({{"stage", name}}, LatencyBuckets());
+  }
   end_to_end_ = &prometheus::BuildHistogram()
                      .Name("evp_end_to_end_latency_seconds")
                      .Help("JetStream publish time to database commit")

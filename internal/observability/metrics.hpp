@@ -7,6 +7,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <array>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -28,6 +29,12 @@ enum class EventOutcome {
   kOtherTenant,
 };
 
+// Stage label of evp_batch_stage_seconds: where one fetched batch spends its time in the
+// events-processor. Prepare is the processor's own CPU (decode, validate, build rows); write
+// is the database (tenant schemas, the batch's transactions, dead letters); settle is NATS
+// (acks and naks). A batch is prepared while the one before it is written.
+enum class BatchStage { kPrepare, kWrite, kSettle };
+
 class Metrics {
  public:
   Metrics(std::string_view binary, std::vector<std::string> labelled_tenants = {});
@@ -46,6 +53,9 @@ class Metrics {
 
   prometheus::Histogram& batch_duration() { return *batch_duration_; }
   prometheus::Histogram& batch_size() { return *batch_size_; }
+  prometheus::Histogram& batch_stage(BatchStage stage) {
+    return *batch_stage_[static_cast<size_t>(stage)];
+  }
   prometheus::Histogram& end_to_end_latency() { return *end_to_end_; }
   prometheus::Histogram& dlq_processing_duration() { return *dlq_processing_; }
   prometheus::Gauge& ready() { return *ready_; }
@@ -67,6 +77,7 @@ class Metrics {
   prometheus::Counter* redriven_;
   prometheus::Histogram* batch_duration_;
   prometheus::Histogram* batch_size_;
+  std::array<prometheus::Histogram*, 3> batch_stage_{};
   prometheus::Histogram* end_to_end_;
   prometheus::Histogram* dlq_processing_;
   prometheus::Gauge* ready_;

@@ -123,13 +123,18 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
   auto& pending_gauge = metrics.ConsumerPending(options.name);
   auto& ack_pending_gauge = metrics.ConsumerAckPending(options.name);
   auto update_lag = [&] { UpdateLag(source, options, next_lag, pending_gauge, ack_pending_gauge); };
+  auto& prepare_stage = metrics.batch_stage(observability::BatchStage::kPrepare);
+  auto& write_stage = metrics.batch_stage(observability::BatchStage::kWrite);
+  auto& settle_stage = metrics.batch_stage(observability::BatchStage::kSettle);
   std::optional<InFlight> writing;
   int failed_fetches = 0;
   std::future<std::vector<Decision>> written;
   auto settle = [&] {
     if (!writing) return;
     std::vector<Decision> decisions = written.get();
+    const auto settling = steady_clock::now();
     source.Settle(writing->batch.token, decisions);
+    settle_stage.Observe(std::chrono::duration<double>(steady_clock::now() - settling).count());
     metrics.batch_size().Observe(static_cast<double>(writing->batch.messages.size()));
     metrics.batch_duration().Observe(
         std::chrono::duration<double>(steady_clock::now() - writing->started).count());
@@ -206,10 +211,16 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
     InFlight next{std::move(fetched.value()), nullptr, steady_clock::now(),
                   std::move(pulled.heartbeat)};
     next.prepared = processor.Prepare(next.batch.messages);
+    prepare_stage.Observe(
+        std::chrono::duration<double>(steady_clock::now() - next.started).count());
     settle();  // the previous batch must be written before this one starts
     writing = std::move(next);
-    written = std::async(std::launch::async, [&processor, w = &*writing] {
-      return processor.Complete(w->batch.messages, *w->prepared);
+    written = std::async(std::launch::async, [&processor, &write_stage, w = &*writing] {
+      const auto writing_started = steady_clock::now();
+      std::vector<Decision> decisions = processor.Complete(w->batch.messages, *w->prepared);
+      write_stage.Observe(
+          std::chrono::duration<double>(steady_clock::now() - writing_started).count());
+      return decisions;
     });
   }
   settle();

@@ -417,7 +417,7 @@ class PipelinedLoop : public ::testing::Test {
                                  : std::nullopt;
     });
     ASSERT_TRUE(cfg.ok());
-    observability::Metrics metrics("test");
+    observability::Metrics& metrics = metrics_;
     testing::RecordingDeadLetterSink sink;
     testing::InMemoryExhaustedStore exhausted;
     testing::FakeClock clock;
@@ -438,6 +438,26 @@ class PipelinedLoop : public ::testing::Test {
 
   static constexpr int kBatch = 8;
   std::atomic<bool> stop_{false};
+  observability::Metrics metrics_{"test"};
+};
+
+// Takes `delay` for every write: the database's share of a batch.
+class SlowStore final : public EventStore {
+ public:
+  explicit SlowStore(milliseconds delay) : delay_(delay) {}
+  Result<Unit, StoreError> EnsureTenant(const std::string& company_id) override {
+    return inner_.EnsureTenant(company_id);
+  }
+  Result<std::vector<ApplyResult>, StoreError> Apply(
+      std::span<const handlers::Mutation> mutations) override {
+    std::this_thread::sleep_for(delay_);  // the write itself, not a wait for another thread
+    return inner_.Apply(mutations);
+  }
+  bool Ping() override { return true; }
+
+ private:
+  milliseconds delay_;
+  testing::InMemoryEventStore inner_;
 };
 
 TEST_F(PipelinedLoop, UnderBacklogTheNextBatchIsPulledWhileTheCurrentOneIsWritten) {
@@ -447,6 +467,30 @@ TEST_F(PipelinedLoop, UnderBacklogTheNextBatchIsPulledWhileTheCurrentOneIsWritte
   EXPECT_EQ(store.timeouts.load(), 0) << "a write waited in vain for the fetch after next";
   EXPECT_EQ(source.HandedOut(), 6);
   EXPECT_TRUE(source.AllSettled());
+}
+
+TEST_F(PipelinedLoop, EachBatchIsTimedOnceInEachStage) {
+  // An SRE reads from evp_batch_stage_seconds whether the processor (prepare), the database
+  // (write) or NATS (settle) holds batches up: the database's time must land in write.
+  constexpr int kBatches = 4;
+  constexpr milliseconds kWrite{100};
+  BacklogSource source(kBatches, kBatch);
+  SlowStore store(kWrite);
+  Run(source, store, true, kBatches);
+  ASSERT_TRUE(source.AllSettled());
+  auto stage = [&](observability::BatchStage s) {
+    return metrics_.batch_stage(s).Collect().histogram;
+  };
+  const auto prepare = stage(observability::BatchStage::kPrepare);
+  const auto write = stage(observability::BatchStage::kWrite);
+  const auto settle = stage(observability::BatchStage::kSettle);
+  EXPECT_EQ(prepare.sample_count, static_cast<uint64_t>(kBatches));
+  EXPECT_EQ(write.sample_count, static_cast<uint64_t>(kBatches));
+  EXPECT_EQ(settle.sample_count, static_cast<uint64_t>(kBatches));
+  const double written = kBatches * std::chrono::duration<double>(kWrite).count();
+  EXPECT_GE(write.sample_sum, written);
+  EXPECT_LT(prepare.sample_sum, written) << "the store's time was counted as prepare";
+  EXPECT_LT(settle.sample_sum, written) << "the store's time was counted as settle";
 }
 
 TEST_F(PipelinedLoop, WithoutFetchAheadTheNextFetchWaitsForTheWrite) {
