@@ -32,7 +32,7 @@ class NoStore final : public pipeline::EventStore, public pipeline::ExhaustedSto
  public:
   Result<Unit, pipeline::StoreError> EnsureTenant(const std::string&) override { return Unit{}; }
   Result<std::vector<pipeline::ApplyResult>, pipeline::StoreError> Apply(
-      std::span<const handlers::Mutation> m) override {
+      std::vector<handlers::Mutation> m) override {
     return std::vector<pipeline::ApplyResult>(m.size());
   }
   bool Ping() override { return true; }

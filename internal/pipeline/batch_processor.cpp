@@ -313,7 +313,7 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
   if (to_apply.empty()) return Finish(work);
 
   // 3. One write for the whole batch.
-  auto applied = store_.Apply(to_apply);
+  auto applied = store_.Apply(std::move(to_apply));
   if (!applied.ok()) {
     const bool transient = applied.error().kind != StoreErrorKind::kFatal;
     work.stats.last_error = applied.error().message;

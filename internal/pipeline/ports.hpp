@@ -63,11 +63,13 @@ class EventStore {
   // A hint before EnsureTenant is called for each of these: a store with several
   // connections may create the missing schemas in parallel. Errors surface in EnsureTenant.
   virtual void PrepareTenants(const std::vector<std::string>& /*company_ids*/) {}
-  // Applies the mutations of one or more tenants in one transaction, in order. An error of
-  // one mutation must not fail the others: the store isolates it and reports kFatal or
-  // kRetry for it alone. Losing the database (connection, shutdown) fails the whole call.
+  // Applies the mutations of one or more tenants in one transaction, in order; results[i]
+  // belongs to mutations[i]. The store takes the mutations (callers move them in: a store
+  // that spreads them over connections moves rather than copies them). An error of one
+  // mutation must not fail the others: the store isolates it and reports kFatal or kRetry
+  // for it alone. Losing the database (connection, shutdown) fails the whole call.
   virtual Result<std::vector<ApplyResult>, StoreError> Apply(
-      std::span<const handlers::Mutation> mutations) = 0;
+      std::vector<handlers::Mutation> mutations) = 0;
   // True when the database answers; used for readiness and to resume after an outage.
   virtual bool Ping() = 0;
 };

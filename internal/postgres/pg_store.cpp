@@ -337,7 +337,7 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
 
 }  // namespace
 
-Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::span<const Mutation> mutations) {
+Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::vector<Mutation> mutations) {
   std::lock_guard lock(mu_);
   // Fast path: the whole batch in one transaction, set-based, in one round trip.
   PipelinedWriter::Outcome fast = pipelined_.Write(mutations);
@@ -487,8 +487,7 @@ Result<bool, StoreError> PgWriterPool::RecordExhausted(const DeadLetter& letter,
   return stores_.back()->RecordExhausted(letter, final_reason);
 }
 
-Result<std::vector<ApplyResult>, StoreError> PgWriterPool::Apply(
-    std::span<const Mutation> mutations) {
+Result<std::vector<ApplyResult>, StoreError> PgWriterPool::Apply(std::vector<Mutation> mutations) {
   // Each tenant's events go to its home connection, all of them in one transaction. A
   // connection's share is written in transactions of at most kTenantsPerTransaction tenants:
   // every statement holds locks on its table and indexes until the commit, and PostgreSQL's
@@ -498,6 +497,7 @@ Result<std::vector<ApplyResult>, StoreError> PgWriterPool::Apply(
     std::vector<Mutation> input;
   };
   const size_t n = stores_.size();
+  const size_t count = mutations.size();
   std::vector<std::vector<Part>> parts(n);  // per connection, its transactions
   {
     std::lock_guard lock(known_mu_);
@@ -515,20 +515,23 @@ Result<std::vector<ApplyResult>, StoreError> PgWriterPool::Apply(
       parts[home][part].indices.push_back(i);
     }
   }
+  // The mutations move into their parts (part_of's keys point into them: it is gone by now).
+  // One connection with one transaction takes the batch as it is.
   for (auto& home : parts) {
-    // One connection, one transaction: it writes the batch as it is.
-    if (home.size() == 1 && home[0].indices.size() == mutations.size()) break;
+    if (home.size() == 1 && home[0].indices.size() == count) {
+      home[0].input = std::move(mutations);
+      break;
+    }
     for (Part& part : home) {
       part.input.reserve(part.indices.size());
-      for (size_t i : part.indices) part.input.push_back(mutations[i]);
+      for (size_t i : part.indices) part.input.push_back(std::move(mutations[i]));
     }
   }
-  std::vector<ApplyResult> merged(mutations.size());
+  std::vector<ApplyResult> merged(count);
   // One connection's transactions, one after the other.
-  auto write = [this, &parts, &merged, mutations](size_t home) -> Result<Unit, StoreError> {
-    for (const Part& part : parts[home]) {
-      auto results = stores_[home]->Apply(
-          part.input.empty() ? mutations : std::span<const Mutation>(part.input));
+  auto write = [this, &parts, &merged](size_t home) -> Result<Unit, StoreError> {
+    for (Part& part : parts[home]) {
+      auto results = stores_[home]->Apply(std::move(part.input));
       if (!results.ok()) return Err{results.error()};
       for (size_t k = 0; k < part.indices.size(); ++k) {
         merged[part.indices[k]] = results.value()[k];

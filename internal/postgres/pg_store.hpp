@@ -34,7 +34,7 @@ class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedSto
 
   Result<Unit, pipeline::StoreError> EnsureTenant(const std::string& company_id) override;
   Result<std::vector<pipeline::ApplyResult>, pipeline::StoreError> Apply(
-      std::span<const handlers::Mutation> mutations) override;
+      std::vector<handlers::Mutation> mutations) override;
   bool Ping() override;
   Result<bool, pipeline::StoreError> RecordExhausted(const DeadLetter& letter,
                                                      const std::string& final_reason) override;
@@ -71,7 +71,7 @@ class PgWriterPool final : public pipeline::EventStore, public pipeline::Exhaust
   // waiting for commits: 1,000 first-seen tenants would otherwise be created one by one).
   void PrepareTenants(const std::vector<std::string>& company_ids) override;
   Result<std::vector<pipeline::ApplyResult>, pipeline::StoreError> Apply(
-      std::span<const handlers::Mutation> mutations) override;
+      std::vector<handlers::Mutation> mutations) override;
   bool Ping() override;
   Result<bool, pipeline::StoreError> RecordExhausted(const DeadLetter& letter,
                                                      const std::string& final_reason) override;

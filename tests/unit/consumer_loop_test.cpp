@@ -345,14 +345,14 @@ class WaitForFetchStore final : public EventStore {
     return inner_.EnsureTenant(company_id);
   }
   Result<std::vector<ApplyResult>, StoreError> Apply(
-      std::span<const handlers::Mutation> mutations) override {
+      std::vector<handlers::Mutation> mutations) override {
     ++writes_;
     const bool ok =
         writes_ >= batches_ - (heartbeat_ ? 1 : 0) ||
         (heartbeat_ ? source_.WaitForInProgress(static_cast<uint64_t>(writes_) + 2, patience_)
                     : source_.WaitForFetch(writes_ + 2, patience_));
     if (!ok) ++timeouts;
-    return inner_.Apply(mutations);
+    return inner_.Apply(std::move(mutations));
   }
   bool Ping() override { return true; }
 
@@ -374,12 +374,12 @@ class OutageStore final : public EventStore {
     return inner_.EnsureTenant(company_id);
   }
   Result<std::vector<ApplyResult>, StoreError> Apply(
-      std::span<const handlers::Mutation> mutations) override {
+      std::vector<handlers::Mutation> mutations) override {
     if (down) {
       ++writes_while_down;
       return Err{StoreError{StoreErrorKind::kTransient, "08006: connection failure"}};
     }
-    return inner_.Apply(mutations);
+    return inner_.Apply(std::move(mutations));
   }
   bool Ping() override {
     if (down) ++pings_while_down;
@@ -449,9 +449,9 @@ class SlowStore final : public EventStore {
     return inner_.EnsureTenant(company_id);
   }
   Result<std::vector<ApplyResult>, StoreError> Apply(
-      std::span<const handlers::Mutation> mutations) override {
+      std::vector<handlers::Mutation> mutations) override {
     std::this_thread::sleep_for(delay_);  // the write itself, not a wait for another thread
-    return inner_.Apply(mutations);
+    return inner_.Apply(std::move(mutations));
   }
   bool Ping() override { return true; }
 

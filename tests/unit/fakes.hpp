@@ -64,7 +64,7 @@ class InMemoryEventStore final : public pipeline::EventStore {
   }
 
   Result<std::vector<pipeline::ApplyResult>, pipeline::StoreError> Apply(
-      std::span<const handlers::Mutation> mutations) override {
+      std::vector<handlers::Mutation> mutations) override {
     ++apply_calls;
     if (fail_transiently) {
       return Err{
