@@ -284,6 +284,38 @@ Result<Unit, std::string> NatsConnection::PublishAsyncComplete(std::chrono::mill
 
 int64_t NatsConnection::TakeAsyncErrors() { return async_acks_.failed.exchange(0); }
 
+std::vector<Result<Unit, std::string>> NatsConnection::PublishAll(
+    std::span<const Outgoing> messages) {
+  std::lock_guard lock(publish_all_mu_);
+  // Failures counted before this call belong to earlier calls, which published again.
+  TakeAsyncErrors();
+  bool all_ok = true;
+  for (const Outgoing& m : messages) {
+    if (!PublishAsync(m.subject, m.data, m.msg_id, m.headers).ok()) {
+      all_ok = false;
+      break;
+    }
+  }
+  // Also after a failed start: what is in flight settles before it is published again.
+  const bool completed = PublishAsyncComplete(std::chrono::milliseconds(10'000)).ok();
+  all_ok = all_ok && completed && TakeAsyncErrors() == 0;
+  std::vector<Result<Unit, std::string>> out;
+  out.reserve(messages.size());
+  for (const Outgoing& m : messages) {
+    if (all_ok) {
+      out.emplace_back(Unit{});
+      continue;
+    }
+    auto r = Publish(m.subject, m.data, m.msg_id, m.headers);
+    if (r.ok()) {
+      out.emplace_back(Unit{});
+    } else {
+      out.emplace_back(Err{r.error()});
+    }
+  }
+  return out;
+}
+
 std::vector<std::string> NatsConnection::TakeAcknowledged(int64_t* duplicates) {
   std::vector<std::string> out;
   std::lock_guard lock(async_acks_.mu);
@@ -626,6 +658,18 @@ Result<std::optional<pipeline::InboundMessage>, std::string> JetStreamMessageSto
   in.publish_time_ns = natsMsg_GetTime(msg);
   natsMsg_Destroy(msg);
   return std::optional<pipeline::InboundMessage>{std::move(in)};
+}
+
+std::vector<Result<Unit, std::string>> JetStreamDeadLetterSink::PublishAll(
+    std::span<const DeadLetter> letters) {
+  std::vector<NatsConnection::Outgoing> messages;
+  messages.reserve(letters.size());
+  for (const DeadLetter& letter : letters) {
+    messages.push_back(
+        {routing::DlqSubjectFor(letter.company_id, letter.Code() == ReasonCode::kInvalidTenant),
+         letter.original, letter.DlqMsgId(), EncodeDeadLetterHeaders(letter)});
+  }
+  return conn_->PublishAll(messages);
 }
 
 Result<Unit, std::string> JetStreamDeadLetterSink::Publish(const DeadLetter& letter) {

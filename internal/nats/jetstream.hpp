@@ -9,7 +9,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "config/config.hpp"
@@ -75,6 +77,19 @@ class NatsConnection {
   // deduplicated; reset by the call.
   std::vector<std::string> TakeAcknowledged(int64_t* duplicates = nullptr);
   Result<Unit, std::string> PublishAsyncComplete(std::chrono::milliseconds timeout);
+  // One message of PublishAll.
+  struct Outgoing {
+    std::string subject;
+    std::string_view data;
+    std::string msg_id;  // Nats-Msg-Id: required, the stream drops repeats by it
+    HeaderMap headers;
+  };
+  // Publishes all the messages with their acks awaited together, then returns each one's
+  // outcome, as Publish would. When any of them failed or its ack did not come in time,
+  // each is published again and its ack awaited (the stream drops the repeats of those it
+  // already stored), so that every outcome is exact. Calls take turns (the outcome of async
+  // publishes is per connection); not for connections with track_acks.
+  std::vector<Result<Unit, std::string>> PublishAll(std::span<const Outgoing> messages);
   // Drains subscriptions and closes (graceful shutdown).
   void Drain(std::chrono::milliseconds timeout);
 
@@ -84,6 +99,7 @@ class NatsConnection {
  private:
   NatsConnection() = default;
   AsyncAcks async_acks_;
+  std::mutex publish_all_mu_;
   __natsConnection* conn_ = nullptr;
   __jsCtx* js_ = nullptr;
 };
@@ -163,6 +179,7 @@ class JetStreamDeadLetterSink final : public pipeline::DeadLetterSink {
  public:
   explicit JetStreamDeadLetterSink(std::shared_ptr<NatsConnection> conn) : conn_(std::move(conn)) {}
   Result<Unit, std::string> Publish(const DeadLetter& letter) override;
+  std::vector<Result<Unit, std::string>> PublishAll(std::span<const DeadLetter> letters) override;
   size_t MaxPayload() const override { return conn_->MaxPayload(); }
 
  private:

@@ -64,11 +64,14 @@ milliseconds BatchProcessor::NakDelay(uint64_t delivered) {
                       static_cast<int>(std::min<uint64_t>(delivered, 30)), rng_);
 }
 
+namespace {
+// A dead letter must fit in one NATS message with its headers; larger ones (events between
+// MAX_EVENT_BYTES and the server's max_payload) are recorded directly.
+constexpr size_t kDeadLetterHeaderAllowance = 8 * 1024;
+}  // namespace
+
 bool BatchProcessor::SendDeadLetter(DeadLetter letter) {
-  // A dead letter must fit in one NATS message with its headers; larger ones (events between
-  // MAX_EVENT_BYTES and the server's max_payload) are recorded directly.
-  constexpr size_t kHeaderAllowance = 8 * 1024;
-  if (letter.original.size() + kHeaderAllowance > dlq_.MaxPayload()) {
+  if (letter.original.size() + kDeadLetterHeaderAllowance > dlq_.MaxPayload()) {
     auto r = exhausted_.RecordExhausted(letter, letter.reason);
     if (!r.ok()) {
       LogWarn("cannot record oversized dead letter",
@@ -88,9 +91,9 @@ bool BatchProcessor::SendDeadLetter(DeadLetter letter) {
   return true;
 }
 
-void BatchProcessor::DeadLetterMessage(const InboundMessage& msg, const std::string& company_id,
-                                       const Failure& failure, ErrorClass cls, Decision& decision,
-                                       BatchStats& stats, int64_t first_failed_ms) {
+DeadLetter BatchProcessor::NewDeadLetter(const InboundMessage& msg, const std::string& company_id,
+                                         const Failure& failure, ErrorClass cls,
+                                         int64_t first_failed_ms) {
   DeadLetter dl;
   dl.original = msg.data;
   dl.source_subject = msg.subject;
@@ -112,13 +115,60 @@ void BatchProcessor::DeadLetterMessage(const InboundMessage& msg, const std::str
                                   {"event_id", msg.msg_id},
                                   {"trace_id", dl.trace_id},
                                   {"reason", dl.reason}});
-  if (SendDeadLetter(std::move(dl))) {
+  return dl;
+}
+
+void BatchProcessor::DeadLetterMessage(const InboundMessage& msg, const std::string& company_id,
+                                       const Failure& failure, ErrorClass cls, Decision& decision,
+                                       BatchStats& stats, int64_t first_failed_ms) {
+  if (SendDeadLetter(NewDeadLetter(msg, company_id, failure, cls, first_failed_ms))) {
     decision = Decision::Ack();
     ++stats.dead_lettered;
   } else {
     decision = Decision::Nak(NakDelay(msg.delivered));
     ++stats.retried;
   }
+}
+
+void BatchProcessor::SendDeadLetters(std::vector<QueuedDeadLetter>& queued,
+                                     std::span<const InboundMessage> batch, PreparedBatch& work) {
+  if (queued.empty()) return;
+  std::vector<bool> sent(queued.size(), false);
+  std::vector<DeadLetter> letters;  // those that fit in a NATS message
+  std::vector<size_t> of;           // their index in queued
+  for (size_t k = 0; k < queued.size(); ++k) {
+    if (queued[k].letter.original.size() + kDeadLetterHeaderAllowance > dlq_.MaxPayload()) {
+      sent[k] = SendDeadLetter(std::move(queued[k].letter));  // recorded directly
+      continue;
+    }
+    letters.push_back(std::move(queued[k].letter));
+    of.push_back(k);
+  }
+  if (!letters.empty()) {
+    std::vector<Result<Unit, std::string>> published = dlq_.PublishAll(letters);
+    for (size_t j = 0; j < letters.size(); ++j) {
+      if (j < published.size() && published[j].ok()) {
+        sent[of[j]] = true;
+        if (auto code = letters[j].Code()) metrics_.CountDeadLetter(*code, letters[j].error_class);
+      } else {
+        LogWarn("DLQ publish failed; the event will be redelivered",
+                {{"subject", letters[j].source_subject},
+                 {"error", j < published.size() ? published[j].error() : "no outcome"}});
+      }
+    }
+  }
+  for (size_t k = 0; k < queued.size(); ++k) {
+    const size_t i = queued[k].message;
+    if (sent[k]) {
+      ++work.stats.dead_lettered;
+      continue;
+    }
+    // Not stored: the whole message comes again (its valid history items are rewritten
+    // idempotently).
+    work.decisions[i] = Decision::Nak(NakDelay(batch[i].delivered));
+    if (queued[k].whole) ++work.stats.retried;
+  }
+  queued.clear();
 }
 
 std::vector<Decision> BatchProcessor::Process(std::span<const InboundMessage> batch) {
@@ -130,11 +180,11 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
   auto owned = std::make_unique<PreparedBatch>();
   PreparedBatch& work = *owned;
   work.decisions.assign(batch.size(), Decision::Ack());
-  std::vector<Decision>& decisions = work.decisions;
   work.types.resize(batch.size(), EventType::kChatsUpsert);
   work.tenants.resize(batch.size());
   work.done.assign(batch.size(), false);
   const int64_t now_unix = clock_.UnixMillis() / 1000;
+  std::vector<QueuedDeadLetter> dead_letters;
 
   // 1. Route, decode and validate every message; build its mutations.
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -153,8 +203,9 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
         metrics_.CountEvent("unknown", EventOutcome::kOtherTenant, *owner);
         continue;
       }
-      DeadLetterMessage(msg, route.error().raw_tenant, route.error().failure, ErrorClass::kFatal,
-                        decisions[i], work.stats);
+      dead_letters.push_back({NewDeadLetter(msg, route.error().raw_tenant, route.error().failure,
+                                            ErrorClass::kFatal, 0),
+                              i, true});
       metrics_.CountEvent("unknown", EventOutcome::kDeadLettered, route.error().raw_tenant);
       continue;
     }
@@ -165,7 +216,7 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
     const std::string_view type_name = EventTypeName(type);
     auto fail = [&](Failure f) {
       work.done[i] = true;
-      DeadLetterMessage(msg, company, f, ErrorClass::kFatal, decisions[i], work.stats);
+      dead_letters.push_back({NewDeadLetter(msg, company, f, ErrorClass::kFatal, 0), i, true});
       metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
     };
     if (!config_.AllowsTenant(company)) {
@@ -247,11 +298,7 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
                                                {"trace_id", dl.trace_id},
                                                {"item_index", j},
                                                {"reason", dl.reason}});
-        if (!SendDeadLetter(std::move(dl))) {
-          decisions[i] = Decision::Nak(NakDelay(msg.delivered));
-        } else {
-          ++work.stats.dead_lettered;
-        }
+        dead_letters.push_back({std::move(dl), i, false});
         metrics_.CountEvent(EventTypeName(item_type), EventOutcome::kDeadLettered, company);
         continue;
       }
@@ -261,6 +308,7 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
       work.items.push_back({i, static_cast<int64_t>(j)});
     }
   }
+  SendDeadLetters(dead_letters, batch, work);
   return owned;
 }
 

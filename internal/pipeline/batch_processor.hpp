@@ -100,6 +100,20 @@ class BatchProcessor final : public BatchHandler {
                          BatchStats& stats, int64_t first_failed_ms = 0);
   std::vector<Decision> Finish(PreparedBatch& work);
   bool SendDeadLetter(DeadLetter letter);
+  // A dead letter of message `message` of the batch, published with the others of the same
+  // Prepare at its end: a burst of invalid events costs one round trip to JetStream, not
+  // one per event. `whole`: the message itself (else one history item of it).
+  struct QueuedDeadLetter {
+    DeadLetter letter;
+    size_t message;
+    bool whole;
+  };
+  DeadLetter NewDeadLetter(const InboundMessage& msg, const std::string& company_id,
+                           const Failure& failure, ErrorClass cls, int64_t first_failed_ms);
+  // Publishes the queued dead letters and decides their messages: acknowledged once their
+  // dead letter is stored, else redelivered after a delay.
+  void SendDeadLetters(std::vector<QueuedDeadLetter>& queued, std::span<const InboundMessage> batch,
+                       PreparedBatch& work);
   std::chrono::milliseconds NakDelay(uint64_t delivered);
 
   const Config& config_;

@@ -79,6 +79,15 @@ class DeadLetterSink {
  public:
   virtual ~DeadLetterSink() = default;
   virtual Result<Unit, std::string> Publish(const DeadLetter& letter) = 0;
+  // Publishes several and returns once each is acknowledged or failed; results[i] belongs to
+  // letters[i]. Sinks that can have them all in flight at once override it (a burst of
+  // invalid events then costs one round trip, not one per event).
+  virtual std::vector<Result<Unit, std::string>> PublishAll(std::span<const DeadLetter> letters) {
+    std::vector<Result<Unit, std::string>> out;
+    out.reserve(letters.size());
+    for (const DeadLetter& letter : letters) out.push_back(Publish(letter));
+    return out;
+  }
   // Largest message the server accepts (headers included).
   virtual size_t MaxPayload() const = 0;
 };

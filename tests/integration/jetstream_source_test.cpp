@@ -135,5 +135,55 @@ TEST(JetStreamSource, ABacklogFillsTheBatchInPartsUpToItsByteBudget) {
   EXPECT_EQ(seen.size(), 2600u);
 }
 
+// NatsConnection::PublishAll, what the processor publishes a batch's dead letters with: the
+// acks are awaited together, and the outcome of each message is still exact.
+TEST(NatsConnection, PublishAllStoresEveryMessageOnceAndNamesTheOneThatFailed) {
+  NatsServer server;
+  TestPublisher publisher{server.Url()};
+  ASSERT_EQ(publisher.AddStream("LETTERS", {"letters.>"}), "");
+  Config config;
+  config.nats_url = server.Url();
+  auto conn = nats::NatsConnection::Connect(config, "publish-all-test");
+  ASSERT_TRUE(conn.ok()) << conn.error();
+  auto stored = [&] {
+    jsStreamInfo* si = nullptr;
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    uint64_t n = 0;
+    if (js_GetStreamInfo(&si, publisher.JetStream(), "LETTERS", nullptr, &jerr) == NATS_OK) {
+      n = si->State.Msgs;
+    }
+    if (si != nullptr) jsStreamInfo_Destroy(si);
+    return n;
+  };
+  constexpr size_t kLetters = 500;
+  std::vector<std::string> bodies;
+  for (size_t i = 0; i < kLetters; ++i) bodies.push_back("letter " + std::to_string(i));
+  std::vector<nats::NatsConnection::Outgoing> letters;
+  for (size_t i = 0; i < kLetters; ++i) {
+    letters.push_back(
+        {"letters.acme", bodies[i], "letter-" + std::to_string(i), {{"Evp-Reason", "test"}}});
+  }
+  auto first = (*conn)->PublishAll(letters);
+  ASSERT_EQ(first.size(), kLetters);
+  for (const auto& r : first) EXPECT_TRUE(r.ok()) << r.error();
+  EXPECT_EQ(stored(), kLetters);
+
+  // The same again (a redelivered batch): the stream drops the repeats, each is a success.
+  auto again = (*conn)->PublishAll(letters);
+  for (const auto& r : again) EXPECT_TRUE(r.ok()) << r.error();
+  EXPECT_EQ(stored(), kLetters);
+
+  // A subject no stream captures fails alone; its neighbours are stored once.
+  const std::vector<nats::NatsConnection::Outgoing> mixed = {{"letters.acme", "a", "mixed-1", {}},
+                                                             {"nowhere.acme", "b", "mixed-2", {}},
+                                                             {"letters.acme", "c", "mixed-3", {}}};
+  auto outcomes = (*conn)->PublishAll(mixed);
+  ASSERT_EQ(outcomes.size(), 3u);
+  EXPECT_TRUE(outcomes[0].ok());
+  EXPECT_FALSE(outcomes[1].ok()) << "no stream stored it";
+  EXPECT_TRUE(outcomes[2].ok());
+  EXPECT_EQ(stored(), kLetters + 2);
+}
+
 }  // namespace
 }  // namespace evp::testing

@@ -193,15 +193,24 @@ class RecordingDeadLetterSink final : public pipeline::DeadLetterSink {
  public:
   explicit RecordingDeadLetterSink(size_t max_payload = 1024 * 1024) : max_payload_(max_payload) {}
 
-  bool fail = false;  // Publish fails (NATS unavailable, no PubAck)
+  bool fail = false;                        // Publish fails (NATS unavailable, no PubAck)
+  std::string fail_when_original_contains;  // only these fail (when not empty)
   std::vector<DeadLetter> published;
   int publish_calls = 0;
+  std::vector<size_t> publish_all_sizes;  // letters per PublishAll call
 
   Result<Unit, std::string> Publish(const DeadLetter& letter) override {
     ++publish_calls;
-    if (fail) return Err{std::string("nats: timeout waiting for PubAck")};
+    if (fail || (!fail_when_original_contains.empty() &&
+                 letter.original.find(fail_when_original_contains) != std::string::npos)) {
+      return Err{std::string("nats: timeout waiting for PubAck")};
+    }
     published.push_back(letter);
     return Unit{};
+  }
+  std::vector<Result<Unit, std::string>> PublishAll(std::span<const DeadLetter> letters) override {
+    publish_all_sizes.push_back(letters.size());
+    return DeadLetterSink::PublishAll(letters);
   }
   size_t MaxPayload() const override { return max_payload_; }
 

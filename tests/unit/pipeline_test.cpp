@@ -366,6 +366,44 @@ TEST_F(Pipeline, NaksWhenAnOversizedDeadLetterCannotBeRecorded) {
   EXPECT_EQ(exhausted_.size(), 0u);
 }
 
+TEST_F(Pipeline, PublishesTheDeadLettersOfABatchTogetherAndRedeliversOnlyTheOneThatFailed) {
+  // A burst of invalid events costs one round trip to JetStream for the lot; a dead letter
+  // that was not stored leaves only its own event unacknowledged.
+  sink_.fail_when_original_contains = "poison-2";
+  const std::string history_body =
+      R"({"chats":[)" + Chat("h1", 1699999000, "H") + R"(,{"chat_id":"h2","note":"poison-3"}]})";
+  auto d = Run({Msg("v1.chats.upsert.acme", Chat("c1", 1699999000, "A")),
+                Msg("v1.chats.upsert.acme", "{poison-1"), Msg("v1.chats.upsert.acme", "{poison-2"),
+                Msg("v1.chats.upsert.acme", R"({"chat_id":"c9"})"),
+                Msg("v1.history.chats.acme", history_body),
+                Msg("v1.chats.upsert.acme", Chat("c2", 1699999000, "B"))});
+  EXPECT_EQ(sink_.publish_all_sizes, std::vector<size_t>{4})
+      << "the four dead letters (three events, one history item) go out in one call";
+  EXPECT_TRUE(IsAck(d[0]));
+  EXPECT_TRUE(IsAck(d[1]));
+  EXPECT_TRUE(IsNak(d[2])) << "its dead letter was not stored";
+  EXPECT_TRUE(IsAck(d[3]));
+  EXPECT_TRUE(IsAck(d[4])) << "the history event: its valid item written, its bad one stored";
+  EXPECT_TRUE(IsAck(d[5]));
+  ASSERT_EQ(sink_.published.size(), 3u);
+  EXPECT_EQ(sink_.published[0].original, "{poison-1");
+  EXPECT_EQ(sink_.published[1].original, R"({"chat_id":"c9"})");
+  EXPECT_EQ(sink_.published[2].item_index, std::optional<int64_t>(1));
+  EXPECT_EQ(store_.RowCount("acme", Table::kChats), 3u);
+  EXPECT_EQ(processor_->last_stats().dead_lettered, 3u);
+  EXPECT_EQ(processor_->last_stats().retried, 1u);
+}
+
+TEST_F(Pipeline, RedeliversAHistoryEventWhoseBadItemCouldNotBeStored) {
+  sink_.fail_when_original_contains = "poison";
+  const std::string body =
+      R"({"chats":[)" + Chat("h1", 1699999000, "H") + R"(,{"chat_id":"h2","note":"poison"}]})";
+  Decision d = RunOne(Msg("v1.history.chats.acme", body));
+  EXPECT_TRUE(IsNak(d)) << "the bad item has no durable outcome yet";
+  EXPECT_EQ(store_.RowCount("acme", Table::kChats), 1u) << "the valid item is written (again "
+                                                           "on redelivery, idempotently)";
+}
+
 TEST_F(Pipeline, NaksWhenTheDlqPublishFails) {
   sink_.fail = true;
   const InboundMessage msg = Msg("v1.chats.upsert.acme", "{broken");
