@@ -263,10 +263,12 @@ Result<uint64_t, std::string> NatsConnection::Publish(const std::string& subject
 Result<Unit, std::string> NatsConnection::PublishAsync(const std::string& subject,
                                                        std::string_view data,
                                                        const std::string& msg_id,
-                                                       const HeaderMap& headers) {
+                                                       const HeaderMap& headers,
+                                                       std::chrono::milliseconds max_wait) {
   natsMsg* msg = nullptr;
   jsPubOptions po;
   natsStatus s = NewMessage(&msg, subject, data, headers, msg_id, &po);
+  if (max_wait.count() > 0) po.MaxWait = max_wait.count();
   if (s == NATS_OK) s = js_PublishMsgAsync(js_, &msg, &po);
   if (msg != nullptr) natsMsg_Destroy(msg);
   if (s != NATS_OK) return Err{"async publish to " + subject + " failed: " + StatusText(s)};
@@ -289,15 +291,19 @@ std::vector<Result<Unit, std::string>> NatsConnection::PublishAll(
   std::lock_guard lock(publish_all_mu_);
   // Failures counted before this call belong to earlier calls, which published again.
   TakeAsyncErrors();
+  // A PubAck not back within kAckWait counts as a failure and stops being pending, so that a
+  // lost reply cannot hold up later calls (the wait for completion covers every publish of
+  // the connection still pending).
+  constexpr std::chrono::milliseconds kAckWait{5'000};
   bool all_ok = true;
   for (const Outgoing& m : messages) {
-    if (!PublishAsync(m.subject, m.data, m.msg_id, m.headers).ok()) {
+    if (!PublishAsync(m.subject, m.data, m.msg_id, m.headers, kAckWait).ok()) {
       all_ok = false;
       break;
     }
   }
   // Also after a failed start: what is in flight settles before it is published again.
-  const bool completed = PublishAsyncComplete(std::chrono::milliseconds(10'000)).ok();
+  const bool completed = PublishAsyncComplete(2 * kAckWait).ok();
   all_ok = all_ok && completed && TakeAsyncErrors() == 0;
   std::vector<Result<Unit, std::string>> out;
   out.reserve(messages.size());

@@ -68,8 +68,12 @@ class NatsConnection {
                                         const std::string& msg_id, const HeaderMap& headers);
   // Fire-and-forget JetStream publish for load generation; failures are counted by
   // PublishAsyncComplete.
-  Result<Unit, std::string> PublishAsync(const std::string& subject, std::string_view data,
-                                         const std::string& msg_id, const HeaderMap& headers = {});
+  // max_wait > 0: a PubAck not back by then is reported as a failure (the error handler) and
+  // no longer pending; 0: it stays pending until it comes (the context's default).
+  Result<Unit, std::string> PublishAsync(
+      const std::string& subject, std::string_view data, const std::string& msg_id,
+      const HeaderMap& headers = {},
+      std::chrono::milliseconds max_wait = std::chrono::milliseconds(0));
   // Async publishes that failed so far (JetStream error or timeout); reset by the call.
   int64_t TakeAsyncErrors();
   // With track_acks: the Nats-Msg-Ids of the async publishes acknowledged so far (a
@@ -85,10 +89,11 @@ class NatsConnection {
     HeaderMap headers;
   };
   // Publishes all the messages with their acks awaited together, then returns each one's
-  // outcome, as Publish would. When any of them failed or its ack did not come in time,
+  // outcome, as Publish would. When any of them failed or its ack did not come within 5 s,
   // each is published again and its ack awaited (the stream drops the repeats of those it
-  // already stored), so that every outcome is exact. Calls take turns (the outcome of async
-  // publishes is per connection); not for connections with track_acks.
+  // already stored, within its duplicate window), so that every outcome is exact. Calls
+  // take turns (the outcome of async publishes is per connection); not for connections
+  // with track_acks.
   std::vector<Result<Unit, std::string>> PublishAll(std::span<const Outgoing> messages);
   // Drains subscriptions and closes (graceful shutdown).
   void Drain(std::chrono::milliseconds timeout);

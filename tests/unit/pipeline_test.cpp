@@ -394,6 +394,29 @@ TEST_F(Pipeline, PublishesTheDeadLettersOfABatchTogetherAndRedeliversOnlyTheOneT
   EXPECT_EQ(processor_->last_stats().retried, 1u);
 }
 
+TEST_F(Pipeline, DecidesEachDeadLetterOfABatchWhetherRecordedDirectlyOrPublished) {
+  // Oversized dead letters are recorded directly, the others published together: each
+  // outcome must land on its own event.
+  RecordingDeadLetterSink small_sink(16 * 1024);
+  small_sink.fail_when_original_contains = "poison-b";
+  processor_ = std::make_unique<BatchProcessor>(*config_, *schemas_, store_, small_sink, exhausted_,
+                                                clock_, metrics_, kSeed);
+  const std::string big = "{" + std::string(12 * 1024, 'x');  // malformed, 12 KiB
+  auto d =
+      Run({Msg("v1.chats.upsert.acme", "{poison-a"), Msg("v1.chats.upsert.acme", big),
+           Msg("v1.chats.upsert.acme", "{poison-b"), Msg("v1.chats.upsert.acme", "{poison-c")});
+  EXPECT_EQ(small_sink.publish_all_sizes, std::vector<size_t>{3});
+  EXPECT_TRUE(IsAck(d[0]));
+  EXPECT_TRUE(IsAck(d[1])) << "recorded in exhausted_events";
+  EXPECT_TRUE(IsNak(d[2])) << "its dead letter was not stored";
+  EXPECT_TRUE(IsAck(d[3]));
+  ASSERT_EQ(exhausted_.size(), 1u);
+  EXPECT_TRUE(exhausted_.Rows()[0].letter.original == big);
+  ASSERT_EQ(small_sink.published.size(), 2u);
+  EXPECT_EQ(small_sink.published[0].original, "{poison-a");
+  EXPECT_EQ(small_sink.published[1].original, "{poison-c");
+}
+
 TEST_F(Pipeline, RedeliversAHistoryEventWhoseBadItemCouldNotBeStored) {
   sink_.fail_when_original_contains = "poison";
   const std::string body =
