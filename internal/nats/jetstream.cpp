@@ -312,6 +312,12 @@ std::vector<Result<Unit, std::string>> NatsConnection::PublishAll(
       out.emplace_back(Unit{});
       continue;
     }
+    // Without a connection each publish would wait out its own timeout: the rest fail at
+    // once (their events come again).
+    if (!out.empty() && !out.back().ok() && !Connected()) {
+      out.emplace_back(Err{"publish to " + m.subject + " failed: not connected to NATS"});
+      continue;
+    }
     auto r = Publish(m.subject, m.data, m.msg_id, m.headers);
     if (r.ok()) {
       out.emplace_back(Unit{});

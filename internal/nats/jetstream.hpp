@@ -91,9 +91,10 @@ class NatsConnection {
   // Publishes all the messages with their acks awaited together, then returns each one's
   // outcome, as Publish would. When any of them failed or its ack did not come within 5 s,
   // each is published again and its ack awaited (the stream drops the repeats of those it
-  // already stored, within its duplicate window), so that every outcome is exact. Calls
-  // take turns (the outcome of async publishes is per connection); not for connections
-  // with track_acks.
+  // already stored, within its duplicate window), so that every outcome is exact; once one
+  // of those fails while the connection is down, the rest fail without a try. Calls take
+  // turns (the outcome of async publishes is per connection); not for connections with
+  // track_acks.
   std::vector<Result<Unit, std::string>> PublishAll(std::span<const Outgoing> messages);
   // Drains subscriptions and closes (graceful shutdown).
   void Drain(std::chrono::milliseconds timeout);

@@ -185,5 +185,31 @@ TEST(NatsConnection, PublishAllStoresEveryMessageOnceAndNamesTheOneThatFailed) {
   EXPECT_EQ(stored(), kLetters + 2);
 }
 
+// With nats-server gone, PublishAll does not wait out one timeout per letter: once one
+// publish fails on a lost connection, the rest fail at once (their events come again).
+TEST(NatsConnection, PublishAllWithoutAServerFailsEveryLetterWithoutWaitingForEach) {
+  NatsServer server;
+  TestPublisher publisher{server.Url()};
+  ASSERT_EQ(publisher.AddStream("LETTERS", {"letters.>"}), "");
+  Config config;
+  config.nats_url = server.Url();
+  auto conn = nats::NatsConnection::Connect(config, "publish-all-outage-test");
+  ASSERT_TRUE(conn.ok()) << conn.error();
+  server.Stop();
+  constexpr size_t kLetters = 20;
+  std::vector<nats::NatsConnection::Outgoing> letters;
+  for (size_t i = 0; i < kLetters; ++i) {
+    letters.push_back({"letters.acme", "letter", "outage-" + std::to_string(i), {}});
+  }
+  const auto started = std::chrono::steady_clock::now();
+  auto outcomes = (*conn)->PublishAll(letters);
+  const auto took = std::chrono::steady_clock::now() - started;
+  ASSERT_EQ(outcomes.size(), kLetters);
+  for (const auto& r : outcomes) EXPECT_FALSE(r.ok()) << "nothing can have been stored";
+  // One synchronous try (10 s) after the async wait (10 s at most), not one try per letter
+  // (20 x 10 s): the bound is loose on purpose.
+  EXPECT_LT(took, std::chrono::seconds(60));
+}
+
 }  // namespace
 }  // namespace evp::testing
