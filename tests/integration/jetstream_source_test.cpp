@@ -137,15 +137,23 @@ TEST(JetStreamSource, ABacklogFillsTheBatchInPartsUpToItsByteBudget) {
 
 // NatsConnection::PublishAll, what the processor publishes a batch's dead letters with: the
 // acks are awaited together, and the outcome of each message is still exact.
-TEST(NatsConnection, PublishAllStoresEveryMessageOnceAndNamesTheOneThatFailed) {
+// A connection to a server with the stream LETTERS on letters.>.
+struct LettersFixture {
   NatsServer server;
   TestPublisher publisher{server.Url()};
-  ASSERT_EQ(publisher.AddStream("LETTERS", {"letters.>"}), "");
-  Config config;
-  config.nats_url = server.Url();
-  auto conn = nats::NatsConnection::Connect(config, "publish-all-test");
-  ASSERT_TRUE(conn.ok()) << conn.error();
-  auto stored = [&] {
+  std::shared_ptr<nats::NatsConnection> conn;
+
+  LettersFixture() {
+    EXPECT_EQ(publisher.AddStream("LETTERS", {"letters.>"}), "");
+    Config config;
+    config.nats_url = server.Url();
+    auto c = nats::NatsConnection::Connect(config, "publish-all-test");
+    EXPECT_TRUE(c.ok()) << c.error();
+    if (c.ok()) conn = c.value();
+  }
+
+  // Messages the stream holds.
+  uint64_t Stored() {
     jsStreamInfo* si = nullptr;
     jsErrCode jerr = static_cast<jsErrCode>(0);
     uint64_t n = 0;
@@ -154,7 +162,13 @@ TEST(NatsConnection, PublishAllStoresEveryMessageOnceAndNamesTheOneThatFailed) {
     }
     if (si != nullptr) jsStreamInfo_Destroy(si);
     return n;
-  };
+  }
+};
+
+TEST(NatsConnection, PublishAllStoresEveryMessageOnceAndNamesTheOneThatFailed) {
+  LettersFixture f;
+  ASSERT_NE(f.conn, nullptr);
+  auto& conn = f.conn;
   constexpr size_t kLetters = 500;
   std::vector<std::string> bodies;
   for (size_t i = 0; i < kLetters; ++i) bodies.push_back("letter " + std::to_string(i));
@@ -163,46 +177,42 @@ TEST(NatsConnection, PublishAllStoresEveryMessageOnceAndNamesTheOneThatFailed) {
     letters.push_back(
         {"letters.acme", bodies[i], "letter-" + std::to_string(i), {{"Evp-Reason", "test"}}});
   }
-  auto first = (*conn)->PublishAll(letters);
+  auto first = conn->PublishAll(letters);
   ASSERT_EQ(first.size(), kLetters);
   for (const auto& r : first) EXPECT_TRUE(r.ok()) << r.error();
-  EXPECT_EQ(stored(), kLetters);
+  EXPECT_EQ(f.Stored(), kLetters);
 
   // The same again (a redelivered batch): the stream drops the repeats, each is a success.
-  auto again = (*conn)->PublishAll(letters);
+  auto again = conn->PublishAll(letters);
   for (const auto& r : again) EXPECT_TRUE(r.ok()) << r.error();
-  EXPECT_EQ(stored(), kLetters);
+  EXPECT_EQ(f.Stored(), kLetters);
 
   // A subject no stream captures fails alone; its neighbours are stored once.
   const std::vector<nats::NatsConnection::Outgoing> mixed = {{"letters.acme", "a", "mixed-1", {}},
                                                              {"nowhere.acme", "b", "mixed-2", {}},
                                                              {"letters.acme", "c", "mixed-3", {}}};
-  auto outcomes = (*conn)->PublishAll(mixed);
+  auto outcomes = conn->PublishAll(mixed);
   ASSERT_EQ(outcomes.size(), 3u);
   EXPECT_TRUE(outcomes[0].ok());
   EXPECT_FALSE(outcomes[1].ok()) << "no stream stored it";
   EXPECT_TRUE(outcomes[2].ok());
-  EXPECT_EQ(stored(), kLetters + 2);
+  EXPECT_EQ(f.Stored(), kLetters + 2);
 }
 
 // With nats-server gone, PublishAll does not wait out one timeout per letter: once one
 // publish fails on a lost connection, the rest fail at once (their events come again).
 TEST(NatsConnection, PublishAllWithoutAServerFailsEveryLetterWithoutWaitingForEach) {
-  NatsServer server;
-  TestPublisher publisher{server.Url()};
-  ASSERT_EQ(publisher.AddStream("LETTERS", {"letters.>"}), "");
-  Config config;
-  config.nats_url = server.Url();
-  auto conn = nats::NatsConnection::Connect(config, "publish-all-outage-test");
-  ASSERT_TRUE(conn.ok()) << conn.error();
-  server.Stop();
+  LettersFixture f;
+  ASSERT_NE(f.conn, nullptr);
+  auto& conn = f.conn;
+  f.server.Stop();
   constexpr size_t kLetters = 20;
   std::vector<nats::NatsConnection::Outgoing> letters;
   for (size_t i = 0; i < kLetters; ++i) {
     letters.push_back({"letters.acme", "letter", "outage-" + std::to_string(i), {}});
   }
   const auto started = std::chrono::steady_clock::now();
-  auto outcomes = (*conn)->PublishAll(letters);
+  auto outcomes = conn->PublishAll(letters);
   const auto took = std::chrono::steady_clock::now() - started;
   ASSERT_EQ(outcomes.size(), kLetters);
   for (const auto& r : outcomes) EXPECT_FALSE(r.ok()) << "nothing can have been stored";
