@@ -64,14 +64,15 @@ milliseconds BatchProcessor::NakDelay(uint64_t delivered) {
                       static_cast<int>(std::min<uint64_t>(delivered, 30)), rng_);
 }
 
-namespace {
-// A dead letter must fit in one NATS message with its headers; larger ones (events between
-// MAX_EVENT_BYTES and the server's max_payload) are recorded directly.
-constexpr size_t kDeadLetterHeaderAllowance = 8 * 1024;
-}  // namespace
+bool BatchProcessor::FitsDlq(const DeadLetter& letter) const {
+  // A dead letter must fit in one NATS message with its headers; larger ones (events between
+  // MAX_EVENT_BYTES and the server's max_payload) are recorded directly.
+  constexpr size_t kHeaderAllowance = 8 * 1024;
+  return letter.original.size() + kHeaderAllowance <= dlq_.MaxPayload();
+}
 
 bool BatchProcessor::SendDeadLetter(DeadLetter letter) {
-  if (letter.original.size() + kDeadLetterHeaderAllowance > dlq_.MaxPayload()) {
+  if (!FitsDlq(letter)) {
     auto r = exhausted_.RecordExhausted(letter, letter.reason);
     if (!r.ok()) {
       LogWarn("cannot record oversized dead letter",
@@ -137,7 +138,7 @@ void BatchProcessor::SendDeadLetters(std::vector<QueuedDeadLetter>& queued,
   std::vector<DeadLetter> letters;  // those that fit in a NATS message
   std::vector<size_t> of;           // their index in queued
   for (size_t k = 0; k < queued.size(); ++k) {
-    if (queued[k].letter.original.size() + kDeadLetterHeaderAllowance > dlq_.MaxPayload()) {
+    if (!FitsDlq(queued[k].letter)) {
       sent[k] = SendDeadLetter(std::move(queued[k].letter));  // recorded directly
       continue;
     }

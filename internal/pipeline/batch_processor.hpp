@@ -100,6 +100,8 @@ class BatchProcessor final : public BatchHandler {
                          BatchStats& stats, int64_t first_failed_ms = 0);
   std::vector<Decision> Finish(PreparedBatch& work);
   bool SendDeadLetter(DeadLetter letter);
+  // False for a dead letter too large for a NATS message: it is recorded directly.
+  bool FitsDlq(const DeadLetter& letter) const;
   // A dead letter of message `message` of the batch, published with the others of the same
   // Prepare at its end: a burst of invalid events costs one round trip to JetStream, not
   // one per event. `whole`: the message itself (else one history item of it).
