@@ -30,8 +30,9 @@
 #             test` has just built (figures from a dev build are not comparable)
 #   KEEP=1    keep the temp directory (server and processor logs) after the run
 #   PROFILE=1 also print, per run, the CPU each process spent per event in the reference and
-#             processor phases, and where PostgreSQL's executor time went by statement kind
-#             (pg_stat_statements; it costs a few per cent, so figures are not for the bars)
+#             processor phases, and where PostgreSQL's executor and planning time went by
+#             statement kind, with how often each kind was planned (pg_stat_statements; it
+#             costs a few per cent, so figures are not for the bars)
 #   PG_BIN    PostgreSQL server binaries [/usr/lib/postgresql/15/bin]
 #   NATS_STORE_PARENT  directory for nats-server's file store [the temp directory], e.g.
 #             /dev/shm to keep NATS's write-back off PostgreSQL's disk
@@ -246,7 +247,7 @@ mkdir -p "$pg_dir"
 as_pg "$pg_bin/initdb" -D "$pg_dir/data" --auth=trust -U postgres --encoding=UTF8 --locale=C \
   --no-sync >"$WORK/logs/initdb.log" 2>&1 || die "initdb failed; see $WORK/logs/initdb.log"
 pg_extra=""
-((PROFILE == 0)) || pg_extra=" -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.max=10000"
+((PROFILE == 0)) || pg_extra=" -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.max=10000 -c pg_stat_statements.track_planning=on"
 for attempt in 1 2 3 4 5; do
   pg_port="$(free_port)"
   if as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/postgres.log" -w -t 60 \
@@ -362,8 +363,9 @@ statement_profile() { # database
 SELECT kind, sum(calls) AS calls, sum(rows) AS rows,
        round(sum(total_exec_time)::numeric) AS exec_ms,
        round((100 * sum(total_exec_time) / sum(sum(total_exec_time)) OVER ())::numeric) AS pct,
-       round((1000 * sum(total_exec_time) / nullif(sum(calls), 0))::numeric) AS us_per_call
-FROM (SELECT calls, rows, total_exec_time, CASE
+       round((1000 * sum(total_exec_time) / nullif(sum(calls), 0))::numeric) AS us_per_call,
+       round(sum(total_plan_time)::numeric) AS plan_ms, sum(plans) AS plans
+FROM (SELECT calls, rows, total_exec_time, total_plan_time, plans, CASE
         WHEN query LIKE 'WITH r AS (SELECT DISTINCT ON%' THEN 'onboarding (contacts, onboarding_log)'
         WHEN query LIKE 'WITH r AS (SELECT agent_id, phone_number, min(seq)%'
           THEN 'first contacts.upsert marks'
@@ -602,7 +604,7 @@ for ((run = 1; run <= RUNS; run++)); do
     if ((PROFILE == 1)); then
       echo "$tag: profile    CPU per event (µs): reference phase: $ref_cpu;" \
         "processor phase: $proc_cpu"
-      echo "$tag: profile    PostgreSQL executor time of the processor phase by statement:"
+      echo "$tag: profile    PostgreSQL executor and planning time of the processor phase by statement:"
       statement_profile "$db" | sed 's/^/      /'
     fi
 
