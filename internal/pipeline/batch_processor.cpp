@@ -119,18 +119,6 @@ DeadLetter BatchProcessor::NewDeadLetter(const InboundMessage& msg, const std::s
   return dl;
 }
 
-void BatchProcessor::DeadLetterMessage(const InboundMessage& msg, const std::string& company_id,
-                                       const Failure& failure, ErrorClass cls, Decision& decision,
-                                       BatchStats& stats, int64_t first_failed_ms) {
-  if (SendDeadLetter(NewDeadLetter(msg, company_id, failure, cls, first_failed_ms))) {
-    decision = Decision::Ack();
-    ++stats.dead_lettered;
-  } else {
-    decision = Decision::Nak(NakDelay(msg.delivered));
-    ++stats.retried;
-  }
-}
-
 void BatchProcessor::SendDeadLetters(std::vector<QueuedDeadLetter>& queued,
                                      std::span<const InboundMessage> batch, PreparedBatch& work) {
   if (queued.empty()) return;
@@ -315,7 +303,22 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
 
 std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> batch,
                                                PreparedBatch& work) {
+  std::vector<QueuedDeadLetter> dead_letters;
+  Write(batch, work, dead_letters);
+  SendDeadLetters(dead_letters, batch, work);
+  return Finish(work);
+}
+
+void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch& work,
+                           std::vector<QueuedDeadLetter>& dead_letters) {
   std::vector<Decision>& decisions = work.decisions;
+  // Queues the dead letter of message `i`; its decision stays an ack unless the letter is
+  // not stored (SendDeadLetters).
+  const auto dead_letter = [&](size_t i, const std::string& company, const Failure& failure,
+                               ErrorClass cls, int64_t first_failed_ms = 0) {
+    dead_letters.push_back(
+        {NewDeadLetter(batch[i], company, failure, cls, first_failed_ms), i, true});
+  };
   // 2. Make sure every tenant of the batch has its schema (cached after the first time).
   std::set<std::string> tenants;
   for (const auto& m : work.mutations) tenants.insert(m.company_id);
@@ -334,8 +337,7 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
       for (size_t i = 0; i < batch.size(); ++i) {
         if (work.done[i] || work.tenants[i] != t) continue;
         work.done[i] = true;
-        DeadLetterMessage(batch[i], t, {code, r.error().message}, ErrorClass::kFatal, decisions[i],
-                          work.stats);
+        dead_letter(i, t, {code, r.error().message}, ErrorClass::kFatal);
         metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kDeadLettered, t);
       }
     } else {
@@ -359,7 +361,7 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
     to_apply.push_back(std::move(work.mutations[k]));
     origin.push_back(k);
   }
-  if (to_apply.empty()) return Finish(work);
+  if (to_apply.empty()) return;
 
   // 3. One write for the whole batch.
   auto applied = store_.Apply(std::move(to_apply));
@@ -376,11 +378,10 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
       if (!seen.insert(i).second) continue;
       const InboundMessage& msg = batch[i];
       if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
-        DeadLetterMessage(
-            msg, work.tenants[i],
-            {ReasonCode::kRetriesExhausted,
-             "failed " + std::to_string(msg.delivered) + " deliveries: " + applied.error().message},
-            ErrorClass::kRetryable, decisions[i], work.stats);
+        dead_letter(i, work.tenants[i],
+                    {ReasonCode::kRetriesExhausted, "failed " + std::to_string(msg.delivered) +
+                                                        " deliveries: " + applied.error().message},
+                    ErrorClass::kRetryable);
         metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kDeadLettered,
                             work.tenants[i]);
       } else {
@@ -390,7 +391,7 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
                             work.tenants[i]);
       }
     }
-    return Finish(work);
+    return;
   }
 
   // 4. Per message: fold the results of its mutations into one decision.
@@ -419,8 +420,7 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
       dl.published_ns = msg.publish_time_ns;
       dl.orig_msg_id = msg.msg_id;
       dl.item_index = item.item_index;
-      if (!SendDeadLetter(std::move(dl)))
-        decisions[item.message] = Decision::Nak(NakDelay(msg.delivered));
+      dead_letters.push_back({std::move(dl), item.message, false});
       continue;
     }
     auto& slot = per_message[item.message];
@@ -464,19 +464,19 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
         break;
       }
       case ApplyOutcome::kFatal:
-        DeadLetterMessage(msg, company, {ReasonCode::kConstraintViolation, per_message[i]->message},
-                          ErrorClass::kFatal, decisions[i], work.stats);
+        dead_letter(i, company, {ReasonCode::kConstraintViolation, per_message[i]->message},
+                    ErrorClass::kFatal);
         metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         break;
       case ApplyOutcome::kRetry:
         work.stats.last_error = per_message[i]->message;
         metrics_.CountDbError("transient");
         if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
-          DeadLetterMessage(
-              msg, company,
+          dead_letter(
+              i, company,
               {ReasonCode::kRetriesExhausted, "failed " + std::to_string(msg.delivered) +
                                                   " deliveries: " + per_message[i]->message},
-              ErrorClass::kRetryable, decisions[i], work.stats);
+              ErrorClass::kRetryable);
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else {
           decisions[i] = Decision::Nak(NakDelay(msg.delivered));
@@ -491,13 +491,12 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
         const auto waited = grace_.Waited(grace_key, now);
         if (waited >= config_.ordering_grace) {
           grace_.Forget(grace_key);
-          DeadLetterMessage(msg, company,
-                            {ReasonCode::kNotFoundAfterGrace,
-                             std::string(type_name) + " target row (" + per_message[i]->message +
-                                 ") still missing after " + std::to_string(waited.count()) +
-                                 " ms (" + std::to_string(msg.delivered) + " deliveries)"},
-                            ErrorClass::kFatal, decisions[i], work.stats,
-                            clock_.UnixMillis() - since_first.count());
+          dead_letter(i, company,
+                      {ReasonCode::kNotFoundAfterGrace,
+                       std::string(type_name) + " target row (" + per_message[i]->message +
+                           ") still missing after " + std::to_string(waited.count()) + " ms (" +
+                           std::to_string(msg.delivered) + " deliveries)"},
+                      ErrorClass::kFatal, clock_.UnixMillis() - since_first.count());
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
           // Out of deliveries but still inside the grace (the delays below are sized to
@@ -505,12 +504,11 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
           // DLQ worker retries it, and once the window since its first failure is over, a
           // row still missing makes it not_found_after_grace there.
           grace_.Forget(grace_key);
-          DeadLetterMessage(msg, company,
-                            {ReasonCode::kRetriesExhausted,
-                             "target row (" + per_message[i]->message + ") missing after " +
-                                 std::to_string(msg.delivered) + " deliveries"},
-                            ErrorClass::kRetryable, decisions[i], work.stats,
-                            clock_.UnixMillis() - since_first.count());
+          dead_letter(i, company,
+                      {ReasonCode::kRetriesExhausted,
+                       "target row (" + per_message[i]->message + ") missing after " +
+                           std::to_string(msg.delivered) + " deliveries"},
+                      ErrorClass::kRetryable, clock_.UnixMillis() - since_first.count());
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else {
           // Spread the retries over the window so that MAX_DELIVER outlasts it: each delay is
@@ -533,7 +531,6 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
       }
     }
   }
-  return Finish(work);
 }
 
 std::vector<Decision> BatchProcessor::Finish(PreparedBatch& work) {

@@ -94,28 +94,30 @@ class BatchProcessor final : public BatchHandler {
   const BatchStats& last_stats() const { return stats_; }
 
  private:
-  // first_failed_ms: when the event first failed (0: now).
-  void DeadLetterMessage(const InboundMessage& msg, const std::string& company_id,
-                         const Failure& failure, ErrorClass cls, Decision& decision,
-                         BatchStats& stats, int64_t first_failed_ms = 0);
   std::vector<Decision> Finish(PreparedBatch& work);
   bool SendDeadLetter(DeadLetter letter);
   // False for a dead letter too large for a NATS message: it is recorded directly.
   bool FitsDlq(const DeadLetter& letter) const;
   // A dead letter of message `message` of the batch, published with the others of the same
-  // Prepare at its end: a burst of invalid events costs one round trip to JetStream, not
-  // one per event. `whole`: the message itself (else one history item of it).
+  // phase (Prepare, Complete) at its end: a burst of invalid events, or of updates whose row
+  // never came, costs one round trip to JetStream, not one per event. `whole`: the message
+  // itself (else one history item of it).
   struct QueuedDeadLetter {
     DeadLetter letter;
     size_t message;
     bool whole;
   };
+  // first_failed_ms: when the event first failed (0: now).
   DeadLetter NewDeadLetter(const InboundMessage& msg, const std::string& company_id,
                            const Failure& failure, ErrorClass cls, int64_t first_failed_ms);
   // Publishes the queued dead letters and decides their messages: acknowledged once their
   // dead letter is stored, else redelivered after a delay.
   void SendDeadLetters(std::vector<QueuedDeadLetter>& queued, std::span<const InboundMessage> batch,
                        PreparedBatch& work);
+  // Complete without sending its dead letters: creates tenant schemas, writes, decides, and
+  // queues the dead letters of the events the database refused or that ran out of time.
+  void Write(std::span<const InboundMessage> batch, PreparedBatch& work,
+             std::vector<QueuedDeadLetter>& dead_letters);
   std::chrono::milliseconds NakDelay(uint64_t delivered);
 
   const Config& config_;

@@ -417,6 +417,37 @@ TEST_F(Pipeline, DecidesEachDeadLetterOfABatchWhetherRecordedDirectlyOrPublished
   EXPECT_EQ(small_sink.published[1].original, "{poison-c");
 }
 
+TEST_F(Pipeline, PublishesTheDeadLettersDecidedWhileWritingTogether) {
+  // Updates whose row never came and events the database refuses are dead-lettered after
+  // the write: a flood of them must not cost one JetStream round trip each either.
+  const std::string lost_1 = R"({"chat_id":"lost-1","unread_count":1})";
+  const std::string lost_2 = R"({"chat_id":"lost-2","unread_count":2})";
+  InboundMessage u1 = Msg("v1.chats.update.acme", lost_1);
+  InboundMessage u2 = Msg("v1.chats.update.acme", lost_2);
+  auto d = Run({u1, u2});
+  ASSERT_TRUE(IsNak(d[0]) && IsNak(d[1])) << "not yet: inside the ordering grace";
+  clock_.Advance(milliseconds(7000));  // the 6 s grace is over
+
+  store_.fatal_key = std::make_pair(std::string("acme"), std::string("chat_id=c5"));
+  sink_.fail_when_original_contains = "lost-2";
+  d = Run({Again(u1), Again(u2), Msg("v1.chats.upsert.acme", Chat("c5", 1699999000, "E")),
+           Msg("v1.chats.upsert.acme", Chat("c1", 1699999000, "A"))});
+  EXPECT_EQ(sink_.publish_all_sizes, std::vector<size_t>{3})
+      << "two not_found_after_grace and one constraint_violation in one call";
+  EXPECT_TRUE(IsAck(d[0]));
+  EXPECT_TRUE(IsNak(d[1])) << "its dead letter was not stored";
+  EXPECT_TRUE(IsAck(d[2]));
+  EXPECT_TRUE(IsAck(d[3]));
+  ASSERT_EQ(sink_.published.size(), 2u);
+  EXPECT_EQ(sink_.published[0].Code(), ReasonCode::kNotFoundAfterGrace);
+  EXPECT_TRUE(sink_.published[0].original == lost_1);
+  EXPECT_EQ(sink_.published[1].Code(), ReasonCode::kConstraintViolation);
+  EXPECT_EQ(store_.RowCount("acme", Table::kChats), 1u);
+  EXPECT_EQ(processor_->last_stats().applied, 1u);
+  EXPECT_EQ(processor_->last_stats().dead_lettered, 2u);
+  EXPECT_EQ(processor_->last_stats().retried, 1u);
+}
+
 TEST_F(Pipeline, RedeliversAHistoryEventWhoseBadItemCouldNotBeStored) {
   sink_.fail_when_original_contains = "poison";
   const std::string body =
