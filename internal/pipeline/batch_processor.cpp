@@ -312,8 +312,9 @@ std::vector<Decision> BatchProcessor::Complete(std::span<const InboundMessage> b
 void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch& work,
                            std::vector<QueuedDeadLetter>& dead_letters) {
   std::vector<Decision>& decisions = work.decisions;
-  // Queues the dead letter of message `i`; its decision stays an ack unless the letter is
-  // not stored (SendDeadLetters).
+  // Queues the dead letter of message `i`. Its decision is left as it is (an ack, unless a
+  // history item's letter already failed) and becomes a delayed NAK if this letter is not
+  // stored (SendDeadLetters).
   const auto dead_letter = [&](size_t i, const std::string& company, const Failure& failure,
                                ErrorClass cls, int64_t first_failed_ms = 0) {
     dead_letters.push_back(

@@ -51,7 +51,7 @@ class GraceTracker {
 struct BatchStats {
   size_t applied = 0;
   size_t stale = 0;
-  size_t dead_lettered = 0;
+  size_t dead_lettered = 0;  // dead letters stored: whole events and history items
   size_t retried = 0;
   size_t not_yet = 0;              // updates retried because their row does not exist yet
   std::string not_yet_key;         // the missing row of the last of them
@@ -110,8 +110,8 @@ class BatchProcessor final : public BatchHandler {
   // first_failed_ms: when the event first failed (0: now).
   DeadLetter NewDeadLetter(const InboundMessage& msg, const std::string& company_id,
                            const Failure& failure, ErrorClass cls, int64_t first_failed_ms);
-  // Publishes the queued dead letters and decides their messages: acknowledged once their
-  // dead letter is stored, else redelivered after a delay.
+  // Publishes the queued dead letters. A message whose letter is not stored is redelivered
+  // after a delay; the others keep their decision.
   void SendDeadLetters(std::vector<QueuedDeadLetter>& queued, std::span<const InboundMessage> batch,
                        PreparedBatch& work);
   // Complete without sending its dead letters: creates tenant schemas, writes, decides, and

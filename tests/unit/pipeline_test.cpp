@@ -448,6 +448,35 @@ TEST_F(Pipeline, PublishesTheDeadLettersDecidedWhileWritingTogether) {
   EXPECT_EQ(processor_->last_stats().retried, 1u);
 }
 
+TEST_F(Pipeline, RedeliversAHistoryEventWhoseRefusedItemCouldNotBeDeadLettered) {
+  // A history item the database refuses is dead-lettered alone after the write, together
+  // with the batch's other late dead letters; if its letter is not stored, the whole history
+  // event comes again (its other items are rewritten idempotently).
+  const InboundMessage lost = Msg("v1.chats.update.acme", R"({"chat_id":"lost-1"})");
+  ASSERT_TRUE(IsNak(RunOne(lost)));
+  clock_.Advance(milliseconds(7000));
+  store_.fatal_key = std::make_pair(std::string("acme"), std::string("chat_id=h2"));
+  sink_.fail_when_original_contains = R"("h2")";
+  const std::string body =
+      R"({"chats":[)" + Chat("h1", 1699999000, "H") + "," + Chat("h2", 1699999000, "I") + "]}";
+  const InboundMessage history = Msg("v1.history.chats.acme", body);
+  auto d = Run({history, Again(lost)});
+  EXPECT_EQ(sink_.publish_all_sizes, std::vector<size_t>{2});
+  EXPECT_TRUE(IsNak(d[0])) << "its refused item has no durable outcome";
+  EXPECT_TRUE(IsAck(d[1]));
+  ASSERT_EQ(sink_.published.size(), 1u);
+  EXPECT_EQ(sink_.published[0].Code(), ReasonCode::kNotFoundAfterGrace);
+  EXPECT_EQ(store_.RowCount("acme", Table::kChats), 1u) << "h1 is written";
+  EXPECT_EQ(processor_->last_stats().dead_lettered, 1u);
+
+  sink_.fail_when_original_contains.clear();
+  d = Run({Again(history)});
+  EXPECT_TRUE(IsAck(d[0]));
+  ASSERT_EQ(sink_.published.size(), 2u);
+  EXPECT_EQ(sink_.published[1].Code(), ReasonCode::kConstraintViolation);
+  EXPECT_EQ(sink_.published[1].item_index, std::optional<int64_t>(1));
+}
+
 TEST_F(Pipeline, RedeliversAHistoryEventWhoseBadItemCouldNotBeStored) {
   sink_.fail_when_original_contains = "poison";
   const std::string body =
