@@ -150,6 +150,9 @@ void BatchProcessor::SendDeadLetters(std::vector<QueuedDeadLetter>& queued,
     const size_t i = queued[k].message;
     if (sent[k]) {
       ++work.stats.dead_lettered;
+      // Kept while the letter is not stored: the event's next delivery is still past its
+      // grace and is dead-lettered at once.
+      if (!queued[k].grace_key.empty()) grace_.Forget(queued[k].grace_key);
       continue;
     }
     // Not stored: the whole message comes again (its valid history items are rewritten
@@ -491,25 +494,25 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
             std::chrono::duration_cast<milliseconds>(now - grace_.FirstSeen(grace_key, now));
         const auto waited = grace_.Waited(grace_key, now);
         if (waited >= config_.ordering_grace) {
-          grace_.Forget(grace_key);
           dead_letter(i, company,
                       {ReasonCode::kNotFoundAfterGrace,
                        std::string(type_name) + " target row (" + per_message[i]->message +
                            ") still missing after " + std::to_string(waited.count()) + " ms (" +
                            std::to_string(msg.delivered) + " deliveries)"},
                       ErrorClass::kFatal, clock_.UnixMillis() - since_first.count());
+          dead_letters.back().grace_key = grace_key;
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
           // Out of deliveries but still inside the grace (the delays below are sized to
           // prevent this; a restart, which forgets first sights, can still get here): the
           // DLQ worker retries it, and once the window since its first failure is over, a
           // row still missing makes it not_found_after_grace there.
-          grace_.Forget(grace_key);
           dead_letter(i, company,
                       {ReasonCode::kRetriesExhausted,
                        "target row (" + per_message[i]->message + ") missing after " +
                            std::to_string(msg.delivered) + " deliveries"},
                       ErrorClass::kRetryable, clock_.UnixMillis() - since_first.count());
+          dead_letters.back().grace_key = grace_key;
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else {
           // Spread the retries over the window so that MAX_DELIVER outlasts it: each delay is

@@ -106,6 +106,7 @@ class BatchProcessor final : public BatchHandler {
     DeadLetter letter;
     size_t message;
     bool whole;
+    std::string grace_key = {};  // the event's ORDERING_GRACE entry, forgotten once stored
   };
   // first_failed_ms: when the event first failed (0: now).
   DeadLetter NewDeadLetter(const InboundMessage& msg, const std::string& company_id,

@@ -669,6 +669,23 @@ TEST_F(Pipeline, RetriesAnUpdateOfAMissingRowInsideTheGraceThenDeadLettersIt) {
   EXPECT_EQ(store_.TotalRows(), 0u);
 }
 
+TEST_F(Pipeline, AnUpdatePastItsGraceWhoseDeadLetterFailedDoesNotWaitAgain) {
+  // The grace is over once: if the dead letter is not stored, the next delivery is
+  // dead-lettered at once, not after another full ORDERING_GRACE of retries.
+  const InboundMessage update = Msg("v1.chats.update.acme", kChatUpdate);
+  ASSERT_TRUE(IsNak(RunOne(update)));
+  clock_.Advance(milliseconds(7000));
+  sink_.fail = true;
+  const InboundMessage again = Again(update);
+  ASSERT_TRUE(IsNak(RunOne(again))) << "its dead letter was not stored";
+  sink_.fail = false;
+  EXPECT_TRUE(IsAck(RunOne(Again(again))));
+  ASSERT_EQ(sink_.published.size(), 1u);
+  EXPECT_EQ(sink_.published[0].Code(), ReasonCode::kNotFoundAfterGrace);
+  EXPECT_EQ(sink_.published[0].last_failed_ms - sink_.published[0].first_failed_ms, 7000)
+      << "the first failure keeps its real time";
+}
+
 TEST_F(Pipeline, TimeTheDatabaseWasDownDoesNotCountTowardsTheGrace) {
   // SPEC §11: an outage of any length exhausts nothing, updates waiting for their row
   // included.
