@@ -96,8 +96,8 @@ Metrics::Metrics(std::string_view binary, std::vector<std::string> labelled_tena
                      .Help(
                          "Time one fetched batch spends in each stage of the events-processor: "
                          "prepare (decode, validate, build rows, dead letters of invalid events), "
-                         "write (tenant schemas and transactions, dead letters of refused "
-                         "events), settle (acks and naks handed to the NATS client)")
+                         "write (tenant schemas and transactions, dead letters decided there), "
+                         "settle (acks and naks handed to the NATS client)")
                      .Register(r);
   for (const auto& [stage, name] :
        {std::pair{BatchStage::kPrepare, "prepare"}, std::pair{BatchStage::kWrite, "write"},

@@ -32,9 +32,10 @@ enum class EventOutcome {
 // Stage label of evp_batch_stage_seconds: where one fetched batch spends its time in the
 // events-processor. Prepare: decode, validate, build rows (the processor's CPU), plus
 // publishing the dead letters of invalid events (their PubAcks awaited together). Write: tenant
-// schemas and the batch's transactions (the database), plus the dead letters of events the
-// database refused. Settle: handing the acks and naks to the NATS client, which buffers
-// them. A batch is prepared while the one before it is written.
+// schemas and the batch's transactions (the database), plus the dead letters decided there
+// (refused by the database, not found after the grace, out of deliveries). Settle: handing the acks
+// and naks to the NATS client, which buffers them. A batch is prepared while the one before it is
+// written.
 enum class BatchStage { kPrepare, kWrite, kSettle };
 
 class Metrics {

@@ -71,24 +71,14 @@ bool BatchProcessor::FitsDlq(const DeadLetter& letter) const {
   return letter.original.size() + kHeaderAllowance <= dlq_.MaxPayload();
 }
 
-bool BatchProcessor::SendDeadLetter(DeadLetter letter) {
-  if (!FitsDlq(letter)) {
-    auto r = exhausted_.RecordExhausted(letter, letter.reason);
-    if (!r.ok()) {
-      LogWarn("cannot record oversized dead letter",
-              {{"subject", letter.source_subject}, {"error", r.error().message}});
-      return false;
-    }
-    if (auto code = letter.Code()) metrics_.CountExhausted(*code, letter.error_class);
-    return true;
-  }
-  auto r = dlq_.Publish(letter);
+bool BatchProcessor::RecordOversized(const DeadLetter& letter) {
+  auto r = exhausted_.RecordExhausted(letter, letter.reason);
   if (!r.ok()) {
-    LogWarn("DLQ publish failed; the event will be redelivered",
-            {{"subject", letter.source_subject}, {"error", r.error()}});
+    LogWarn("cannot record oversized dead letter",
+            {{"subject", letter.source_subject}, {"error", r.error().message}});
     return false;
   }
-  if (auto code = letter.Code()) metrics_.CountDeadLetter(*code, letter.error_class);
+  if (auto code = letter.Code()) metrics_.CountExhausted(*code, letter.error_class);
   return true;
 }
 
@@ -127,7 +117,7 @@ void BatchProcessor::SendDeadLetters(std::vector<QueuedDeadLetter>& queued,
   std::vector<size_t> of;           // their index in queued
   for (size_t k = 0; k < queued.size(); ++k) {
     if (!FitsDlq(queued[k].letter)) {
-      sent[k] = SendDeadLetter(std::move(queued[k].letter));  // recorded directly
+      sent[k] = RecordOversized(queued[k].letter);
       continue;
     }
     letters.push_back(std::move(queued[k].letter));

@@ -95,9 +95,11 @@ class BatchProcessor final : public BatchHandler {
 
  private:
   std::vector<Decision> Finish(PreparedBatch& work);
-  bool SendDeadLetter(DeadLetter letter);
   // False for a dead letter too large for a NATS message: it is recorded directly.
   bool FitsDlq(const DeadLetter& letter) const;
+  // Writes a dead letter that does not fit a NATS message to exhausted_events; false when
+  // that failed.
+  bool RecordOversized(const DeadLetter& letter);
   // A dead letter of message `message` of the batch, published with the others of the same
   // phase (Prepare, Complete) at its end: a burst of invalid events, or of updates whose row
   // never came, costs one round trip to JetStream, not one per event. `whole`: the message
