@@ -314,8 +314,13 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
         {NewDeadLetter(batch[i], company, failure, cls, first_failed_ms), i, true});
   };
   // 2. Make sure every tenant of the batch has its schema (cached after the first time).
+  // Also the tenant of an event with nothing to write (an empty history batch, or one whose
+  // items were all refused): first sight creates the schema, and a case collision is refused
+  // whatever the event holds.
   std::set<std::string> tenants;
-  for (const auto& m : work.mutations) tenants.insert(m.company_id);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (!work.done[i]) tenants.insert(work.tenants[i]);
+  }
   store_.PrepareTenants({tenants.begin(), tenants.end()});
   std::set<std::string> unavailable;
   for (const std::string& t : tenants) {

@@ -1055,6 +1055,22 @@ TEST_F(Pipeline, DeadLettersATenantThatCollidesByCaseWithARegisteredOne) {
   EXPECT_EQ(store_.RowCount("Acme", Table::kChats), 1u);
 }
 
+TEST_F(Pipeline, RefusesACollidingTenantEvenWhenItsEventHasNothingToWrite) {
+  store_.AddTenant("Acme");
+  const std::string empty = R"({"chats":[]})";
+  EXPECT_TRUE(IsAck(RunOne(Msg("v1.history.chats.acme", empty))));
+  ASSERT_EQ(sink_.published.size(), 1u) << "an empty batch of a colliding tenant is refused too";
+  EXPECT_EQ(sink_.published[0].Code(), ReasonCode::kInvalidTenant) << sink_.published[0].reason;
+  EXPECT_EQ(sink_.published[0].company_id, "acme");
+  EXPECT_TRUE(sink_.published[0].original == empty);
+  EXPECT_FALSE(store_.HasTenant("acme"));
+
+  // A new tenant's empty batch is its first sight: its schema is created.
+  EXPECT_TRUE(IsAck(RunOne(Msg("v1.history.contacts.newco", R"({"contacts":[]})"))));
+  EXPECT_EQ(sink_.published.size(), 1u);
+  EXPECT_TRUE(store_.HasTenant("newco"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // GraceTracker
 
