@@ -169,12 +169,29 @@ PgStore::Connection& PgStore::Conn() {
 
 void PgStore::Reset() { conn_.reset(); }
 
+template <typename Body>
+auto PgStore::WithConnection(Body&& body) {
+  // A connection the server closed since its last use (a restart, an idle timeout) fails its
+  // first statement. The work then runs once more on a new connection, so that a restart is
+  // neither taken for an outage nor charged to an event.
+  if (conn_ != nullptr) {
+    try {
+      return body(Conn().conn);
+    } catch (const pqxx::broken_connection&) {
+      Reset();
+    }
+  }
+  return body(Conn().conn);
+}
+
 bool PgStore::Ping() {
   std::lock_guard lock(mu_);
   try {
-    pqxx::nontransaction tx(Conn().conn);
-    tx.exec1("SELECT 1");
-    return true;
+    return WithConnection([](pqxx::connection& conn) {
+      pqxx::nontransaction tx(conn);
+      tx.exec1("SELECT 1");
+      return true;
+    });
   } catch (...) {
     Reset();
     return false;
@@ -190,45 +207,47 @@ Result<Unit, StoreError> PgStore::EnsureTenant(const std::string& company_id) {
   }
   const std::string schema_name = TenantSchemaName(tenant_prefix_, company_id);
   try {
-    pqxx::work tx(Conn().conn);
-    const std::string ops = tx.quote_name(ops_schema_);
-    tx.exec_params("SELECT pg_advisory_xact_lock(hashtext('evp-tenant:' || $1))", schema_name);
-    auto rows = tx.exec_params("SELECT company_id, migration_version FROM " + ops +
-                                   ".tenants WHERE lower(company_id) = lower($1)",
-                               company_id);
-    int current = 0;
-    if (!rows.empty()) {
-      const std::string registered = rows[0][0].as<std::string>();
-      if (registered != company_id) {
-        return Err{StoreError{StoreErrorKind::kCollision,
-                              "company_id '" + company_id + "' collides with registered tenant '" +
-                                  registered + "' (ids differing only by case would share schema " +
-                                  schema_name + ")"}};
+    return WithConnection([&](pqxx::connection& conn) -> Result<Unit, StoreError> {
+      pqxx::work tx(conn);
+      const std::string ops = tx.quote_name(ops_schema_);
+      tx.exec_params("SELECT pg_advisory_xact_lock(hashtext('evp-tenant:' || $1))", schema_name);
+      auto rows = tx.exec_params("SELECT company_id, migration_version FROM " + ops +
+                                     ".tenants WHERE lower(company_id) = lower($1)",
+                                 company_id);
+      int current = 0;
+      if (!rows.empty()) {
+        const std::string registered = rows[0][0].as<std::string>();
+        if (registered != company_id) {
+          return Err{StoreError{
+              StoreErrorKind::kCollision,
+              "company_id '" + company_id + "' collides with registered tenant '" + registered +
+                  "' (ids differing only by case would share schema " + schema_name + ")"}};
+        }
+        current = rows[0][1].as<int>();
       }
-      current = rows[0][1].as<int>();
-    }
-    const int latest = LatestTenantVersion();
-    if (current < latest) {
-      const std::string schema = tx.quote_name(schema_name);
-      tx.exec0("CREATE SCHEMA IF NOT EXISTS " + schema);
-      tx.exec0("SET LOCAL search_path TO " + schema);
-      for (const Migration& m : Migrations("tenant")) {
-        if (m.version <= current) continue;
-        tx.exec0(std::string(m.sql));
+      const int latest = LatestTenantVersion();
+      if (current < latest) {
+        const std::string schema = tx.quote_name(schema_name);
+        tx.exec0("CREATE SCHEMA IF NOT EXISTS " + schema);
+        tx.exec0("SET LOCAL search_path TO " + schema);
+        for (const Migration& m : Migrations("tenant")) {
+          if (m.version <= current) continue;
+          tx.exec0(std::string(m.sql));
+        }
+        tx.exec0("SET LOCAL search_path TO DEFAULT");
+        tx.exec_params0("INSERT INTO " + ops +
+                            ".tenants (company_id, schema_name, migration_version) VALUES ($1, $2, "
+                            "$3) ON CONFLICT (company_id) DO UPDATE SET migration_version = "
+                            "EXCLUDED.migration_version, updated_at = now()",
+                        company_id, schema_name, latest);
+        observability::LogInfo(
+            "tenant schema ready",
+            {{"company_id", company_id}, {"schema", schema_name}, {"migration_version", latest}});
       }
-      tx.exec0("SET LOCAL search_path TO DEFAULT");
-      tx.exec_params0("INSERT INTO " + ops +
-                          ".tenants (company_id, schema_name, migration_version) VALUES ($1, $2, "
-                          "$3) ON CONFLICT (company_id) DO UPDATE SET migration_version = "
-                          "EXCLUDED.migration_version, updated_at = now()",
-                      company_id, schema_name, latest);
-      observability::LogInfo(
-          "tenant schema ready",
-          {{"company_id", company_id}, {"schema", schema_name}, {"migration_version", latest}});
-    }
-    tx.commit();
-    known_tenants_.insert(company_id);
-    return Unit{};
+      tx.commit();
+      known_tenants_.insert(company_id);
+      return Unit{};
+    });
   } catch (...) {
     StoreError err = ClassifyCurrentException();
     if (err.kind == StoreErrorKind::kTransient) Reset();
@@ -340,7 +359,15 @@ ApplyResult ApplyOne(pqxx::dbtransaction& tx, const std::string& tenant_prefix, 
 Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::vector<Mutation> mutations) {
   std::lock_guard lock(mu_);
   // Fast path: the whole batch in one transaction, set-based, in one round trip.
+  const bool reused = pipelined_.HasConnection();
   PipelinedWriter::Outcome fast = pipelined_.Write(mutations);
+  if (fast.failure == PipelinedWriter::Failure::kConnection && reused) {
+    // A connection the server closed since its last use (a restart, an idle timeout) shows
+    // only now: one more try on a new connection before the database counts as unavailable,
+    // so a restart costs no event a delivery or a DLQ attempt. Safe even when the first
+    // commit happened unseen: every write is idempotent.
+    fast = pipelined_.Write(mutations);
+  }
   if (fast.failure == PipelinedWriter::Failure::kNone) return std::move(fast.results);
   if (fast.failure == PipelinedWriter::Failure::kConnection && LostConnection()) {
     Reset();
@@ -388,20 +415,22 @@ Result<bool, StoreError> PgStore::RecordExhausted(const DeadLetter& dl,
                                                   const std::string& final_reason) {
   std::lock_guard lock(mu_);
   try {
-    pqxx::work tx(Conn().conn);
-    const std::string ops = tx.quote_name(ops_schema_);
-    auto r = tx.exec_params(
-        "INSERT INTO " + ops +
-            ".exhausted_events (idempotency_key, company_id, source_subject, error_class, "
-            "reason, attempts, original_payload, dlq_metadata, first_failed_at, last_failed_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, decode($7, 'hex'), $8::jsonb, "
-            "to_timestamp($9::bigint / 1000.0), to_timestamp($10::bigint / 1000.0)) "
-            "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-        SafeUtf8(dl.IdempotencyKey()), SafeUtf8(dl.company_id), SafeUtf8(dl.source_subject),
-        std::string(ErrorClassName(dl.error_class)), SafeUtf8(final_reason), dl.attempts,
-        HexEncode(dl.original), MetadataJson(dl), dl.first_failed_ms, dl.last_failed_ms);
-    tx.commit();
-    return !r.empty();
+    return WithConnection([&](pqxx::connection& conn) -> Result<bool, StoreError> {
+      pqxx::work tx(conn);
+      const std::string ops = tx.quote_name(ops_schema_);
+      auto r = tx.exec_params(
+          "INSERT INTO " + ops +
+              ".exhausted_events (idempotency_key, company_id, source_subject, error_class, "
+              "reason, attempts, original_payload, dlq_metadata, first_failed_at, last_failed_at) "
+              "VALUES ($1, $2, $3, $4, $5, $6, decode($7, 'hex'), $8::jsonb, "
+              "to_timestamp($9::bigint / 1000.0), to_timestamp($10::bigint / 1000.0)) "
+              "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+          SafeUtf8(dl.IdempotencyKey()), SafeUtf8(dl.company_id), SafeUtf8(dl.source_subject),
+          std::string(ErrorClassName(dl.error_class)), SafeUtf8(final_reason), dl.attempts,
+          HexEncode(dl.original), MetadataJson(dl), dl.first_failed_ms, dl.last_failed_ms);
+      tx.commit();
+      return !r.empty();
+    });
   } catch (...) {
     StoreError err = ClassifyCurrentException();
     Reset();

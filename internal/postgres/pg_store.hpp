@@ -43,6 +43,10 @@ class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedSto
   struct Connection;  // wraps pqxx::connection, kept out of this header
   Connection& Conn();
   void Reset();
+  // body(pqxx::connection&) on the connection; once more on a new one when the server had
+  // closed the one kept from before.
+  template <typename Body>
+  auto WithConnection(Body&& body);
   // True when the connection is gone or the database does not answer (an outage, as
   // opposed to an error of one statement).
   bool LostConnection();

@@ -43,6 +43,8 @@ class PipelinedWriter {
   Outcome Write(std::span<const handlers::Mutation> mutations);
   // Statements prepared on the connection now.
   size_t PreparedCount() const { return prepared_.size(); }
+  // Whether a connection opened earlier is kept (the server may have closed it since).
+  bool HasConnection() const { return conn_ != nullptr; }
 
  private:
   bool Connect(std::string& error);
