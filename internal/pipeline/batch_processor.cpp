@@ -333,6 +333,7 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
       const ReasonCode code = r.error().kind == StoreErrorKind::kCollision
                                   ? ReasonCode::kInvalidTenant
                                   : ReasonCode::kConstraintViolation;
+      if (code == ReasonCode::kConstraintViolation) metrics_.CountDbError("fatal");
       for (size_t i = 0; i < batch.size(); ++i) {
         if (work.done[i] || work.tenants[i] != t) continue;
         work.done[i] = true;
@@ -420,6 +421,7 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
       dl.orig_msg_id = msg.msg_id;
       dl.item_index = item.item_index;
       dead_letters.push_back({std::move(dl), item.message, false});
+      metrics_.CountDbError("fatal");
       continue;
     }
     auto& slot = per_message[item.message];
@@ -463,6 +465,7 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
         break;
       }
       case ApplyOutcome::kFatal:
+        metrics_.CountDbError("fatal");
         dead_letter(i, company, {ReasonCode::kConstraintViolation, per_message[i]->message},
                     ErrorClass::kFatal);
         metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);

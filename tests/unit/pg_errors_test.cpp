@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <pqxx/pqxx>
+
 namespace evp::postgres {
 namespace {
 
@@ -18,6 +20,41 @@ TEST(PrimaryErrorMessage, KeepsOnlyThePrimaryLineWithoutTheSeverity) {
                                 "means the server terminated abnormally\n"),
             "server closed the connection unexpectedly");
   EXPECT_EQ(PrimaryErrorMessage(""), "");
+}
+
+// Classifies `thrown` as the store does inside its catch blocks.
+template <typename E>
+pipeline::StoreError Classify(const E& thrown) {
+  try {
+    throw thrown;
+  } catch (...) {
+    return ClassifyCurrentException();
+  }
+}
+
+TEST(ClassifyCurrentException, GivesTransactionRollbacksTheirStateAndOnlyTheirPrimaryLine) {
+  // libpqxx 6.4 throws SQLSTATE class 40 as transaction_rollback, which is no sql_error and
+  // carries no state: the text must still be one clean line (DETAIL may quote a row).
+  const std::string text = "ERROR:  could not serialize access\nDETAIL:  Row (secret).\n";
+  auto e = Classify(pqxx::serialization_failure(text));
+  EXPECT_EQ(e.kind, pipeline::StoreErrorKind::kTransient);
+  EXPECT_EQ(e.message, "SQLSTATE 40001: could not serialize access");
+  EXPECT_EQ(Classify(pqxx::deadlock_detected("ERROR:  deadlock detected\nDETAIL:  x\n")).message,
+            "SQLSTATE 40P01: deadlock detected");
+  EXPECT_EQ(Classify(pqxx::transaction_rollback("ERROR:  rolled back\n")).message,
+            "SQLSTATE 40000: rolled back");
+}
+
+TEST(ClassifyCurrentException, KeepsConnectionLossesToOneLine) {
+  auto e = Classify(pqxx::broken_connection(
+      "server closed the connection unexpectedly\n\tThis probably means the server terminated "
+      "abnormally\n"));
+  EXPECT_EQ(e.kind, pipeline::StoreErrorKind::kTransient);
+  EXPECT_EQ(e.message.find('\n'), std::string::npos) << e.message;
+  EXPECT_EQ(e.message.rfind("connection lost: server closed the connection unexpectedly", 0), 0u)
+      << e.message;
+  auto other = Classify(std::runtime_error("ERROR:  boom\nDETAIL:  Failing row contains (x).\n"));
+  EXPECT_EQ(other.message, "boom");
 }
 
 }  // namespace

@@ -337,6 +337,17 @@ TEST_F(Pipeline, CountsDeadLettersByReasonWithoutTenantLabels) {
   EXPECT_EQ(text.find("company_id=\"acme\""), std::string::npos);
 }
 
+TEST_F(Pipeline, CountsEachEventTheDatabaseRefusesAsAFatalDatabaseError) {
+  store_.fatal_key = std::make_pair(std::string("acme"), std::string("chat_id=c5"));
+  const std::string body = R"({"chats":[)" + Chat("c5", 1699999000, "H") + "]}";
+  Run({Msg("v1.chats.upsert.acme", Chat("c5", 1699999000, "E")), Msg("v1.history.chats.acme", body),
+       Msg("v1.chats.upsert.acme", Chat("c1", 1699999000, "A"))});
+  ASSERT_EQ(sink_.published.size(), 2u);
+  const std::string text = observability::Serialize(metrics_.registry());
+  EXPECT_NE(text.find(R"(evp_db_errors_total{class="fatal"} 2)"), std::string::npos) << text;
+  EXPECT_NE(text.find(R"(evp_db_errors_total{class="transient"} 0)"), std::string::npos) << text;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Where dead letters go
 
