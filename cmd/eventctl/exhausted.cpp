@@ -62,8 +62,30 @@ postgres::ExhaustedFilter FilterOf(const Options& o) {
   return f;
 }
 
+// 0 when --since and --until are times PostgreSQL reads, else the exit code (2: a usage
+// error, with the option named; 1: the database could not be asked).
+int CheckTimes(postgres::ExhaustedRepository& repo, const Options& o) {
+  for (const auto& [flag, text] :
+       {std::pair<const char*, const std::string&>{"--since", o.filter.since},
+        {"--until", o.filter.until}}) {
+    if (text.empty()) continue;
+    auto error = repo.TimeError(text);
+    if (!error.ok()) {
+      std::fprintf(stderr, "%s\n", error.error().c_str());
+      return 1;
+    }
+    if (!error->empty()) {
+      std::fprintf(stderr, "%s: '%s' is not a time (e.g. '2026-11-25 10:00Z'): %s\n", flag,
+                   text.c_str(), error->c_str());
+      return 2;
+    }
+  }
+  return 0;
+}
+
 int List(const Config& config, const Options& o) {
   postgres::ExhaustedRepository repo(config.postgres_dsn, config.ops_schema);
+  if (int rc = CheckTimes(repo, o); rc != 0) return rc;
   auto rows = repo.List(FilterOf(o), false);
   if (!rows.ok()) {
     std::fprintf(stderr, "%s\n", rows.error().c_str());
@@ -124,6 +146,7 @@ int Redrive(const Config& config, const Options& o) {
                  "redrive needs --id or at least one filter (use --subject '%%' for all)\n");
     return 2;
   }
+  if (int rc = CheckTimes(repo, o); rc != 0) return rc;
   auto rows = repo.List(filter, true);
   if (!rows.ok()) {
     std::fprintf(stderr, "%s\n", rows.error().c_str());

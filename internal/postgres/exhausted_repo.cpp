@@ -4,6 +4,7 @@
 #include <pqxx/pqxx>
 
 #include "core/text.hpp"
+#include "postgres/pg_errors.hpp"
 
 namespace evp::postgres {
 
@@ -93,6 +94,20 @@ Result<std::vector<ExhaustedRow>, std::string> ExhaustedRepository::List(const E
   } catch (const std::exception& e) {
     conn_.reset();
     return Err{std::string("listing exhausted events: ") + e.what()};
+  }
+}
+
+Result<std::string, std::string> ExhaustedRepository::TimeError(const std::string& text) {
+  try {
+    if (!conn_) conn_ = std::make_unique<Connection>(dsn_);
+    pqxx::nontransaction tx(conn_->conn);
+    tx.exec_params1("SELECT $1::timestamptz", text);
+    return std::string();
+  } catch (const pqxx::data_exception& e) {
+    return PrimaryErrorMessage(e.what());  // class 22: not a time
+  } catch (const std::exception& e) {
+    conn_.reset();
+    return Err{std::string("checking a time: ") + e.what()};
   }
 }
 

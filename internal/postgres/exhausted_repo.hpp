@@ -49,6 +49,9 @@ class ExhaustedRepository {
   Result<std::vector<ExhaustedRow>, std::string> List(const ExhaustedFilter& filter,
                                                       bool with_payload);
   Result<std::optional<ExhaustedRow>, std::string> Get(int64_t id);
+  // Whether PostgreSQL reads `text` as a time (timestamptz, as the filters do): an empty
+  // string when it does, else PostgreSQL's reason. Err when the database cannot be asked.
+  Result<std::string, std::string> TimeError(const std::string& text);
   // Marks rows resolved with a note appended; returns the ids that changed, ascending.
   Result<std::vector<int64_t>, std::string> Resolve(const std::vector<int64_t>& ids,
                                                     const std::string& note);

@@ -351,6 +351,14 @@ TEST(DlqWorker, ExhaustedListMatchesSubjectsLiterallySortsAndPrintsUtc) {
   const std::string since = list({"--since", "2026-11-25 10:30", "--json"});
   EXPECT_NE(since.find("\"id\":2"), std::string::npos) << since;
   EXPECT_EQ(since.find("\"id\":1"), std::string::npos) << since;
+  // A time PostgreSQL cannot read is a usage error that names the option.
+  for (const char* verb : {"list", "redrive"}) {
+    ChildProcess bad(BinaryPath("eventctl"),
+                     {"exhausted", verb, "--tenant", t, "--until", "2026-13-45"}, stack.Env());
+    EXPECT_EQ(bad.Wait(std::chrono::seconds(20)), 2) << bad.Log();
+    EXPECT_NE(bad.Log().find("--until: '2026-13-45' is not a time"), std::string::npos)
+        << bad.Log();
+  }
 }
 
 TEST(DlqWorker, LoadRunsStartedTogetherNeverShareMessageIds) {
