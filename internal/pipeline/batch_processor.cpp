@@ -470,15 +470,20 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
                     ErrorClass::kFatal);
         metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         break;
-      case ApplyOutcome::kRetry:
+      case ApplyOutcome::kRetry: {
         work.stats.last_error = per_message[i]->message;
         metrics_.CountDbError("transient");
+        // The first failure is noted (as a first try is for the ordering grace), so that the
+        // dead letter tells when the trouble began, not when the deliveries ran out.
+        const auto since_first =
+            std::chrono::duration_cast<milliseconds>(now - grace_.FirstSeen(grace_key, now));
         if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
           dead_letter(
               i, company,
               {ReasonCode::kRetriesExhausted, "failed " + std::to_string(msg.delivered) +
                                                   " deliveries: " + per_message[i]->message},
-              ErrorClass::kRetryable);
+              ErrorClass::kRetryable, clock_.UnixMillis() - since_first.count());
+          dead_letters.back().grace_key = grace_key;
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else {
           decisions[i] = Decision::Nak(NakDelay(msg.delivered));
@@ -486,6 +491,7 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
           metrics_.CountEvent(type_name, EventOutcome::kTransientRetried, company);
         }
         break;
+      }
       case ApplyOutcome::kNotYet: {
         // Since the first try, and of that, what counts towards the window (outages do not).
         const auto since_first =

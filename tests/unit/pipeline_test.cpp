@@ -644,6 +644,21 @@ TEST_F(Pipeline, DeadLettersAsRetryableAnEventStillHittingATransientErrorAtMaxDe
   EXPECT_TRUE(sink_.published[0].original == kChatUpsert);
 }
 
+TEST_F(Pipeline, ARetryableDeadLetterTellsWhenItsEventFirstFailed) {
+  store_.retry_key = std::make_pair(std::string("acme"), std::string("chat_id=c1"));
+  const InboundMessage msg = Msg("v1.chats.upsert.acme", kChatUpsert);
+  const int64_t first_failure_ms = clock_.UnixMillis();
+  ASSERT_TRUE(IsNak(RunOne(msg)));
+  clock_.Advance(milliseconds(90'000));  // deliveries later, its last one fails too
+  InboundMessage last = msg;
+  last.delivered = static_cast<uint64_t>(config_->max_deliver);
+  EXPECT_TRUE(IsAck(RunOne(last)));
+  ASSERT_EQ(sink_.published.size(), 1u);
+  EXPECT_EQ(sink_.published[0].Code(), ReasonCode::kRetriesExhausted);
+  EXPECT_EQ(sink_.published[0].first_failed_ms, first_failure_ms);
+  EXPECT_EQ(sink_.published[0].last_failed_ms, first_failure_ms + 90'000);
+}
+
 // ---------------------------------------------------------------------------------------------
 // "Not yet": updates of rows that do not exist yet
 
