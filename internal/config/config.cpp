@@ -238,8 +238,8 @@ std::vector<Key> Keys(Binary binary) {
       [](Config& c, int64_t v) { c.max_deliver = static_cast<int>(v); },
       [](const Config& c) { return c.max_deliver; }));
   keys.push_back(IntKey(
-      "MAX_ACK_PENDING", "unacknowledged messages per consumer; 0 = 4 x BATCH_SIZE", "0", 0,
-      1'000'000, [](Config& c, int64_t v) { c.max_ack_pending = static_cast<int>(v); },
+      "MAX_ACK_PENDING", "unacknowledged messages of the realtime consumer; 0 = 4 x BATCH_SIZE",
+      "0", 0, 1'000'000, [](Config& c, int64_t v) { c.max_ack_pending = static_cast<int>(v); },
       [](const Config& c) { return c.max_ack_pending; }));
   dur_key("HISTORY_ACK_WAIT", "history consumer AckWait (in-progress acks extend it)", "60s",
           ms(1000), kMinute * 60, &Config::history_ack_wait);

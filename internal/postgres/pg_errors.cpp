@@ -1,5 +1,7 @@
 #include "postgres/pg_errors.hpp"
 
+#include <poll.h>
+
 #include <pqxx/pqxx>
 
 #include "pipeline/error_policy.hpp"
@@ -38,6 +40,12 @@ StoreError ClassifyCurrentException() {
   } catch (const std::exception& e) {
     return {StoreErrorKind::kTransient, PrimaryErrorMessage(e.what())};
   }
+}
+
+bool ServerSpokeWhileIdle(int socket) {
+  if (socket < 0) return true;
+  pollfd p{socket, POLLIN, 0};
+  return ::poll(&p, 1, 0) != 0;
 }
 
 std::string PrimaryErrorMessage(std::string_view message) {

@@ -17,4 +17,11 @@ pipeline::StoreError ClassifyCurrentException();
 // error's primary line may still name the one offending value, e.g. an out-of-range number.)
 std::string PrimaryErrorMessage(std::string_view message);
 
+// Whether the server sent something on an idle connection's socket, or hung up: an idle
+// connection expects nothing, and a server that ends a session (a restart, an
+// administrator's pg_terminate_backend, an idle timeout) sends its FATAL error and closes.
+// A connection found so is replaced before use, instead of failing the next statement. No
+// round trip: a poll() that does not wait.
+bool ServerSpokeWhileIdle(int socket);
+
 }  // namespace evp::postgres

@@ -160,6 +160,7 @@ PgStore::PgStore(std::string dsn, std::string ops_schema, std::string tenant_pre
 PgStore::~PgStore() = default;
 
 PgStore::Connection& PgStore::Conn() {
+  if (conn_ && ServerSpokeWhileIdle(conn_->conn.sock())) conn_.reset();  // closed meanwhile
   if (!conn_ || !conn_->conn.is_open()) {
     conn_.reset();
     conn_ = std::make_unique<Connection>(dsn_);
@@ -171,9 +172,10 @@ void PgStore::Reset() { conn_.reset(); }
 
 template <typename Body>
 auto PgStore::WithConnection(Body&& body) {
-  // A connection the server closed since its last use (a restart, an idle timeout) fails its
-  // first statement. The work then runs once more on a new connection, so that a restart is
-  // neither taken for an outage nor charged to an event.
+  // Conn() replaces a connection the server has visibly closed since its last use (a restart,
+  // an idle timeout). One whose end has not shown yet fails its first statement: the work
+  // then runs once more on a new connection. Either way a restart is neither taken for an
+  // outage nor charged to an event.
   if (conn_ != nullptr) {
     try {
       return body(Conn().conn);
@@ -362,10 +364,10 @@ Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::vector<Mutation
   const bool reused = pipelined_.HasConnection();
   PipelinedWriter::Outcome fast = pipelined_.Write(mutations);
   if (fast.failure == PipelinedWriter::Failure::kConnection && reused) {
-    // A connection the server closed since its last use (a restart, an idle timeout) shows
-    // only now: one more try on a new connection before the database counts as unavailable,
-    // so a restart costs no event a delivery or a DLQ attempt. Safe even when the first
-    // commit happened unseen: every write is idempotent.
+    // A connection whose end did not show before it was used (the writer replaces those
+    // the server visibly closed): one more try on a new connection before the database
+    // counts as unavailable, so a restart costs no event a delivery or a DLQ attempt. Safe
+    // even when the first commit happened unseen: every write is idempotent.
     fast = pipelined_.Write(mutations);
   }
   if (fast.failure == PipelinedWriter::Failure::kNone) return std::move(fast.results);

@@ -41,7 +41,7 @@ void PipelinedWriter::Close() {
 
 bool PipelinedWriter::Connect(std::string& error) {
   if (conn_ != nullptr && PQstatus(conn_) == CONNECTION_OK &&
-      PQtransactionStatus(conn_) == PQTRANS_IDLE) {
+      PQtransactionStatus(conn_) == PQTRANS_IDLE && !ServerSpokeWhileIdle(PQsocket(conn_))) {
     return true;
   }
   Close();
