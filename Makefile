@@ -58,7 +58,7 @@ bench-cpu: bootstrap ## The processor's own CPU per event (decode, validate, pla
 	cmake --preset release >/dev/null && cmake --build --preset release -j2 --target evp_bench_prepare_cpu
 	build/release/bench/evp_bench_prepare_cpu
 
-chaos-ci: ## A shortened chaos selection, as CI runs it (a few minutes)
+chaos-ci: ## A shortened chaos selection, as CI runs it (about 75 s)
 	CHAOS_EVENTS=$${CHAOS_EVENTS:-3000} CTEST_ARGS="-L chaos -R (ProcessorKilled|Sigterm|PostgresRestart|NatsServerRestart|PoisonMix|DlqWorkerKilled|ConcurrentReplicas|TwoReplicas)" scripts/test.sh
 
 fuzz: ## libFuzzer targets under ASan/UBSan, FUZZ_SECONDS per target (default 60)
