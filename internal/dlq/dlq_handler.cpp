@@ -159,9 +159,17 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
     due_ms = dl.last_failed_ms +
              BackoffDelay(config_.dlq_base_delay, config_.dlq_max_delay, 1, per_event).count();
   }
+  // The worker schedules a retry at most DLQ_MAX_DELAY after it republishes the letter, or
+  // at the end of an update's ORDERING_GRACE. A later time is corrupt or forged: it would
+  // hold the letter, unacknowledged and silent, until the stream's max age deleted it.
+  if (msg.publish_time_ns > 0) {
+    const int64_t latest_ms = msg.publish_time_ns / 1'000'000 +
+                              std::max(config_.dlq_max_delay, config_.ordering_grace).count() +
+                              60'000;
+    due_ms = std::min(due_ms, latest_ms);
+  }
   if (due_ms > now_ms) {
-    // Not due yet: wait without counting an attempt (at most DLQ_MAX_DELAY at a time, so a
-    // skewed or forged time cannot park a letter for long).
+    // Not due yet: wait without counting an attempt (at most DLQ_MAX_DELAY at a time).
     metrics_.CountDlqMessage("deferred");
     return Decision::Nak(std::min(milliseconds(due_ms - now_ms), config_.dlq_max_delay));
   }

@@ -280,6 +280,22 @@ TEST_F(DlqHandlerTest, WaitsWithoutSpendingAnAttemptUntilTheRetryIsDue) {
   EXPECT_EQ(exhausted_.size(), 0u);
 }
 
+TEST_F(DlqHandlerTest, AFarFutureRetryTimeCannotHoldALetterPastItsLongestDelay) {
+  // Evp-Not-Before in the year 5138 (a corrupt or hand-made header): the letter is retried
+  // once the longest delay the worker itself could have set has passed since its publish.
+  DeadLetter dl = Retryable(5, kChat, 1);
+  dl.not_before_ms = 99'999'999'999'999;
+  const InboundMessage msg = FromLetter(dl);
+  auto d = Run({msg});
+  ASSERT_TRUE(IsNak(d[0]));
+  EXPECT_LE(d[0].delay, config_->dlq_max_delay);
+  clock_.Advance(std::max(config_->dlq_max_delay, config_->ordering_grace) + milliseconds(60'000));
+  InboundMessage again = msg;
+  again.delivered = 2;
+  EXPECT_TRUE(IsAck(Run({again})[0]));
+  EXPECT_EQ(store_.Column("acme", handlers::Table::kChats, "chat_id=c1", "push_name"), "Ann");
+}
+
 TEST_F(DlqHandlerTest, TheFirstRetryWaitsAboutTheBaseDelayAfterTheProcessorsFailure) {
   DeadLetter dl = Retryable(5, kChat, 1);
   dl.first_failed_ms = dl.last_failed_ms = clock_.UnixMillis();
