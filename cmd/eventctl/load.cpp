@@ -342,12 +342,15 @@ int RunLoad(const Config& config, const LoadOptions& o) {
   const int64_t unconfirmed =
       std::max<int64_t>(0, published.load() - acknowledged.load() - failed.load());
   if (!o.quiet && tty) std::fprintf(stderr, "\r%90s\r", "");
+  // Publishes without a PubAck are named next to the errors: they were never stored.
+  const std::string not_confirmed =
+      unconfirmed > 0 ? ", " + std::to_string(unconfirmed) + " not confirmed" : "";
   std::printf(
-      "run %s: published %lld events (%lld acknowledged, %lld errors) in %.2f s: %.0f events/s"
-      "%s\n",
+      "run %s: published %lld events (%lld acknowledged%s, %lld errors) in %.2f s: %.0f "
+      "events/s%s\n",
       run_id.c_str(), static_cast<long long>(published.load()), static_cast<long long>(stored),
-      static_cast<long long>(errors), secs, static_cast<double>(stored) / secs,
-      g_interrupted.load() ? " (interrupted)" : "");
+      not_confirmed.c_str(), static_cast<long long>(errors), secs,
+      static_cast<double>(stored) / secs, g_interrupted.load() ? " (interrupted)" : "");
   if (duplicates.load() > 0) {
     std::printf(
         "%lld publishes were dropped by JetStream as duplicates: their Nats-Msg-Id was used "
