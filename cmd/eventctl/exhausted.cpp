@@ -154,13 +154,14 @@ int Redrive(const Config& config, const Options& o) {
   }
   // Ids asked for by --id that the filters did not select: say so, and exit 1 at the end.
   int failures = 0;
+  int not_selected = 0;
   for (int64_t id : o.ids) {
     if (std::none_of(rows->begin(), rows->end(), [id](const auto& r) { return r.id == id; })) {
       std::fprintf(stderr,
                    "id %lld: not found, already resolved (add --all to redrive it again) "
                    "or outside the filters\n",
                    static_cast<long long>(id));
-      ++failures;
+      ++not_selected;
     }
   }
   if (o.dry_run) {
@@ -172,7 +173,7 @@ int Redrive(const Config& config, const Options& o) {
                 static_cast<int64_t>(rows->size()) == o.filter.limit
                     ? " (limit reached: --limit; more may match)"
                     : "");
-    return failures == 0 ? 0 : 1;
+    return not_selected == 0 ? 0 : 1;
   }
   auto installation = repo.InstallationId();
   if (!installation.ok()) {
@@ -236,9 +237,13 @@ int Redrive(const Config& config, const Options& o) {
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   std::fprintf(stderr, "\r");
-  std::printf("redriven %zu event(s) in %.2f s (%.0f events/s), %d failed, %lld marked resolved\n",
-              done.size(), secs, secs > 0 ? static_cast<double>(done.size()) / secs : 0.0, failures,
-              static_cast<long long>(resolved->size()));
+  std::printf(
+      "redriven %zu event(s) in %.2f s (%.0f events/s), %d failed, %lld marked resolved%s\n",
+      done.size(), secs, secs > 0 ? static_cast<double>(done.size()) / secs : 0.0, failures,
+      static_cast<long long>(resolved->size()),
+      not_selected > 0
+          ? (", " + std::to_string(not_selected) + " --id not selected (see above)").c_str()
+          : "");
   if (duplicates > 0) {
     std::printf(
         "%lld of them were already in the stream (published by a redrive of the same rows "
@@ -251,7 +256,7 @@ int Redrive(const Config& config, const Options& o) {
         "to continue (redriven rows are resolved and skipped), or raise --limit\n",
         static_cast<long long>(o.filter.limit));
   }
-  return failures == 0 ? 0 : 1;
+  return failures == 0 && not_selected == 0 ? 0 : 1;
 }
 
 int Resolve(const Config& config, const Options& o) {

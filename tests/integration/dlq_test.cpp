@@ -295,6 +295,8 @@ TEST(DlqWorker, ExhaustedListShowAndResolveWork) {
                      stack.Env());
   EXPECT_EQ(again.Wait(std::chrono::seconds(20)), 1) << again.Log();
   EXPECT_NE(again.Log().find("already resolved"), std::string::npos) << again.Log();
+  EXPECT_NE(again.Log().find("0 failed, 0 marked resolved, 1 --id not selected"), std::string::npos)
+      << "the summary does not call it a failed publish: " << again.Log();
   ChildProcess typo(BinaryPath("eventctl"), {"exhausted", "list", "--reason", "malformed"},
                     stack.Env());
   EXPECT_NE(typo.Wait(std::chrono::seconds(20)), 0) << typo.Log();
