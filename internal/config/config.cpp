@@ -1,9 +1,11 @@
 #include "config/config.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <sstream>
 
@@ -158,9 +160,19 @@ std::vector<Key> Keys(Binary binary) {
           nullptr};
     k.apply = [](Config& c, const std::string& v) -> std::string {
       c.tenants = SplitList(v);
+      std::map<std::string, std::string> by_lower;
       for (const auto& t : c.tenants) {
         if (!std::regex_match(t, std::regex(kTenantPattern))) {
           return "'" + t + "' is not a valid tenant id (" + kTenantPattern + ")";
+        }
+        std::string lower = t;
+        std::transform(lower.begin(), lower.end(), lower.begin(),
+                       [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+        auto [it, inserted] = by_lower.emplace(lower, t);
+        if (!inserted && it->second != t) {
+          return "'" + it->second + "' and '" + t +
+                 "' differ only by case: they would share one schema, and the second "
+                 "spelling seen is refused as invalid_tenant";
         }
       }
       return "";

@@ -256,7 +256,7 @@ TEST(Config, AllowsEveryTenantWhenTheAllowListIsEmpty) {
 
 TEST(Config, RejectsInvalidTenantsInTheAllowList) {
   for (const std::string& v :
-       std::vector<std::string>{"acme,1bad", "acme,a.b", "*", std::string(41, 'a')}) {
+       std::vector<std::string>{"acme,1bad", "acme,a.b", "*", std::string(41, 'a'), "acme,ACME"}) {
     auto errors = Errors(With(kMinimal, {{"TENANTS", v}}));
     EXPECT_TRUE(HasErrorFor(errors, "TENANTS")) << v << "\n" << Joined(errors);
   }
