@@ -15,6 +15,7 @@
 
 #include "postgres/pg_store.hpp"
 #include "support/db.hpp"
+#include "support/mutations.hpp"
 #include "support/servers.hpp"
 
 namespace evp::testing {
@@ -22,9 +23,6 @@ namespace {
 
 using handlers::Mutation;
 using nlohmann::json;
-
-constexpr const char* kOps = "events_ops";
-constexpr const char* kPrefix = "tenant_";
 
 Mutation Inbound(const std::string& tenant, uint64_t seq, const std::string& message_id,
                  const std::string& phone, const json& campaign = nullptr) {
@@ -99,7 +97,7 @@ Mutation Poison(const std::string& tenant) {
 }
 
 std::string Dump(const std::string& dsn, const std::string& tenant) {
-  const std::string s = std::string(kPrefix) + tenant;
+  const std::string s = std::string(kTenantPrefix) + tenant;
   return QueryString(dsn,
                      "SELECT coalesce(string_agg(format('%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', "
                      "agent_id, phone_number, chat_id, push_name, type, origin, tags, "
@@ -121,9 +119,9 @@ class OnboardingOrder : public ::testing::Test {
  protected:
   void SetUp() override {
     dsn_ = PostgresServer::Shared().Dsn();
-    auto migrated = postgres::MigrateOps(dsn_, kOps);
+    auto migrated = postgres::MigrateOps(dsn_, kOpsSchema);
     ASSERT_TRUE(migrated.ok()) << migrated.error();
-    store_ = std::make_unique<postgres::PgStore>(dsn_, kOps, kPrefix);
+    store_ = std::make_unique<postgres::PgStore>(dsn_, kOpsSchema, kTenantPrefix);
   }
 
   // Applies the stream's events to a fresh tenant in `order`, `per_batch` events per batch
@@ -254,7 +252,7 @@ std::string RaceWithUncommittedOnboarding(const std::string& dsn, postgres::PgSt
                                           const std::string& tenant, const Mutation& held,
                                           const Mutation& racing) {
   EXPECT_TRUE(store.EnsureTenant(tenant).ok());
-  const std::string schema = "\"" + std::string(kPrefix) + tenant + "\"";
+  const std::string schema = "\"" + std::string(kTenantPrefix) + tenant + "\"";
   pqxx::connection other(dsn);
   pqxx::work tx(other);
   std::string rows;

@@ -1,34 +1,18 @@
-// A PostgreSQL restart closes every connection of the store; the store only learns it when it
-// uses one. It must then open a new one and carry on, so that a restart costs no event a
+// A PostgreSQL restart closes every connection of the store; the store notices at its next use.
+// It must then open a new one and carry on, so that a restart costs no event a
 // delivery (processor) or an attempt (DLQ worker). Real PostgreSQL; the backends are ended
 // with pg_terminate_backend, as a restart ends them.
 #include <gtest/gtest.h>
 
-#include <nlohmann/json.hpp>
-
 #include "postgres/pg_store.hpp"
 #include "support/db.hpp"
+#include "support/mutations.hpp"
 #include "support/servers.hpp"
 
 namespace evp::testing {
 namespace {
 
-using handlers::Mutation;
-using nlohmann::json;
-
-constexpr const char* kOps = "events_ops";
-constexpr const char* kPrefix = "tenant_";
 constexpr const char* kApp = "evp_reconnect_test";
-
-Mutation Message(const std::string& tenant, uint64_t seq, const std::string& text) {
-  json doc = {{"message_id", "m1"},
-              {"chat_id", "c1"},
-              {"flow", "OUT"},
-              {"message_text", text},
-              {"message_timestamp", 1000 + seq}};
-  return handlers::BuildMutation(EventType::kMessagesUpsert, doc, tenant,
-                                 Version{static_cast<int64_t>(1000 + seq), Source::kRealtime, seq});
-}
 
 DeadLetter Letter(uint64_t seq) {
   DeadLetter dl;
@@ -50,7 +34,7 @@ class Reconnect : public ::testing::Test {
   void SetUp() override {
     admin_ = PostgresServer::Shared().Dsn();
     dsn_ = admin_ + "?application_name=" + kApp;
-    auto migrated = postgres::MigrateOps(admin_, kOps);
+    auto migrated = postgres::MigrateOps(admin_, kOpsSchema);
     ASSERT_TRUE(migrated.ok()) << migrated.error();
   }
   // Ends the store's backends, as a restart does, and waits until they are gone.
@@ -66,15 +50,15 @@ class Reconnect : public ::testing::Test {
 };
 
 TEST_F(Reconnect, AStoreWritesOnAfterTheServerClosedItsConnections) {
-  postgres::PgStore store(dsn_, kOps, kPrefix);
+  postgres::PgStore store(dsn_, kOpsSchema, kTenantPrefix);
   ASSERT_TRUE(store.EnsureTenant("rc1").ok());
-  auto first = store.Apply({Message("rc1", 1, "before")});
+  auto first = store.Apply({MessageUpsert("rc1", "m1", 1, "before")});
   ASSERT_TRUE(first.ok()) << first.error().message;
   ASSERT_TRUE(store.RecordExhausted(Letter(1), "malformed_json: x").ok());
 
   // Both connections (the batch writer's and the other one) are gone.
   CloseConnectionsOnTheServer(2);
-  auto applied = store.Apply({Message("rc1", 2, "after")});
+  auto applied = store.Apply({MessageUpsert("rc1", "m1", 2, "after")});
   ASSERT_TRUE(applied.ok()) << "a closed connection is not an outage: " << applied.error().message;
   ASSERT_EQ(applied.value().size(), 1u);
   EXPECT_EQ(applied.value()[0].outcome, pipeline::ApplyOutcome::kApplied);

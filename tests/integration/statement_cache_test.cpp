@@ -11,6 +11,7 @@
 #include "postgres/pg_store.hpp"
 #include "postgres/pipelined_writer.hpp"
 #include "support/db.hpp"
+#include "support/mutations.hpp"
 #include "support/servers.hpp"
 
 namespace evp::testing {
@@ -19,18 +20,8 @@ namespace {
 using handlers::Mutation;
 using nlohmann::json;
 
-constexpr const char* kOps = "events_ops";
-constexpr const char* kPrefix = "tenant_";
-
 Mutation Message(const std::string& tenant, uint64_t seq, const std::string& text) {
-  json doc = {{"message_id", "m-" + tenant},
-              {"chat_id", "c1"},
-              {"agent_id", "a1"},
-              {"flow", "OUT"},
-              {"message_text", text},
-              {"message_timestamp", 1000 + seq}};
-  return handlers::BuildMutation(EventType::kMessagesUpsert, doc, tenant,
-                                 Version{static_cast<int64_t>(1000 + seq), Source::kRealtime, seq});
+  return MessageUpsert(tenant, "m-" + tenant, seq, text);
 }
 
 Mutation Chat(const std::string& tenant, uint64_t seq) {
@@ -40,7 +31,7 @@ Mutation Chat(const std::string& tenant, uint64_t seq) {
 }
 
 std::string TextOf(const std::string& dsn, const std::string& tenant) {
-  return QueryString(dsn, "SELECT message_text FROM " + std::string(kPrefix) + tenant +
+  return QueryString(dsn, "SELECT message_text FROM " + std::string(kTenantPrefix) + tenant +
                               ".messages WHERE message_id = 'm-" + tenant + "'")
       .value_or("<none>");
 }
@@ -49,7 +40,7 @@ class StatementCache : public ::testing::Test {
  protected:
   void SetUp() override {
     dsn_ = PostgresServer::Shared().Dsn();
-    auto migrated = postgres::MigrateOps(dsn_, kOps);
+    auto migrated = postgres::MigrateOps(dsn_, kOpsSchema);
     ASSERT_TRUE(migrated.ok()) << migrated.error();
   }
   // A writer pool of `size` connections on the test database, with tenants named `stem`0 to
@@ -59,8 +50,8 @@ class StatementCache : public ::testing::Test {
                                                           std::vector<std::string>& tenants) {
     Config config;
     config.postgres_dsn = dsn_;
-    config.ops_schema = kOps;
-    config.tenant_schema_prefix = kPrefix;
+    config.ops_schema = kOpsSchema;
+    config.tenant_schema_prefix = kTenantPrefix;
     auto pool = std::make_unique<postgres::PgWriterPool>(config, size);
     for (int i = 0; i < count; ++i) tenants.push_back(stem + std::to_string(i));
     pool->PrepareTenants(tenants);
@@ -70,12 +61,12 @@ class StatementCache : public ::testing::Test {
 };
 
 TEST_F(StatementCache, EvictedStatementsArePreparedAgainAndTheCacheStaysWithinItsSize) {
-  postgres::PgStore creator(dsn_, kOps, kPrefix);
+  postgres::PgStore creator(dsn_, kOpsSchema, kTenantPrefix);
   const std::vector<std::string> tenants = {"sc1", "sc2", "sc3", "sc4", "sc5"};
   for (const auto& t : tenants) ASSERT_TRUE(creator.EnsureTenant(t).ok());
 
   // Room for three statements; every batch needs two (one tenant's messages and chats).
-  postgres::PipelinedWriter writer(dsn_, kOps, kPrefix, 3);
+  postgres::PipelinedWriter writer(dsn_, kOpsSchema, kTenantPrefix, 3);
   uint64_t seq = 0;
   for (int round = 0; round < 3; ++round) {
     for (const auto& t : tenants) {
@@ -96,14 +87,14 @@ TEST_F(StatementCache, EvictedStatementsArePreparedAgainAndTheCacheStaysWithinIt
 }
 
 TEST_F(StatementCache, ABatchNeedingMoreStatementsThanTheCacheHoldsStillCommits) {
-  postgres::PgStore creator(dsn_, kOps, kPrefix);
+  postgres::PgStore creator(dsn_, kOpsSchema, kTenantPrefix);
   std::vector<Mutation> batch;
   for (int i = 0; i < 4; ++i) {
     const std::string t = "big" + std::to_string(i);
     ASSERT_TRUE(creator.EnsureTenant(t).ok());
     batch.push_back(Message(t, 1, "first"));
   }
-  postgres::PipelinedWriter writer(dsn_, kOps, kPrefix, 2);
+  postgres::PipelinedWriter writer(dsn_, kOpsSchema, kTenantPrefix, 2);
   auto outcome = writer.Write(batch);
   ASSERT_EQ(outcome.failure, postgres::PipelinedWriter::Failure::kNone) << outcome.message;
   EXPECT_EQ(writer.PreparedCount(), 4u);  // kept until the next batch needs the room
@@ -151,9 +142,10 @@ TEST_F(StatementCache, EachTenantKeepsOneConnectionAndTenantsAreSpreadEvenly) {
     for (const auto& r : results.value()) EXPECT_EQ(r.outcome, pipeline::ApplyOutcome::kApplied);
     std::map<std::string, std::string> xmin;
     for (const auto& m : batch) {
-      xmin[m.company_id] = QueryString(dsn_, "SELECT xmin::text FROM " + std::string(kPrefix) +
-                                                 m.company_id + ".messages")
-                               .value_or("");
+      xmin[m.company_id] =
+          QueryString(dsn_, "SELECT xmin::text FROM " + std::string(kTenantPrefix) + m.company_id +
+                                ".messages")
+              .value_or("");
     }
     for (const auto& [a, xa] : xmin) {
       for (const auto& [b, xb] : xmin) {
@@ -182,7 +174,7 @@ TEST_F(StatementCache, AConnectionsShareOfManyTenantsIsCommittedInTransactionsOf
 
   std::map<std::string, std::vector<std::string>> by_xmin;  // transaction -> its tenants
   for (const auto& t : tenants) {
-    const std::string schema = std::string(kPrefix) + t;
+    const std::string schema = std::string(kTenantPrefix) + t;
     const auto message = QueryString(dsn_, "SELECT xmin::text FROM " + schema + ".messages");
     const auto chat = QueryString(dsn_, "SELECT xmin::text FROM " + schema + ".chats");
     ASSERT_TRUE(message.has_value() && chat.has_value()) << t;
@@ -206,17 +198,17 @@ TEST_F(StatementCache, ARowTypeThatDiffersFromThisVersionStopsTheWritesWithAClea
   constexpr const char* kOtherOps = "events_ops_rowtypes";
   Exec(dsn_, std::string("DROP SCHEMA IF EXISTS ") + kOtherOps + " CASCADE");
   ASSERT_TRUE(postgres::MigrateOps(dsn_, kOtherOps).ok());
-  postgres::PgStore creator(dsn_, kOtherOps, kPrefix);
+  postgres::PgStore creator(dsn_, kOtherOps, kTenantPrefix);
   ASSERT_TRUE(creator.EnsureTenant("rt1").ok());
   const std::vector<Mutation> batch = {Message("rt1", 1, "typed")};
   {
-    postgres::PipelinedWriter writer(dsn_, kOtherOps, kPrefix);
+    postgres::PipelinedWriter writer(dsn_, kOtherOps, kTenantPrefix);
     auto outcome = writer.Write(batch);
     ASSERT_EQ(outcome.failure, postgres::PipelinedWriter::Failure::kNone) << outcome.message;
     EXPECT_EQ(TextOf(dsn_, "rt1"), "typed");
   }
   Exec(dsn_, std::string("ALTER TYPE ") + kOtherOps + ".rows_messages DROP ATTRIBUTE campaign");
-  postgres::PipelinedWriter writer(dsn_, kOtherOps, kPrefix);
+  postgres::PipelinedWriter writer(dsn_, kOtherOps, kTenantPrefix);
   const std::vector<Mutation> next = {Message("rt1", 2, "not written")};
   auto outcome = writer.Write(next);
   EXPECT_EQ(outcome.failure, postgres::PipelinedWriter::Failure::kConnection);
