@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/duration.hpp"
+#include "core/text.hpp"
 
 namespace evp {
 namespace {
@@ -165,10 +166,7 @@ std::vector<Key> Keys(Binary binary) {
         if (!std::regex_match(t, std::regex(kTenantPattern))) {
           return "'" + t + "' is not a valid tenant id (" + kTenantPattern + ")";
         }
-        std::string lower = t;
-        std::transform(lower.begin(), lower.end(), lower.begin(),
-                       [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
-        auto [it, inserted] = by_lower.emplace(lower, t);
+        auto [it, inserted] = by_lower.emplace(LowerAscii(t), t);
         if (!inserted && it->second != t) {
           return "'" + it->second + "' and '" + t +
                  "' differ only by case: they would share one schema, and the second "

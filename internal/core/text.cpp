@@ -88,4 +88,12 @@ std::string HexDecode(std::string_view hex) {
   return out;
 }
 
+std::string LowerAscii(std::string_view in) {
+  std::string out(in);
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
 }  // namespace evp

@@ -11,5 +11,7 @@ std::string SafeUtf8(std::string_view in);
 bool IsValidUtf8(std::string_view in);
 std::string HexEncode(std::string_view bytes);
 std::string HexDecode(std::string_view hex);  // input must be valid lower/upper hex
+// ASCII letters lowered, other bytes as they are (tenant ids: schema names, case collisions).
+std::string LowerAscii(std::string_view in);
 
 }  // namespace evp

@@ -404,6 +404,7 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
     const InboundMessage& msg = batch[item.message];
     const std::string& company = work.tenants[item.message];
     const EventType type = work.types[item.message];
+    if (r.outcome == ApplyOutcome::kFatal) metrics_.CountDbError("fatal");  // an event or item
     if (r.outcome == ApplyOutcome::kFatal && item.item_index) {
       // A history item the database refused: dead-letter that item alone.
       DeadLetter dl;
@@ -421,7 +422,6 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
       dl.orig_msg_id = msg.msg_id;
       dl.item_index = item.item_index;
       dead_letters.push_back({std::move(dl), item.message, false});
-      metrics_.CountDbError("fatal");
       continue;
     }
     auto& slot = per_message[item.message];
@@ -465,7 +465,6 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
         break;
       }
       case ApplyOutcome::kFatal:
-        metrics_.CountDbError("fatal");
         dead_letter(i, company, {ReasonCode::kConstraintViolation, per_message[i]->message},
                     ErrorClass::kFatal);
         metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);

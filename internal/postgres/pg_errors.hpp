@@ -1,5 +1,6 @@
 #pragma once
-// Maps pqxx exceptions to StoreError using pipeline::ClassifySqlState. Thread-safe.
+// Maps pqxx exceptions to StoreError using pipeline::ClassifySqlState, and tells whether the
+// server closed an idle connection. Thread-safe.
 #include <exception>
 #include <string>
 #include <string_view>

@@ -100,10 +100,7 @@ std::string MetadataJson(const DeadLetter& dl) {
 }  // namespace
 
 std::string TenantSchemaName(const std::string& prefix, const std::string& company_id) {
-  std::string lower = company_id;
-  std::transform(lower.begin(), lower.end(), lower.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return prefix + lower;
+  return prefix + LowerAscii(company_id);
 }
 
 Result<int, std::string> MigrateOps(const std::string& dsn, const std::string& ops_schema) {
