@@ -110,10 +110,16 @@ const char* kNameRule = "must be 1-64 characters of A-Z a-z 0-9 _ -";
 std::vector<Key> Keys(Binary binary) {
   const std::string http_default = binary == Binary::kDlqWorker ? "8081" : "8080";
   std::vector<Key> keys;
-  keys.push_back(StringKey("NATS_URL", "NATS server URL(s), comma-separated",
-                           "nats://127.0.0.1:4222", "^(nats|tls)://.+$",
-                           "must start with nats:// or tls://",
-                           [](Config& c) -> std::string& { return c.nats_url; }));
+  {
+    Key k = StringKey("NATS_URL", "NATS server URL(s), comma-separated", "nats://127.0.0.1:4222",
+                      "", "", [](Config& c) -> std::string& { return c.nats_url; });
+    k.apply = [](Config& c, const std::string& v) -> std::string {
+      if (std::string e = NatsUrlsError(v); !e.empty()) return e;
+      c.nats_url = v;
+      return "";
+    };
+    keys.push_back(std::move(k));
+  }
   keys.push_back(StringKey("NATS_USER", "NATS user name", "", "", "",
                            [](Config& c) -> std::string& { return c.nats_user; }));
   keys.push_back(StringKey(
@@ -188,6 +194,11 @@ std::vector<Key> Keys(Binary binary) {
     k.apply = [](Config& c, const std::string& v) -> std::string {
       c.metrics_tenants = SplitList(v);
       if (c.metrics_tenants.size() > 20) return "at most 20 tenants (label cardinality)";
+      for (const auto& t : c.metrics_tenants) {
+        if (!std::regex_match(t, std::regex(kTenantPattern))) {
+          return "'" + t + "' is not a valid tenant id (" + kTenantPattern + ")";
+        }
+      }
       return "";
     };
     k.show = [](const Config& c) { return Join(c.metrics_tenants); };
@@ -344,7 +355,9 @@ Result<Config, std::vector<std::string>> Config::FromEnvironment(Binary binary,
     if (v.empty() && key.name == "POSTGRES_DSN" && binary == Binary::kCli) continue;
     std::string err = key.apply(cfg, v);
     if (!err.empty()) {
-      std::string shown = key.secret ? "****" : "'" + v + "'";
+      std::string shown = key.secret               ? "****"
+                          : key.name == "NATS_URL" ? "'" + MaskNatsUrls(v) + "'"
+                                                   : "'" + v + "'";
       errors.push_back(key.name + "=" + shown + ": " + err);
     }
   }
@@ -371,6 +384,20 @@ Result<Config, std::vector<std::string>> Config::FromEnvironment(Binary binary,
                      cfg.ops_schema.substr(cfg.tenant_schema_prefix.size()) +
                      "' would get with TENANT_SCHEMA_PREFIX='" + cfg.tenant_schema_prefix +
                      "'; choose names that cannot meet");
+  }
+  // Two streams of one name would be one stream with the subjects of both.
+  const std::pair<const char*, const std::string*> streams[] = {
+      {"REALTIME_STREAM", &cfg.realtime_stream},
+      {"HISTORY_STREAM", &cfg.history_stream},
+      {"DLQ_STREAM", &cfg.dlq_stream},
+      {"ADVISORY_STREAM", &cfg.advisory_stream}};
+  for (size_t i = 0; i < std::size(streams); ++i) {
+    for (size_t j = i + 1; j < std::size(streams); ++j) {
+      if (*streams[i].second == *streams[j].second) {
+        errors.push_back(std::string(streams[i].first) + " and " + streams[j].first +
+                         " are both '" + *streams[i].second + "': each stream needs its own name");
+      }
+    }
   }
   if (cfg.max_ack_pending == 0) cfg.max_ack_pending = 4 * cfg.batch_size;
   if (cfg.max_ack_pending < cfg.batch_size) {
@@ -422,13 +449,56 @@ std::vector<std::string> Config::Describe() const {
 }
 
 std::string MaskDsn(const std::string& dsn) {
-  // URI form: scheme://user:password@host
-  static const std::regex kUri(R"(^([a-z]+://[^:/@]*):([^@]*)@)");
-  std::string out = std::regex_replace(dsn, kUri, "$1:****@");
-  // key=value form: password=secret or password='secret'
-  static const std::regex kKv(R"((password\s*=\s*)('[^']*'|\S+))");
-  out = std::regex_replace(out, kKv, "$1****");
-  return out;
+  if (dsn.starts_with("postgresql://") || dsn.starts_with("postgres://")) {
+    // URI form: scheme://user:password@host/db?password=...&other=...
+    static const std::regex kUserinfo(R"(^([a-z]+://[^:/@?#]*):([^@/?#]*)@)");
+    std::string out = std::regex_replace(dsn, kUserinfo, "$1:****@");
+    static const std::regex kQuery(R"(([?&]password=)[^&#]*)");
+    return std::regex_replace(out, kQuery, "$1****");
+  }
+  // key=value form (libpq): a value is quoted ('...', where \' and \\ are escapes) or runs to
+  // the next blank (a backslash escapes the next character there too).
+  static const std::regex kKv(R"((password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^\s\\])+))");
+  return std::regex_replace(dsn, kKv, "$1****");
+}
+
+std::string NatsUrlsError(const std::string& urls) {
+  const std::vector<std::string> parts = SplitList(urls);
+  if (parts.empty()) return "must name at least one server (nats://host:4222)";
+  for (const auto& part : parts) {
+    const std::string shown = "'" + MaskNatsUrls(part) + "'";
+    const size_t scheme = part.find("://");
+    const std::string name = scheme == std::string::npos ? "" : part.substr(0, scheme);
+    if (name != "nats" && name != "tls") return shown + " must start with nats:// or tls://";
+    const size_t start = scheme + 3;
+    const size_t end = std::min(part.find_first_of("/?#", start), part.size());
+    std::string host = part.substr(start, end - start);
+    if (const size_t at = host.rfind('@'); at != std::string::npos) host.erase(0, at + 1);
+    std::string port;
+    if (host.starts_with("[")) {  // [IPv6]:port
+      const size_t close = host.find(']');
+      if (close == std::string::npos) return shown + ": unclosed '[' in the host";
+      if (close + 1 < host.size()) {
+        if (host[close + 1] != ':') return shown + ": expected ':port' after the IPv6 address";
+        port = host.substr(close + 2);
+        if (port.empty()) return shown + ": empty port";
+      }
+      host = host.substr(0, close + 1);
+    } else if (const size_t colon = host.rfind(':'); colon != std::string::npos) {
+      port = host.substr(colon + 1);
+      host.erase(colon);
+      if (port.empty()) return shown + ": empty port";
+    }
+    if (host.empty() || host == "[]") return shown + ": no host";
+    if (!port.empty()) {
+      int n = 0;
+      auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), n);
+      if (ec != std::errc() || p != port.data() + port.size() || n < 1 || n > 65535) {
+        return shown + ": port '" + port + "' is not a number from 1 to 65535";
+      }
+    }
+  }
+  return "";
 }
 
 std::string MaskNatsUrls(const std::string& urls) {

@@ -92,4 +92,8 @@ std::string MaskDsn(const std::string& dsn);
 // token@ -> ****@.
 std::string MaskNatsUrls(const std::string& urls);
 
+// Why NATS_URL (one or more comma-separated nats:// or tls:// URLs, each with a host and an
+// optional port from 1 to 65535) is not usable; empty when it is.
+std::string NatsUrlsError(const std::string& urls);
+
 }  // namespace evp

@@ -2,6 +2,10 @@
 
 #include <array>
 #include <cassert>
+#include <tuple>
+#include <utility>
+
+#include "validation/json_spans.hpp"
 
 namespace evp::handlers {
 namespace {
@@ -78,6 +82,57 @@ const TableDef kMessages{Table::kMessages, "messages", kMessageColumns, 1};
 const TableDef kContacts{Table::kContacts, "contacts", kContactColumns, 2};
 const TableDef kAgents{Table::kAgents, "agents", kAgentColumns, 1};
 
+// The table and kind of write of an event type.
+std::pair<Table, WriteKind> TargetOf(EventType type) {
+  Table table = Table::kChats;
+  WriteKind kind = WriteKind::kUpsert;
+  switch (type) {
+    case EventType::kChatsUpsert:
+      table = Table::kChats;
+      kind = WriteKind::kUpsert;
+      break;
+    case EventType::kChatsUpdate:
+      table = Table::kChats;
+      kind = WriteKind::kUpdate;
+      break;
+    case EventType::kMessagesUpsert:
+      table = Table::kMessages;
+      kind = WriteKind::kUpsert;
+      break;
+    case EventType::kMessagesUpdate:
+      table = Table::kMessages;
+      kind = WriteKind::kUpdate;
+      break;
+    case EventType::kContactsUpsert:
+      table = Table::kContacts;
+      kind = WriteKind::kUpsert;
+      break;
+    case EventType::kContactsUpdate:
+      table = Table::kContacts;
+      kind = WriteKind::kUpdate;
+      break;
+    case EventType::kConnectionUpdate:
+      // Agents appear by connecting: a connection update creates the agent row.
+      table = Table::kAgents;
+      kind = WriteKind::kUpsert;
+      break;
+    default:
+      assert(false && "history envelopes are split into items before BuildMutation");
+  }
+  return {table, kind};
+}
+
+// A number the parser holds as a double: what it prints may differ from what was sent.
+bool HoldsFloat(const nlohmann::json& v) {
+  if (v.is_number_float()) return true;
+  if (v.is_structured()) {
+    for (const auto& e : v) {
+      if (HoldsFloat(e)) return true;
+    }
+  }
+  return false;
+}
+
 std::string ToText(const Column& col, const nlohmann::json& v) {
   switch (col.type) {
     case T::kText:
@@ -152,45 +207,11 @@ Version EventVersion(EventType type, const nlohmann::json& doc, int64_t publish_
 }
 
 Mutation BuildMutation(EventType type, const nlohmann::json& doc, const std::string& company_id,
-                       const Version& version) {
+                       const Version& version, std::string_view text) {
   Mutation m;
   m.company_id = company_id;
   m.version = version;
-  switch (type) {
-    case EventType::kChatsUpsert:
-      m.table = Table::kChats;
-      m.kind = WriteKind::kUpsert;
-      break;
-    case EventType::kChatsUpdate:
-      m.table = Table::kChats;
-      m.kind = WriteKind::kUpdate;
-      break;
-    case EventType::kMessagesUpsert:
-      m.table = Table::kMessages;
-      m.kind = WriteKind::kUpsert;
-      break;
-    case EventType::kMessagesUpdate:
-      m.table = Table::kMessages;
-      m.kind = WriteKind::kUpdate;
-      break;
-    case EventType::kContactsUpsert:
-      m.table = Table::kContacts;
-      m.kind = WriteKind::kUpsert;
-      break;
-    case EventType::kContactsUpdate:
-      m.table = Table::kContacts;
-      m.kind = WriteKind::kUpdate;
-      break;
-    case EventType::kConnectionUpdate:
-      // Agents appear by connecting: a connection update creates the agent row.
-      m.table = Table::kAgents;
-      m.kind = WriteKind::kUpsert;
-      break;
-    default:
-      assert(false && "history envelopes are split into items before BuildMutation");
-      m.table = Table::kChats;
-      m.kind = WriteKind::kUpsert;
-  }
+  std::tie(m.table, m.kind) = TargetOf(type);
   const TableDef& def = Definition(m.table);
   for (const Column& col : def.columns) {
     if (col.name == "company_id") {
@@ -199,6 +220,12 @@ Mutation BuildMutation(EventType type, const nlohmann::json& doc, const std::str
     }
     auto it = doc.find(col.name);  // heterogeneous lookup: no string built
     if (it == doc.end() || it->is_null()) continue;
+    if (col.type == T::kJsonb && !text.empty() && HoldsFloat(*it)) {
+      if (auto exact = validation::MemberSpan(text, col.name)) {
+        m.values.push_back({&col, std::string(*exact)});
+        continue;
+      }
+    }
     m.values.push_back({&col, ToText(col, *it)});
   }
   if (type == EventType::kMessagesUpsert && version.source == Source::kRealtime &&
@@ -226,6 +253,15 @@ Mutation BuildMutation(EventType type, const nlohmann::json& doc, const std::str
     m.onboarding = std::move(ob);
   }
   return m;
+}
+
+bool NeedsExactText(EventType type, const nlohmann::json& doc) {
+  for (const Column& col : Definition(TargetOf(type).first).columns) {
+    if (col.type != T::kJsonb) continue;
+    auto it = doc.find(col.name);
+    if (it != doc.end() && HoldsFloat(*it)) return true;
+  }
+  return false;
 }
 
 }  // namespace evp::handlers

@@ -64,7 +64,14 @@ Version EventVersion(EventType type, const nlohmann::json& doc, int64_t publish_
 
 // Row change of one schema-valid realtime event or history item (item types are the
 // upsert types). Onboarding is attached only to realtime messages.upsert with flow=IN.
+// `text` is the exact JSON text of `doc` when known (else empty): a free-form object holding a
+// number that is not an integer is then stored as sent, not as the parser's double (which
+// rounds 0.1000000000000000055 or 123456789012345678901234567890).
 Mutation BuildMutation(EventType type, const nlohmann::json& doc, const std::string& company_id,
-                       const Version& version);
+                       const Version& version, std::string_view text = {});
+
+// True when BuildMutation would want the exact text of `doc`: one of its free-form objects
+// holds a number that is not an integer.
+bool NeedsExactText(EventType type, const nlohmann::json& doc);
 
 }  // namespace evp::handlers

@@ -235,23 +235,26 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
     if (!IsHistory(type)) {
       Version v =
           handlers::EventVersion(type, doc, publish_seconds, Source::kRealtime, msg.stream_seq);
-      work.mutations.push_back(handlers::BuildMutation(type, doc, company, v));
+      work.mutations.push_back(handlers::BuildMutation(type, doc, company, v, msg.data));
       work.items.push_back({i, std::nullopt});
       continue;
     }
     // History: each item is validated alone; a bad item is dead-lettered by itself.
     const EventType item_type = HistoryItemType(type);
     const auto& items = doc.at(std::string(HistoryArrayKey(type)));
-    // The exact text of each item, found only once an item fails.
+    // The exact text of each item, found only once an item fails or needs its exact numbers.
     std::optional<std::vector<std::string_view>> item_texts;
     bool item_texts_searched = false;
-    auto original_item = [&](size_t j, const nlohmann::json& item) {
+    auto item_text = [&](size_t j) -> std::string_view {
       if (!item_texts_searched) {
         item_texts_searched = true;
         item_texts = validation::ArrayElementSpans(msg.data, HistoryArrayKey(type));
         if (item_texts && item_texts->size() != items.size()) item_texts.reset();
       }
-      if (item_texts) return std::string((*item_texts)[j]);
+      return item_texts ? (*item_texts)[j] : std::string_view();
+    };
+    auto original_item = [&](size_t j, const nlohmann::json& item) {
+      if (std::string_view text = item_text(j); !text.empty()) return std::string(text);
       return item.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     };
     for (size_t j = 0; j < items.size(); ++j) {
@@ -286,7 +289,9 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
       }
       Version v = handlers::EventVersion(item_type, item, publish_seconds, Source::kHistory,
                                          msg.stream_seq);
-      work.mutations.push_back(handlers::BuildMutation(item_type, item, company, v));
+      const std::string_view text =
+          handlers::NeedsExactText(item_type, item) ? item_text(j) : std::string_view();
+      work.mutations.push_back(handlers::BuildMutation(item_type, item, company, v, text));
       work.items.push_back({i, static_cast<int64_t>(j)});
     }
   }

@@ -131,4 +131,21 @@ std::optional<std::vector<std::string_view>> ArrayElementSpans(std::string_view 
   }
 }
 
+std::optional<std::string_view> MemberSpan(std::string_view doc, std::string_view key) {
+  Scanner s(doc);
+  std::optional<std::string_view> found;
+  if (!s.Consume('{')) return std::nullopt;
+  if (s.Consume('}')) return std::nullopt;
+  while (true) {
+    s.SkipSpace();
+    auto name = s.String();
+    if (!name || !s.Consume(':')) return std::nullopt;
+    auto value = s.Value();
+    if (!value) return std::nullopt;
+    if (KeyEquals(*name, key)) found = value;  // the last occurrence wins, as in the parser
+    if (s.Consume('}')) return found;
+    if (!s.Consume(',')) return std::nullopt;
+  }
+}
+
 }  // namespace evp::validation

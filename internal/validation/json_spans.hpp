@@ -1,7 +1,8 @@
 #pragma once
-// The exact text of the elements of one array member of a JSON object, so that a bad history
-// item is recorded with its own original bytes rather than a re-serialisation (SPEC §6/§11:
-// exact original bytes).
+// The exact text of parts of a JSON document: the elements of one array member of an object,
+// so that a bad history item is recorded with its own original bytes rather than a
+// re-serialisation (SPEC §6/§11: exact original bytes); and the value of one member, so that
+// a free-form object is stored with its numbers as sent (the parser holds them as doubles).
 //
 // Thread-safety: pure function; safe to call concurrently.
 #include <optional>
@@ -16,5 +17,10 @@ namespace evp::validation {
 // such an array member; callers then fall back to a re-serialisation.
 std::optional<std::vector<std::string_view>> ArrayElementSpans(std::string_view doc,
                                                                std::string_view key);
+
+// For a document that nlohmann::json has already parsed successfully: the exact text of the
+// value of its top-level member `key` (the last one, if the key repeats). std::nullopt when
+// the text is not an object with that member.
+std::optional<std::string_view> MemberSpan(std::string_view doc, std::string_view key);
 
 }  // namespace evp::validation

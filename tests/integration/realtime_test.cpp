@@ -286,6 +286,29 @@ TEST(Realtime, LargeValidMessageOf600KbIsAccepted) {
       1));
 }
 
+TEST(Realtime, NumbersInFreeFormObjectsAreStoredAsSent) {
+  Stack stack;
+  const std::string t = UniqueName("num");
+  const std::string obj =
+      R"({"big": 123456789012345678901234567890, "prec": 3.141592653589793238462643383279})";
+  ASSERT_TRUE(stack
+                  .Publish("v1.messages.upsert." + t,
+                           R"({"message_id": "n1", "chat_id": "c", "jid": "j", "flow": "OUT", )"
+                           R"("message_obj": )" +
+                               obj + "}")
+                  .ok);
+  const std::string item =
+      R"({"message_id": "n2", "chat_id": "c", "jid": "j", "flow": "OUT", "message_obj": )" + obj +
+      "}";
+  ASSERT_TRUE(stack.Publish("v1.history.messages." + t, R"({"messages": [)" + item + "]}").ok);
+  const std::string s = "tenant_" + t;
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 2));
+  // jsonb keeps numbers as numeric: compare with what PostgreSQL makes of the sent text.
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM " + s + ".messages WHERE message_obj = '" + obj +
+                        "'::jsonb AND message_obj->>'big' = '123456789012345678901234567890'"),
+            2);
+}
+
 TEST(Realtime, InjectionStringsAreStoredVerbatim) {
   Stack stack;
   const std::string t = UniqueName("inj");

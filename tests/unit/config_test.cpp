@@ -408,6 +408,42 @@ TEST(Config, QuotesTheBadValueInTheErrorLine) {
   EXPECT_TRUE(HasErrorFor(errors, "POSTGRES_DSN")) << all;
 }
 
+TEST(Config, RejectsNatsUrlsWithoutAHostOrWithABadPort) {
+  for (const char* bad :
+       {"nats://127.0.0.1:abc", "nats://h:99999", "nats://h:0", "nats://:4222",
+        "nats://h:", "nats://[::1", "nats://h:4222,nats://g:x", "http://h:4222", "nats://u:pw@"}) {
+    auto errors = Errors({{"POSTGRES_DSN", "postgresql://h/db"}, {"NATS_URL", bad}});
+    EXPECT_TRUE(HasErrorFor(errors, "NATS_URL")) << bad;
+  }
+  for (const char* good : {"nats://127.0.0.1:4222", "nats://nats", "tls://u:p@h:4443",
+                           "nats://[::1]:4222", "nats://a:4222, nats://b:4222", "nats://tok@h"}) {
+    auto errors = Errors({{"POSTGRES_DSN", "postgresql://h/db"}, {"NATS_URL", good}});
+    EXPECT_FALSE(HasErrorFor(errors, "NATS_URL")) << good << ": " << Joined(errors);
+  }
+}
+
+TEST(Config, ABadNatsUrlIsReportedWithItsPasswordMasked) {
+  auto errors =
+      Errors({{"POSTGRES_DSN", "postgresql://h/db"}, {"NATS_URL", "nats://u:hunter2@h:x"}});
+  const std::string all = Joined(errors);
+  EXPECT_TRUE(HasErrorFor(errors, "NATS_URL")) << all;
+  EXPECT_EQ(all.find("hunter2"), std::string::npos) << all;
+}
+
+TEST(Config, RejectsTwoStreamsOfOneName) {
+  auto errors = Errors({{"POSTGRES_DSN", "postgresql://h/db"}, {"REALTIME_STREAM", "EVENTS_DLQ"}});
+  const std::string all = Joined(errors);
+  EXPECT_NE(all.find("REALTIME_STREAM and DLQ_STREAM are both 'EVENTS_DLQ'"), std::string::npos)
+      << all;
+}
+
+TEST(Config, RejectsInvalidTenantsInMetricsTenants) {
+  auto errors = Errors({{"POSTGRES_DSN", "postgresql://h/db"}, {"METRICS_TENANTS", "acme,bad.id"}});
+  EXPECT_TRUE(HasErrorFor(errors, "METRICS_TENANTS")) << Joined(errors);
+  auto fine = Errors({{"POSTGRES_DSN", "postgresql://h/db"}, {"METRICS_TENANTS", "acme, beta_2"}});
+  EXPECT_FALSE(HasErrorFor(fine, "METRICS_TENANTS")) << Joined(fine);
+}
+
 TEST(MaskDsn, MasksThePasswordOfAUri) {
   EXPECT_EQ(MaskDsn("postgresql://user:secret@host:5432/db"),
             "postgresql://user:****@host:5432/db");
@@ -431,6 +467,18 @@ TEST(MaskDsn, MasksThePasswordOfKeyValueForm) {
 TEST(MaskDsn, MasksAPasswordGivenAsUriQueryParameter) {
   const std::string masked = MaskDsn("postgresql://app@db/events?password=secret");
   EXPECT_EQ(masked.find("secret"), std::string::npos) << masked;
+  // The parameters after it stay: the printed DSN is the one in effect.
+  EXPECT_EQ(MaskDsn("postgresql://h/db?password=s3cretPW&sslmode=require&application_name=x"),
+            "postgresql://h/db?password=****&sslmode=require&application_name=x");
+  EXPECT_EQ(MaskDsn("postgresql://h/db?sslmode=require&password=s3cretPW"),
+            "postgresql://h/db?sslmode=require&password=****");
+}
+
+TEST(MaskDsn, MasksAQuotedPasswordWithEscapedQuotesWhole) {
+  EXPECT_EQ(MaskDsn(R"(host=h user=u password='s3cret\' PW' dbname=db)"),
+            "host=h user=u password=**** dbname=db");
+  EXPECT_EQ(MaskDsn(R"(host=h password=s3cret\ PW dbname=db)"), "host=h password=**** dbname=db");
+  EXPECT_EQ(MaskDsn(R"(host=h password='unclosed PW)"), "host=h password=****");
 }
 
 }  // namespace

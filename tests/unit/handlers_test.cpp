@@ -193,6 +193,26 @@ TEST(BuildMutation, RendersEveryColumnTypeAsPostgresText) {
   EXPECT_EQ(json::parse(ColumnValues(c).at("tags")), contact.at("tags"));
 }
 
+TEST(BuildMutation, KeepsTheNumbersOfAFreeFormObjectAsSentWhenGivenTheText) {
+  const std::string text =
+      R"({"message_id": "m1", "chat_id": "c", "jid": "j", "flow": "OUT", "message_obj": )"
+      R"({"big": 123456789012345678901234567890, "prec": 3.141592653589793238462643383279}, )"
+      R"("key": {"id": "k", "n": 7}})";
+  const json doc = json::parse(text);
+  ASSERT_TRUE(NeedsExactText(EventType::kMessagesUpsert, doc));
+  Mutation m = BuildMutation(EventType::kMessagesUpsert, doc, "acme", kRealtimeV, text);
+  auto v = ColumnValues(m);
+  EXPECT_EQ(v.at("message_obj"),
+            R"({"big": 123456789012345678901234567890, "prec": 3.141592653589793238462643383279})");
+  // Without a number the parser holds as a double, the value is printed from the document.
+  EXPECT_EQ(v.at("key"), R"({"id":"k","n":7})");
+  // Without the text, the parser's doubles are all there is.
+  Mutation lossy = BuildMutation(EventType::kMessagesUpsert, doc, "acme", kRealtimeV);
+  EXPECT_NE(ColumnValues(lossy).at("message_obj").find("3.141592653589793"), std::string::npos);
+  EXPECT_FALSE(NeedsExactText(EventType::kMessagesUpsert,
+                              json{{"message_id", "m1"}, {"message_obj", {{"n", 1}}}}));
+}
+
 TEST(BuildMutation, MapsEveryPayloadFieldOfAFullMessageToItsColumn) {
   const json doc = {{"message_id", "m1"},
                     {"chat_id", "c1"},

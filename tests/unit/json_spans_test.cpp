@@ -52,5 +52,22 @@ TEST(ArrayElementSpans, NoSpansWithoutAnArrayUnderTheKey) {
   EXPECT_FALSE(ArrayElementSpans(R"({"chats": [1, )", "chats").has_value());
 }
 
+TEST(MemberSpan, ReturnsTheValueOfATopLevelMemberExactlyAsWritten) {
+  const std::string doc =
+      R"({"a": {"message_obj": 1}, "message_obj" : { "n": 0.1000000000000000055, "s": "}" } ,)"
+      R"( "z": [1.0]})";
+  ASSERT_TRUE(nlohmann::json::accept(doc));
+  EXPECT_EQ(MemberSpan(doc, "message_obj").value_or("<none>"),
+            R"({ "n": 0.1000000000000000055, "s": "}" })");
+  EXPECT_EQ(MemberSpan(doc, "z").value_or("<none>"), "[1.0]");
+  EXPECT_EQ(MemberSpan(doc, "n").value_or("<none>"), "<none>");  // nested, not top-level
+}
+
+TEST(MemberSpan, TheLastOfARepeatedKeyWinsAndEscapedKeysAreFound) {
+  EXPECT_EQ(MemberSpan(R"({"k": 1, "\u006b": 2.50})", "k").value_or("<none>"), "2.50");
+  EXPECT_FALSE(MemberSpan(R"([{"k": 1}])", "k").has_value());
+  EXPECT_FALSE(MemberSpan(R"({})", "k").has_value());
+}
+
 }  // namespace
 }  // namespace evp::validation
