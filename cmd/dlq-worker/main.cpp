@@ -18,7 +18,14 @@ using namespace evp;
 int main() {
   std::atomic<bool> stop{false};
   const Config config = app::StartService(Binary::kDlqWorker, "dlq-worker", stop);
-  app::DatabaseProbe db_probe(config, std::chrono::milliseconds(1000));
+  std::vector<std::unique_ptr<pipeline::LoopHealth>> health;
+  for (int i = 0; i < config.dlq_workers; ++i) {
+    health.push_back(std::make_unique<pipeline::LoopHealth>());
+  }
+  pipeline::LoopHealth advisory_health;
+  app::DatabaseProbe db_probe(config, std::chrono::milliseconds(1000));  // after what it watches
+  for (auto& h : health) db_probe.Watch(*h);
+  db_probe.Watch(advisory_health);
 
   auto schemas = validation::SchemaRegistry::LoadEmbedded();
   if (!schemas.ok()) {
@@ -27,14 +34,12 @@ int main() {
   }
   observability::Metrics metrics("dlq-worker", config.metrics_tenants);
   std::shared_ptr<nats::NatsConnection> conn;
+  std::atomic<nats::NatsConnection*> nats_conn{nullptr};  // what /readyz reads
   std::atomic<bool> started{false};
-  std::vector<std::unique_ptr<pipeline::LoopHealth>> health;
-  for (int i = 0; i < config.dlq_workers; ++i) {
-    health.push_back(std::make_unique<pipeline::LoopHealth>());
-  }
 
   observability::HttpServer http(metrics, [&] {
-    const bool nats_up = conn != nullptr && conn->Connected();
+    nats::NatsConnection* live = nats_conn.load();
+    const bool nats_up = live != nullptr && live->Connected();
     bool pg = started.load() && db_probe.ok();
     bool running = started.load();
     for (const auto& h : health) {
@@ -47,9 +52,10 @@ int main() {
   });
   if (!app::StartHttp(http, config.http_port)) return 1;
 
-  if (!app::MigrateOpsWhenReachable(config, stop)) return 0;
-  conn = app::ConnectNatsWhenReachable(config, "dlq-worker", stop);
+  // NATS first: while PostgreSQL is not reachable yet, /readyz tells which of the two is up.
+  conn = app::ConnectNatsWhenReachable(config, "dlq-worker", stop, nats_conn);
   if (!conn) return 0;
+  if (!app::MigrateOpsWhenReachable(config, stop)) return 0;
   const nats::ConsumerSpec spec{config.dlq_stream, config.dlq_consumer, config.dlq_ack_wait,
                                 -1,  // never drop a dead letter: it is retried until recorded
                                 // Letters waiting for their retry time stay unacknowledged
@@ -66,7 +72,6 @@ int main() {
       config.advisory_stream, config.dlq_consumer + "-advisories", config.dlq_ack_wait, -1, 64, ""};
   auto advisory_src = app::BindWhenReady(config, conn, advisory_spec, stop);
   if (!advisory_src) return 0;
-  pipeline::LoopHealth advisory_health;
   std::thread advisories([&] {
     postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix,
                             static_cast<size_t>(config.db_statement_cache));

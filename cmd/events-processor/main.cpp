@@ -15,7 +15,11 @@ using namespace evp;
 int main() {
   std::atomic<bool> stop{false};
   const Config config = app::StartService(Binary::kProcessor, "events-processor", stop);
-  app::DatabaseProbe db_probe(config, std::chrono::milliseconds(1000));
+  pipeline::LoopHealth realtime_health;
+  pipeline::LoopHealth history_health;
+  app::DatabaseProbe db_probe(config, std::chrono::milliseconds(1000));  // after what it watches
+  db_probe.Watch(realtime_health);
+  db_probe.Watch(history_health);
 
   auto schemas = validation::SchemaRegistry::LoadEmbedded();
   if (!schemas.ok()) {
@@ -24,12 +28,12 @@ int main() {
   }
   observability::Metrics metrics("events-processor", config.metrics_tenants);
   std::atomic<bool> consumers_bound{false};
-  pipeline::LoopHealth realtime_health;
-  pipeline::LoopHealth history_health;
   std::shared_ptr<nats::NatsConnection> conn;
+  std::atomic<nats::NatsConnection*> nats_conn{nullptr};  // what /readyz reads
 
   observability::HttpServer http(metrics, [&] {
-    const bool nats_up = conn != nullptr && conn->Connected();
+    nats::NatsConnection* live = nats_conn.load();
+    const bool nats_up = live != nullptr && live->Connected();
     const bool pg = db_probe.ok() && realtime_health.store_ok && history_health.store_ok;
     const bool bound = consumers_bound && realtime_health.running && history_health.running;
     auto readiness = app::ReadinessOf(nats_up, pg, bound, stop);
@@ -38,9 +42,10 @@ int main() {
   });
   if (!app::StartHttp(http, config.http_port)) return 1;
 
-  if (!app::MigrateOpsWhenReachable(config, stop)) return 0;
-  conn = app::ConnectNatsWhenReachable(config, "events-processor", stop);
+  // NATS first: while PostgreSQL is not reachable yet, /readyz tells which of the two is up.
+  conn = app::ConnectNatsWhenReachable(config, "events-processor", stop, nats_conn);
   if (!conn) return 0;
+  if (!app::MigrateOpsWhenReachable(config, stop)) return 0;
 
   const nats::ConsumerSpec realtime_spec{config.realtime_stream, config.realtime_consumer,
                                          config.ack_wait,        config.max_deliver,

@@ -87,20 +87,28 @@ bool MigrateOpsWhenReachable(const Config& config, const std::atomic<bool>& stop
   return false;
 }
 
-std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(const Config& config,
-                                                               const std::string& name,
-                                                               const std::atomic<bool>& stop) {
+std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(
+    const Config& config, const std::string& name, const std::atomic<bool>& stop,
+    std::atomic<nats::NatsConnection*>& connected) {
+  std::shared_ptr<nats::NatsConnection> conn;
   while (!stop.load()) {
-    auto conn = nats::NatsConnection::Connect(config, name);
-    if (conn.ok()) {
-      auto streams = (*conn)->EnsureStreams(config);
-      if (streams.ok()) return conn.value();
+    if (!conn) {
+      auto c = nats::NatsConnection::Connect(config, name);
+      if (c.ok()) {
+        conn = c.value();
+        connected = conn.get();
+      } else {
+        observability::LogWarn("NATS not ready; retrying in 2s", {{"error", c.error()}});
+      }
+    }
+    if (conn) {
+      auto streams = conn->EnsureStreams(config);
+      if (streams.ok()) return conn;
       observability::LogWarn("JetStream not ready; retrying in 2s", {{"error", streams.error()}});
-    } else {
-      observability::LogWarn("NATS not ready; retrying in 2s", {{"error", conn.error()}});
     }
     pipeline::SleepUnlessStopped(milliseconds(2000), stop);
   }
+  connected = nullptr;
   return nullptr;
 }
 
@@ -147,10 +155,25 @@ DatabaseProbe::DatabaseProbe(const Config& config, std::chrono::milliseconds int
                          prefix = config.tenant_schema_prefix, interval] {
     postgres::PgStore store(dsn, ops, prefix);
     while (!stop_.load()) {
-      ok_ = store.Ping();
+      const bool ok = store.Ping();
+      if (!ok) {
+        // Each loop then stops fetching until its own connection answers, rather than
+        // fetching events only to fail their write.
+        std::lock_guard lock(mu_);
+        if (ok_.load() && !watched_.empty()) {
+          observability::LogWarn("database unreachable; pausing fetches");
+        }
+        for (pipeline::LoopHealth* h : watched_) h->store_ok = false;
+      }
+      ok_ = ok;
       pipeline::SleepUnlessStopped(interval, stop_);
     }
   });
+}
+
+void DatabaseProbe::Watch(pipeline::LoopHealth& health) {
+  std::lock_guard lock(mu_);
+  watched_.push_back(&health);
 }
 
 DatabaseProbe::~DatabaseProbe() {

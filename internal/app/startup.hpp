@@ -3,13 +3,16 @@
 // (not ready) for PostgreSQL and NATS instead of crashing when they are not up yet.
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "config/config.hpp"
 #include "nats/jetstream.hpp"
 #include "observability/http_server.hpp"
+#include "pipeline/consumer_loop.hpp"
 
 namespace evp::app {
 
@@ -32,9 +35,11 @@ bool StartHttp(observability::HttpServer& http, int port);
 bool MigrateOpsWhenReachable(const Config& config, const std::atomic<bool>& stop);
 
 // Connects to NATS and creates/updates the streams, retrying until success or stop.
-std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(const Config& config,
-                                                               const std::string& name,
-                                                               const std::atomic<bool>& stop);
+// `connected` points at the connection from the moment it is made (for /readyz, while the
+// streams or PostgreSQL are not ready yet); nullptr again when stopped before success.
+std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(
+    const Config& config, const std::string& name, const std::atomic<bool>& stop,
+    std::atomic<nats::NatsConnection*>& connected);
 
 // Creates/updates the consumer and binds a pull subscription, retrying until success or stop.
 // The source recreates the streams (from `config`, which must outlive it) and the consumer
@@ -49,7 +54,8 @@ std::unique_ptr<nats::JetStreamSource> BindWhenReady(const Config& config,
 namespace evp::app {
 
 // Pings PostgreSQL every interval on its own connection, for /readyz: a database outage
-// shows even when no batch needs it. Thread-safe.
+// shows even when no batch needs it. A failed ping also pauses the watched loops' fetching
+// (SPEC §11: no event should use up a delivery on a database known to be down). Thread-safe.
 class DatabaseProbe {
  public:
   DatabaseProbe(const Config& config, std::chrono::milliseconds interval);
@@ -57,9 +63,13 @@ class DatabaseProbe {
   DatabaseProbe(const DatabaseProbe&) = delete;
   DatabaseProbe& operator=(const DatabaseProbe&) = delete;
   bool ok() const { return ok_.load(); }
+  // Marks `health` as without a database whenever a ping fails; it must outlive the probe.
+  void Watch(pipeline::LoopHealth& health);
 
  private:
   std::atomic<bool> ok_{false};
+  std::mutex mu_;
+  std::vector<pipeline::LoopHealth*> watched_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };

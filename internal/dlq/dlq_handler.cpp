@@ -118,6 +118,7 @@ Decision DlqHandler::Record(const InboundMessage& msg, const DeadLetter& dl,
                                                {"stream_seq", dl.stream_seq},
                                                {"event_id", dl.orig_msg_id},
                                                {"trace_id", dl.trace_id},
+                                               {"delivered", msg.delivered},
                                                {"attempts", dl.attempts},
                                                {"class", ErrorClassName(dl.error_class)},
                                                {"reason", final_reason}});
@@ -219,6 +220,7 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
                                                       {"stream_seq", dl.stream_seq},
                                                       {"event_id", dl.orig_msg_id},
                                                       {"trace_id", dl.trace_id},
+                                                      {"delivered", msg.delivered},
                                                       {"attempts", attempt}});
     return Decision::Ack();
   }
@@ -279,6 +281,7 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
                                                        {"stream_seq", dl.stream_seq},
                                                        {"event_id", dl.orig_msg_id},
                                                        {"trace_id", dl.trace_id},
+                                                       {"delivered", msg.delivered},
                                                        {"attempts", attempt},
                                                        {"error", last_error}});
   return Decision::Ack();

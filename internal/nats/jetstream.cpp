@@ -631,7 +631,7 @@ bool JetStreamSource::Recover() {
   pending_.clear();
   natsSubscription_Destroy(sub_);
   sub_ = fresh.value();
-  observability::LogInfo("consumer recreated and bound again",
+  observability::LogInfo("bound to the consumer again (stream and consumer created if missing)",
                          {{"consumer", spec_.durable}, {"stream", spec_.stream}});
   return true;
 }

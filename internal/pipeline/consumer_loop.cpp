@@ -78,6 +78,10 @@ bool WaitForStore(EventStore& store, BatchHandler& handler, const std::atomic<bo
                   LoopHealth& health, const LoopOptions& options,
                   const std::function<void()>& tick) {
   const auto paused = steady_clock::now();
+  if (!health.store_ok.load()) {
+    observability::LogInfo("fetching paused until the database answers",
+                           {{"consumer", options.name}});
+  }
   while (!health.store_ok.load()) {
     if (stop.load()) return false;
     tick();

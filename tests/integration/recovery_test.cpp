@@ -35,6 +35,66 @@ bool Consuming(Stack& stack, const std::string& tenant) {
          stack.WaitCount(MessageCount(tenant), 1);
 }
 
+// The value of an unlabelled counter in a /metrics text; -1 when it is missing.
+double CounterValue(const std::string& metrics, const std::string& name) {
+  const std::string prefix = "\n" + name + " ";
+  const size_t at = metrics.find(prefix);
+  if (at == std::string::npos) return -1;
+  return std::stod(metrics.substr(at + prefix.size()));
+}
+
+// PostgreSQL goes down while the processor is idle: its database probe pauses fetching, so
+// events published meanwhile wait in the stream instead of each using up a delivery on a
+// write that cannot succeed (SPEC §11: stop fetching while the database is unavailable).
+TEST(Recovery, EventsPublishedWhileTheDatabaseIsDownUseNoDelivery) {
+  Stack stack({}, /*private_postgres=*/true);
+  const std::string t = UniqueName("out");
+  ASSERT_TRUE(Consuming(stack, t));
+  stack.PrivatePostgres()->Stop();
+  const std::string paused = "fetching paused until the database answers";
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        const std::string log = stack.Processor().Log();
+        const size_t realtime = log.find("consumer=events-processor-realtime", log.find(paused));
+        return log.find(paused) != std::string::npos && realtime != std::string::npos;
+      },
+      std::chrono::seconds(15)))
+      << stack.Processor().Log();
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("o" + std::to_string(i))).ok);
+  }
+  stack.PrivatePostgres()->Start();
+  EXPECT_TRUE(stack.WaitCount(MessageCount(t), 21, std::chrono::seconds(60)))
+      << stack.Processor().Log();
+  EXPECT_EQ(
+      CounterValue(Stack::HttpGet(stack.ProcessorPort(), "/metrics"), "evp_redeliveries_total"), 0)
+      << stack.Processor().Log();
+}
+
+// Started while PostgreSQL cannot be reached, the processor says which part is missing:
+// NATS is up, PostgreSQL is not.
+TEST(Recovery, ReadinessNamesTheDatabaseWhenOnlyTheDatabaseIsMissingAtStart) {
+  NatsServer nats;
+  const int port = FreeTcpPort();
+  ChildProcess processor(
+      BinaryPath("events-processor"), {},
+      {{"NATS_URL", nats.Url()},
+       {"POSTGRES_DSN", "postgresql://postgres@127.0.0.1:" + std::to_string(FreeTcpPort()) +
+                            "/none?connect_timeout=1"},
+       {"HTTP_PORT", std::to_string(port)},
+       {"LOG_FORMAT", "text"}});
+  std::string body;
+  const bool named = WaitFor(
+      [&] {
+        body = Stack::HttpGet(port, "/readyz");
+        return body.find("\"nats\":true") != std::string::npos &&
+               body.find("\"postgres\":false") != std::string::npos;
+      },
+      std::chrono::seconds(20));
+  EXPECT_TRUE(named) << body << "\n" << processor.Log();
+  EXPECT_NE(body.find("\"ready\":false"), std::string::npos) << body;
+}
+
 TEST(Recovery, DeletedConsumerIsRecreatedAndConsumingResumes) {
   Stack stack;
   const std::string t = UniqueName("rec");
@@ -49,8 +109,8 @@ TEST(Recovery, DeletedConsumerIsRecreatedAndConsumingResumes) {
                     &jerr);
   ASSERT_TRUE(WaitFor(
       [&] {
-        return stack.Processor().Log().find("consumer recreated and bound again") !=
-               std::string::npos;
+        return stack.Processor().Log().find("stream or consumer missing") != std::string::npos &&
+               stack.Processor().Log().find("bound to the consumer again") != std::string::npos;
       },
       std::chrono::seconds(30)))
       << stack.Processor().Log();
