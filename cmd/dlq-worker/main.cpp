@@ -74,14 +74,14 @@ int main() {
   if (!advisory_src) return 0;
   std::thread advisories([&] {
     postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix,
-                            static_cast<size_t>(config.db_statement_cache));
+                            static_cast<size_t>(config.db_statement_cache), config.db_lock_timeout);
     pipeline::SystemClock clock;
     nats::JetStreamDeadLetterSink sink(conn);
     nats::JetStreamMessageStore messages(conn);
     dlq::AdvisoryHandler handler(config, messages, sink, store, clock, metrics);
     pipeline::RunConsumerLoop(*advisory_src, handler, store, metrics,
                               {advisory_spec.durable, 16, std::chrono::milliseconds(1000),
-                               std::chrono::milliseconds(0), std::chrono::milliseconds(5000)},
+                               config.dlq_ack_wait / 3, std::chrono::milliseconds(5000)},
                               stop, advisory_health);
   });
   observability::LogInfo("consuming",
@@ -90,13 +90,17 @@ int main() {
   for (int i = 0; i < config.dlq_workers; ++i) {
     workers.emplace_back([&, i] {
       postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix,
-                              static_cast<size_t>(config.db_statement_cache));
+                              static_cast<size_t>(config.db_statement_cache),
+                              config.db_lock_timeout);
       pipeline::SystemClock clock;
       nats::JetStreamDeadLetterSink sink(conn);
       dlq::DlqHandler handler(config, schemas.value(), store, store, sink, clock, metrics);
       pipeline::RunConsumerLoop(*sources[static_cast<size_t>(i)], handler, store, metrics,
+                                // In-progress acks while a batch is handled: a retry that
+                                // waits (a lock, a slow database) keeps its letters, rather
+                                // than having them redelivered to the other workers.
                                 {config.dlq_consumer, 32, std::chrono::milliseconds(500),
-                                 std::chrono::milliseconds(0), std::chrono::milliseconds(5000)},
+                                 config.dlq_ack_wait / 3, std::chrono::milliseconds(5000)},
                                 stop, *health[static_cast<size_t>(i)]);
     });
   }

@@ -83,7 +83,7 @@ int main() {
     // Validating event N+1 while N is written took 5,000-item imports from 13.6-17.0k to
     // 19.9-25.6k items/s, for a peak of 74 MB.
     postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix,
-                            static_cast<size_t>(config.db_statement_cache));
+                            static_cast<size_t>(config.db_statement_cache), config.db_lock_timeout);
     nats::JetStreamDeadLetterSink dlq(conn);
     pipeline::SystemClock clock;
     Config history_config = config;

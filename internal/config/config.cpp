@@ -143,6 +143,11 @@ std::vector<Key> Keys(Binary binary) {
       "prepared statements kept per writer connection (each costs PostgreSQL 70-350 KB)", "2000",
       16, 1000000, [](Config& c, int64_t v) { c.db_statement_cache = static_cast<int>(v); },
       [](const Config& c) { return c.db_statement_cache; }));
+  keys.push_back(DurationKey(
+      "DB_LOCK_TIMEOUT",
+      "longest wait of a write for a lock held elsewhere; then that tenant's events are "
+      "retried later and the other tenants' commit (0 = no limit)",
+      "5s", ms(0), ms(3'600'000), [](Config& c) -> ms& { return c.db_lock_timeout; }));
   keys.push_back(IntKey(
       "HTTP_PORT",
       "port of /healthz, /readyz and /metrics (default 8080 for events-processor, 8081 for "

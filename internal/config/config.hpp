@@ -27,6 +27,7 @@ struct Config {
   std::string postgres_dsn;
   int db_pool_size = 4;
   int db_statement_cache = 2000;
+  std::chrono::milliseconds db_lock_timeout{5000};  // 0 = wait for locks as long as it takes
 
   // HTTP and logs.
   int http_port = 8080;

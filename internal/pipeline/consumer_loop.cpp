@@ -133,8 +133,19 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
   std::optional<InFlight> writing;
   int failed_fetches = 0;
   std::future<std::vector<Decision>> written;
+  // The lag gauges stay fresh while a write takes long (a lock wait, a slow database): only
+  // read here, as a fetch may be in flight.
+  auto refresh_lag = [&] {
+    uint64_t pending = 0;
+    uint64_t ack_pending = 0;
+    if (source.Lag(&pending, &ack_pending)) {
+      pending_gauge.Set(static_cast<double>(pending));
+      ack_pending_gauge.Set(static_cast<double>(ack_pending));
+    }
+  };
   auto settle = [&] {
     if (!writing) return;
+    while (written.wait_for(options.lag_interval) != std::future_status::ready) refresh_lag();
     std::vector<Decision> decisions = written.get();
     const auto settling = steady_clock::now();
     source.Settle(writing->batch.token, decisions);

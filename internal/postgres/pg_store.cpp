@@ -13,6 +13,7 @@
 #include "core/embedded.hpp"
 #include "core/text.hpp"
 #include "observability/logging.hpp"
+#include "pipeline/error_policy.hpp"
 #include "postgres/pg_errors.hpp"
 #include "postgres/set_writer.hpp"
 #include "routing/subject.hpp"
@@ -134,25 +135,25 @@ Result<int, std::string> MigrateOps(const std::string& dsn, const std::string& o
 }
 
 struct PgStore::Connection {
-  explicit Connection(const std::string& dsn) : conn(dsn) {
+  Connection(const std::string& dsn, std::chrono::milliseconds lock_timeout) : conn(dsn) {
     // Prepared batch statements run with few rows per tenant: plan them once instead of
     // re-planning the first executions of every tenant's statements.
     // jsonb_to_recordset is always estimated at 100 rows, which makes the planner hash-join
     // whole tenant tables; the batches join a few rows by primary key: use the indexes.
+    // A lock held elsewhere on a tenant's table fails the statement after lock_timeout.
     pqxx::nontransaction tx(conn);
-    tx.exec0("SET plan_cache_mode = force_generic_plan");
-    tx.exec0("SET enable_hashjoin = off");
-    tx.exec0("SET enable_mergejoin = off");
+    tx.exec0(SessionSettings(lock_timeout));
   }
   pqxx::connection conn;
 };
 
 PgStore::PgStore(std::string dsn, std::string ops_schema, std::string tenant_prefix,
-                 size_t statement_cache)
+                 size_t statement_cache, std::chrono::milliseconds lock_timeout)
     : dsn_(std::move(dsn)),
       ops_schema_(std::move(ops_schema)),
       tenant_prefix_(std::move(tenant_prefix)),
-      pipelined_(dsn_, ops_schema_, tenant_prefix_, statement_cache) {}
+      lock_timeout_(lock_timeout),
+      pipelined_(dsn_, ops_schema_, tenant_prefix_, statement_cache, lock_timeout) {}
 
 PgStore::~PgStore() = default;
 
@@ -160,7 +161,7 @@ PgStore::Connection& PgStore::Conn() {
   if (conn_ && ServerSpokeWhileIdle(conn_->conn.sock())) conn_.reset();  // closed meanwhile
   if (!conn_ || !conn_->conn.is_open()) {
     conn_.reset();
-    conn_ = std::make_unique<Connection>(dsn_);
+    conn_ = std::make_unique<Connection>(dsn_, lock_timeout_);
   }
   return *conn_;
 }
@@ -374,29 +375,90 @@ Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::vector<Mutation
   }
   observability::LogWarn("batch write failed; isolating the failing events",
                          {{"error", fast.message}, {"mutations", mutations.size()}});
-  // One mutation's error aborted the transaction while the database is still there: write
-  // each mutation alone, so its neighbours still commit and only it fails.
-  std::vector<ApplyResult> results;
-  results.reserve(mutations.size());
-  for (const Mutation& m : mutations) {
+  return Isolate(mutations, std::move(fast));
+}
+
+Result<std::vector<ApplyResult>, StoreError> PgStore::Isolate(
+    const std::vector<Mutation>& mutations, PipelinedWriter::Outcome failed) {
+  // The failing statement names its tenant. That tenant's events are decided apart: all
+  // retried later when the error is transient (a lock held on its table until
+  // lock_timeout, a serialization failure), else written one by one so that only the
+  // culprit fails. The other tenants' events are written again together, and so on until
+  // they commit. Without a known tenant (BEGIN or COMMIT failed), every event is written
+  // alone.
+  std::vector<ApplyResult> results(mutations.size());
+  std::vector<size_t> open(mutations.size());
+  for (size_t i = 0; i < open.size(); ++i) open[i] = i;
+  StoreError error;
+  while (!open.empty()) {
+    std::vector<size_t> tenant;
+    std::vector<size_t> rest;
+    const std::string* culprit = nullptr;
+    for (size_t i : open) {
+      const Mutation& m = mutations[i];
+      if (culprit == nullptr && !failed.failed_schema.empty() &&
+          TenantSchemaName(tenant_prefix_, m.company_id) == failed.failed_schema) {
+        culprit = &m.company_id;
+      }
+      (culprit != nullptr && m.company_id == *culprit ? tenant : rest).push_back(i);
+    }
+    if (culprit == nullptr) {
+      if (!WriteOneByOne(mutations, open, results, error)) return Err{error};
+      break;
+    }
+    if (pipeline::ClassifySqlState(failed.sqlstate) == StoreErrorKind::kTransient) {
+      observability::LogWarn(
+          "a tenant's write failed; its events are retried later",
+          {{"company_id", *culprit}, {"error", failed.message}, {"mutations", tenant.size()}});
+      for (size_t i : tenant) results[i] = {ApplyOutcome::kRetry, failed.message};
+    } else if (!WriteOneByOne(mutations, tenant, results, error)) {
+      return Err{error};
+    }
+    if (rest.empty()) break;
+    std::vector<Mutation> others;
+    others.reserve(rest.size());
+    for (size_t i : rest) others.push_back(mutations[i]);
+    PipelinedWriter::Outcome again = pipelined_.Write(others);
+    if (again.failure == PipelinedWriter::Failure::kNone) {
+      for (size_t k = 0; k < rest.size(); ++k) results[rest[k]] = again.results[k];
+      break;
+    }
+    if (again.failure == PipelinedWriter::Failure::kConnection) {
+      if (LostConnection()) {
+        Reset();
+        return Err{StoreError{StoreErrorKind::kTransient, again.message}};
+      }
+      again.failed_schema.clear();  // no tenant to blame: each event alone
+    }
+    failed = std::move(again);
+    open = std::move(rest);
+  }
+  return results;
+}
+
+bool PgStore::WriteOneByOne(const std::vector<Mutation>& mutations,
+                            const std::vector<size_t>& indices, std::vector<ApplyResult>& results,
+                            StoreError& error) {
+  for (size_t i : indices) {
     try {
       pqxx::work tx(Conn().conn);
-      ApplyResult r = ApplyOne(tx, tenant_prefix_, m);
+      ApplyResult r = ApplyOne(tx, tenant_prefix_, mutations[i]);
       tx.commit();
-      results.push_back(r);
+      results[i] = r;
     } catch (...) {
       StoreError err = ClassifyCurrentException();
       if (err.kind == StoreErrorKind::kFatal) {
-        results.push_back({ApplyOutcome::kFatal, err.message});
+        results[i] = {ApplyOutcome::kFatal, err.message};
       } else if (LostConnection()) {
         Reset();
-        return Err{err};
+        error = err;
+        return false;
       } else {
-        results.push_back({ApplyOutcome::kRetry, err.message});
+        results[i] = {ApplyOutcome::kRetry, err.message};
       }
     }
   }
-  return results;
+  return true;
 }
 
 bool PgStore::LostConnection() {
@@ -439,9 +501,9 @@ Result<bool, StoreError> PgStore::RecordExhausted(const DeadLetter& dl,
 
 PgWriterPool::PgWriterPool(const Config& config, int size) {
   for (int i = 0; i < std::max(1, size); ++i) {
-    stores_.push_back(std::make_unique<PgStore>(config.postgres_dsn, config.ops_schema,
-                                                config.tenant_schema_prefix,
-                                                static_cast<size_t>(config.db_statement_cache)));
+    stores_.push_back(std::make_unique<PgStore>(
+        config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix,
+        static_cast<size_t>(config.db_statement_cache), config.db_lock_timeout));
   }
   tenants_at_.assign(stores_.size(), 0);
 }

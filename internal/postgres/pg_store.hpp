@@ -5,6 +5,7 @@
 // call). A store has two connections: the pipelined batch writer's, and one for everything
 // else (schemas, isolation of failing events, exhausted rows); PgWriterPool spreads a batch
 // over several stores.
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -29,7 +30,8 @@ std::string TenantSchemaName(const std::string& prefix, const std::string& compa
 class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedStore {
  public:
   PgStore(std::string dsn, std::string ops_schema, std::string tenant_prefix,
-          size_t statement_cache = PipelinedWriter::kDefaultStatementCache);
+          size_t statement_cache = PipelinedWriter::kDefaultStatementCache,
+          std::chrono::milliseconds lock_timeout = PipelinedWriter::kDefaultLockTimeout);
   ~PgStore() override;
 
   Result<Unit, pipeline::StoreError> EnsureTenant(const std::string& company_id) override;
@@ -50,10 +52,20 @@ class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedSto
   // True when the connection is gone or the database does not answer (an outage, as
   // opposed to an error of one statement).
   bool LostConnection();
+  // After a failed batch write (`failed`) while the database is still there: decides every
+  // mutation, committing all that can be (see Apply).
+  Result<std::vector<pipeline::ApplyResult>, pipeline::StoreError> Isolate(
+      const std::vector<handlers::Mutation>& mutations, PipelinedWriter::Outcome failed);
+  // Writes each of `indices` alone (one transaction each) into `results`; false when the
+  // connection was lost meanwhile (`error` set).
+  bool WriteOneByOne(const std::vector<handlers::Mutation>& mutations,
+                     const std::vector<size_t>& indices,
+                     std::vector<pipeline::ApplyResult>& results, pipeline::StoreError& error);
 
   std::string dsn_;
   std::string ops_schema_;
   std::string tenant_prefix_;
+  std::chrono::milliseconds lock_timeout_;
   std::mutex mu_;  // one connection: calls from the prepare and write phases take turns
   std::unique_ptr<Connection> conn_;
   PipelinedWriter pipelined_;  // the fast path, on a connection of its own

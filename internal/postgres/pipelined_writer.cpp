@@ -23,12 +23,19 @@ std::string ErrorText(PGconn* conn, const PGresult* res) {
 
 }  // namespace
 
+std::string SessionSettings(std::chrono::milliseconds lock_timeout) {
+  return "SET plan_cache_mode = force_generic_plan; SET enable_hashjoin = off; "
+         "SET enable_mergejoin = off; SET lock_timeout = " +
+         std::to_string(lock_timeout.count());
+}
+
 PipelinedWriter::PipelinedWriter(std::string dsn, std::string ops_schema, std::string tenant_prefix,
-                                 size_t statement_cache)
+                                 size_t statement_cache, std::chrono::milliseconds lock_timeout)
     : dsn_(std::move(dsn)),
       ops_schema_(ops_schema),
       planner_(std::move(tenant_prefix), std::move(ops_schema)),
-      statement_cache_(std::max<size_t>(1, statement_cache)) {}
+      statement_cache_(std::max<size_t>(1, statement_cache)),
+      lock_timeout_(lock_timeout) {}
 
 PipelinedWriter::~PipelinedWriter() { Close(); }
 
@@ -51,11 +58,9 @@ bool PipelinedWriter::Connect(std::string& error) {
     Close();
     return false;
   }
-  // The same session settings as the sequential writer (see PgStore): generic plans, and
-  // index joins for the few rows each statement carries.
-  PGresult* r = PQexec(conn_,
-                       "SET plan_cache_mode = force_generic_plan; SET enable_hashjoin = off; "
-                       "SET enable_mergejoin = off");
+  // The same session settings as the sequential writer (see PgStore): generic plans, index
+  // joins for the few rows each statement carries, and a bounded wait for locks.
+  PGresult* r = PQexec(conn_, SessionSettings(lock_timeout_).c_str());
   bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
   if (!ok) error = ErrorText(conn_, r);
   PQclear(r);
@@ -154,6 +159,11 @@ bool PipelinedWriter::Exchange(const std::vector<const WriteStep*>& steps, bool 
       if (outcome.failure == Failure::kNone) {
         outcome.failure = Failure::kStatement;
         outcome.message = ErrorText(conn_, r);
+        const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        outcome.sqlstate = state != nullptr ? state : "";
+        if (query >= first && query < first + steps.size()) {
+          outcome.failed_schema = steps[query - first]->schema;
+        }
       }
     } else if (status == PGRES_TUPLES_OK && query >= first && query < first + steps.size() &&
                outcome.failure == Failure::kNone) {
@@ -216,6 +226,9 @@ bool PipelinedWriter::PrepareStatements(const std::vector<const WriteStep*>& ste
       outcome.message = ErrorText(conn_, r);
       outcome.failure =
           PQstatus(conn_) == CONNECTION_OK ? Failure::kStatement : Failure::kConnection;
+      const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+      outcome.sqlstate = state != nullptr ? state : "";
+      outcome.failed_schema = step->schema;
     }
     PQclear(r);
     if (!ok) return false;

@@ -4,6 +4,7 @@
 // (updates that did not apply) with COMMIT in a second one. The sequential SetWriter::Write stays
 // the reference and the fallback: when a statement fails here, nothing is committed and the caller
 // isolates the failing events. Not thread-safe (one per writer connection).
+#include <chrono>
 #include <list>
 #include <span>
 #include <string>
@@ -18,12 +19,19 @@ struct pg_conn;
 
 namespace evp::postgres {
 
+// The session settings of every writer connection: generic plans, index joins for the few
+// rows each statement carries, and `lock_timeout` (0 = wait as long as it takes).
+std::string SessionSettings(std::chrono::milliseconds lock_timeout);
+
 class PipelinedWriter {
  public:
   // `statement_cache`: prepared statements kept on the connection (least recently used go).
   // `ops_schema` holds the row types of the statements' parameters.
+  // `lock_timeout`: how long a statement may wait for a lock (0 = no limit), so that a lock
+  // held on one tenant's table cannot hold up the other tenants' writes for long.
   PipelinedWriter(std::string dsn, std::string ops_schema, std::string tenant_prefix,
-                  size_t statement_cache = kDefaultStatementCache);
+                  size_t statement_cache = kDefaultStatementCache,
+                  std::chrono::milliseconds lock_timeout = kDefaultLockTimeout);
   ~PipelinedWriter();
   PipelinedWriter(const PipelinedWriter&) = delete;
   PipelinedWriter& operator=(const PipelinedWriter&) = delete;
@@ -32,11 +40,16 @@ class PipelinedWriter {
   // for all of a tenant's, so the cache is bounded. 2,000 holds what 1,000 tenants spread
   // over 4 connections use.
   static constexpr size_t kDefaultStatementCache = 2000;
+  static constexpr std::chrono::milliseconds kDefaultLockTimeout{5000};
 
   enum class Failure { kNone, kStatement, kConnection };
   struct Outcome {
     Failure failure = Failure::kNone;
-    std::string message;  // the database's error for a failure
+    std::string message;   // the database's error for a failure
+    std::string sqlstate;  // its SQLSTATE, when the database sent one
+    // The tenant schema of the statement that failed; empty when no tenant's statement
+    // failed (BEGIN, COMMIT, the connection).
+    std::string failed_schema;
     std::vector<pipeline::ApplyResult> results;
   };
   // Commits all mutations in one transaction, or nothing (failure set).
@@ -66,6 +79,7 @@ class PipelinedWriter {
   SetWriter planner_;
   pg_conn* conn_ = nullptr;
   size_t statement_cache_;
+  std::chrono::milliseconds lock_timeout_;
   // Prepared on the connection, most recently used first.
   std::list<std::string> lru_;
   std::unordered_map<std::string, std::list<std::string>::iterator> prepared_;

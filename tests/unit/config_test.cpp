@@ -430,6 +430,18 @@ TEST(Config, ABadNatsUrlIsReportedWithItsPasswordMasked) {
   EXPECT_EQ(all.find("hunter2"), std::string::npos) << all;
 }
 
+TEST(Config, DbLockTimeoutIsADurationUpToAnHourAndZeroMeansNoLimit) {
+  EXPECT_EQ(Load(kMinimal).db_lock_timeout, std::chrono::milliseconds(5000));
+  EXPECT_EQ(Load(With(kMinimal, {{"DB_LOCK_TIMEOUT", "0"}})).db_lock_timeout,
+            std::chrono::milliseconds(0));
+  EXPECT_EQ(Load(With(kMinimal, {{"DB_LOCK_TIMEOUT", "750ms"}})).db_lock_timeout,
+            std::chrono::milliseconds(750));
+  for (const char* bad : {"2h", "-1s", "5 s", "soon"}) {
+    EXPECT_TRUE(HasErrorFor(Errors(With(kMinimal, {{"DB_LOCK_TIMEOUT", bad}})), "DB_LOCK_TIMEOUT"))
+        << bad;
+  }
+}
+
 TEST(Config, RejectsTwoStreamsOfOneName) {
   auto errors = Errors({{"POSTGRES_DSN", "postgresql://h/db"}, {"REALTIME_STREAM", "EVENTS_DLQ"}});
   const std::string all = Joined(errors);
