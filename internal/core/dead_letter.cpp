@@ -7,7 +7,11 @@
 namespace evp {
 namespace {
 
-std::string Clean(const std::string& s, size_t max_len = 2048) {
+// NATS keeps a subject within its control line (4 KiB by default), so a subject, and the
+// tenant token in it, fit whole.
+constexpr size_t kSubjectMax = 4096;
+
+std::string Clean(const std::string& s, size_t max_len = kSubjectMax) {
   std::string out;
   out.reserve(std::min(s.size(), max_len));
   for (char c : s) {
@@ -49,7 +53,7 @@ HeaderMap EncodeDeadLetterHeaders(const DeadLetter& dl) {
   HeaderMap out;
   out[h::kSourceSubject] = Clean(dl.source_subject);
   // Empty when the subject names no tenant; a missing header decodes as empty.
-  if (!dl.company_id.empty()) out[h::kCompanyId] = Clean(dl.company_id, 256);
+  if (!dl.company_id.empty()) out[h::kCompanyId] = Clean(dl.company_id);
   out[h::kErrorClass] = std::string(ErrorClassName(dl.error_class));
   out[h::kReason] = Clean(dl.reason);
   out[h::kAttempts] = std::to_string(dl.attempts);

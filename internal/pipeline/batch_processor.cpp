@@ -413,10 +413,18 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
     if (r.outcome == ApplyOutcome::kFatal && item.item_index) {
       // A history item the database refused: dead-letter that item alone.
       DeadLetter dl;
-      const nlohmann::json envelope = nlohmann::json::parse(msg.data, nullptr, false);
-      const nlohmann::json& arr = envelope.at(std::string(HistoryArrayKey(type)));
-      dl.original = arr.at(static_cast<size_t>(*item.item_index))
-                        .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      const auto index = static_cast<size_t>(*item.item_index);
+      // The item's exact bytes as they stand in the batch (SPEC §11); a re-serialisation
+      // only when they cannot be found (the parser accepted what the span scanner does not).
+      auto spans = validation::ArrayElementSpans(msg.data, HistoryArrayKey(type));
+      if (spans && index < spans->size()) {
+        dl.original = std::string((*spans)[index]);
+      } else {
+        const nlohmann::json envelope = nlohmann::json::parse(msg.data, nullptr, false);
+        dl.original = envelope.at(std::string(HistoryArrayKey(type)))
+                          .at(index)
+                          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      }
       dl.source_subject = msg.subject;
       dl.company_id = company;
       dl.reason = Failure{ReasonCode::kConstraintViolation, r.message}.Reason();

@@ -108,6 +108,16 @@ TEST(DeadLetter, RoundTripsThroughHeadersAndBody) {
   EXPECT_EQ(back->IdempotencyKey(), dl.IdempotencyKey());
 }
 
+TEST(DeadLetter, KeepsALongInvalidTenantTokenAndItsSubjectWhole) {
+  DeadLetter dl = FullLetter();
+  dl.company_id = std::string(300, 'b');
+  dl.source_subject = "v1.chats.upsert." + dl.company_id;
+  auto back = DecodeDeadLetter(EncodeDeadLetterHeaders(dl), dl.original);
+  ASSERT_TRUE(back.ok()) << back.error();
+  EXPECT_EQ(back->company_id, dl.company_id);
+  EXPECT_EQ(back->source_subject, dl.source_subject);
+}
+
 TEST(DeadLetter, KeepsExactOriginalBytesIncludingInvalidUtf8AndNul) {
   std::string bytes;
   for (int b = 0; b < 256; ++b) bytes += static_cast<char>(b);
