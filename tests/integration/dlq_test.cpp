@@ -4,6 +4,7 @@
 
 #include <csignal>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "integration/stack.hpp"
 
@@ -113,6 +114,53 @@ TEST(DlqWorker, KillingTheWorkerMidRetryKeepsTheAttemptCount) {
   // Attempts continued from where the killed worker left them, and the event is recorded once.
   EXPECT_EQ(QueryInt(stack.Dsn(), "SELECT attempts FROM events_ops.exhausted_events"), 4);
   EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events"), 1);
+}
+
+// Lines of the worker's log about the outcome of one retry attempt of `event_id`.
+int RetryOutcomeLines(const std::string& log, const std::string& event_id, int attempt) {
+  int lines = 0;
+  std::istringstream in(log);
+  for (std::string line; std::getline(in, line);) {
+    const bool outcome = line.find("retry failed; rescheduled") != std::string::npos ||
+                         line.find("event applied on retry") != std::string::npos;
+    if (outcome && line.find("event_id=" + event_id + " ") != std::string::npos &&
+        line.find(" attempts=" + std::to_string(attempt)) != std::string::npos) {
+      ++lines;
+    }
+  }
+  return lines;
+}
+
+TEST(DlqWorker, ARetryWaitingForALockKeepsItsLetterFromTheOtherWorkers) {
+  // Each write gives up on the lock after 3 s; the worker's hold on a letter lapses after
+  // 1 s unless it says it is still working on it.
+  Stack stack(Env{{"MAX_DELIVER", "2"},
+                  {"DB_LOCK_TIMEOUT", "3s"},
+                  {"DLQ_ACK_WAIT", "1s"},
+                  {"DLQ_WORKERS", "4"},
+                  {"DLQ_BASE_DELAY", "100ms"},
+                  {"DLQ_MAX_ATTEMPTS", "10"}});
+  const std::string t = UniqueName("held");
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("seed")).ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM tenant_" + t + ".messages", 1));
+  HeldLock lock(stack.Dsn(), "tenant_" + t + ".messages", "EXCLUSIVE");
+  const std::string event_id = UniqueName("held-evt");
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("waiting"), event_id).ok);
+  // The processor's two deliveries time out on the lock; the worker's first retry too.
+  ASSERT_TRUE(WaitFor([&] { return RetryOutcomeLines(stack.WorkerLogs(), event_id, 2) >= 1; },
+                      std::chrono::seconds(40)))
+      << stack.WorkerLogs();
+  lock.Release();
+  ASSERT_TRUE(stack.WaitCount(
+      "SELECT count(*) FROM tenant_" + t + ".messages WHERE message_id = 'waiting'", 1));
+  ASSERT_TRUE(WaitFor([&] { return Metric(stack.WorkerPort(), kAppliedOnRetry) == 1; }))
+      << stack.WorkerLogs();
+  // Each attempt ran once: no other worker took the letter while a retry waited.
+  const std::string log = stack.WorkerLogs();
+  for (int attempt = 2; attempt <= 10; ++attempt) {
+    EXPECT_LE(RetryOutcomeLines(log, event_id, attempt), 1) << "attempt " << attempt << "\n" << log;
+  }
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events"), 0);
 }
 
 TEST(DlqWorker, PostgresOutageOf20SecondsExhaustsNothingAndRecordsEverythingAfterwards) {

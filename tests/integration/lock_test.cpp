@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
-#include <pqxx/pqxx>
 
 #include "integration/stack.hpp"
 #include "postgres/pg_store.hpp"
@@ -18,23 +17,6 @@ namespace {
 
 using nlohmann::json;
 using pipeline::ApplyOutcome;
-
-// An open transaction holding `mode` on `table`. It ends by itself after 60 s idle, so that
-// a writer waiting for it without a timeout (the behaviour under test gone wrong) fails the
-// test instead of hanging it.
-class HeldLock {
- public:
-  HeldLock(const std::string& dsn, const std::string& table, const std::string& mode)
-      : conn_(dsn), tx_(conn_) {
-    tx_.exec0("SET LOCAL idle_in_transaction_session_timeout = '60s'");
-    tx_.exec0("LOCK TABLE " + table + " IN " + mode + " MODE");
-  }
-  void Release() { tx_.commit(); }
-
- private:
-  pqxx::connection conn_;
-  pqxx::work tx_;
-};
 
 TEST(Locks, TheLockedTenantsEventsAreRetriedLaterAndTheOthersCommit) {
   const std::string dsn = PostgresServer::Shared().Dsn();

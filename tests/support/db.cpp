@@ -67,4 +67,24 @@ bool TableHasRows(const std::string& dsn, const std::string& qualified_table) {
                   "SELECT count(*) FROM (SELECT 1 FROM " + qualified_table + " LIMIT 1) AS t") > 0;
 }
 
+struct HeldLock::Session {
+  explicit Session(const std::string& dsn) : conn(dsn), tx(conn) {}
+  pqxx::connection conn;
+  pqxx::work tx;
+};
+
+HeldLock::HeldLock(const std::string& dsn, const std::string& qualified_table,
+                   const std::string& mode)
+    : session_(std::make_unique<Session>(dsn)) {
+  session_->tx.exec0("SET LOCAL idle_in_transaction_session_timeout = '60s'");
+  session_->tx.exec0("LOCK TABLE " + qualified_table + " IN " + mode + " MODE");
+}
+
+HeldLock::~HeldLock() = default;
+
+void HeldLock::Release() {
+  if (session_) session_->tx.commit();
+  session_.reset();
+}
+
 }  // namespace evp::testing

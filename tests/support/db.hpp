@@ -2,6 +2,7 @@
 // Small PostgreSQL helpers for test assertions (pqxx). SQL comes only from test code; each
 // call opens its own connection, so they are safe from any thread and inside WaitFor().
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -23,5 +24,21 @@ void ExecAutocommit(const std::string& dsn, const std::string& sql);
 // `qualified_table` such as "tenant_acme.messages": exists / has at least one row.
 bool TableExists(const std::string& dsn, const std::string& qualified_table);
 bool TableHasRows(const std::string& dsn, const std::string& qualified_table);
+
+// An open transaction holding a table lock (`mode`, e.g. "EXCLUSIVE": writes wait, reads do
+// not) until Release() or destruction. It ends by itself after 60 s idle, so that a writer
+// waiting for it without a timeout fails a test instead of hanging it.
+class HeldLock {
+ public:
+  HeldLock(const std::string& dsn, const std::string& qualified_table, const std::string& mode);
+  ~HeldLock();
+  HeldLock(const HeldLock&) = delete;
+  HeldLock& operator=(const HeldLock&) = delete;
+  void Release();
+
+ private:
+  struct Session;
+  std::unique_ptr<Session> session_;
+};
 
 }  // namespace evp::testing
