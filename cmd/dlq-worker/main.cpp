@@ -44,7 +44,7 @@ int main() {
     bool running = started.load();
     for (const auto& h : health) {
       pg = pg && h->store_ok;
-      running = running && h->running;
+      running = running && h->running && h->source_ok;  // false while a consumer is recreated
     }
     auto readiness = app::ReadinessOf(nats_up, pg, running, stop);
     metrics.ready().Set(readiness.ready ? 1 : 0);

@@ -35,7 +35,10 @@ int main() {
     nats::NatsConnection* live = nats_conn.load();
     const bool nats_up = live != nullptr && live->Connected();
     const bool pg = db_probe.ok() && realtime_health.store_ok && history_health.store_ok;
-    const bool bound = consumers_bound && realtime_health.running && history_health.running;
+    // Bound, and the last fetch of each loop worked (false while a deleted consumer is
+    // recreated).
+    const bool bound = consumers_bound && realtime_health.running && history_health.running &&
+                       realtime_health.source_ok && history_health.source_ok;
     auto readiness = app::ReadinessOf(nats_up, pg, bound, stop);
     metrics.ready().Set(readiness.ready ? 1 : 0);
     return readiness;

@@ -107,6 +107,10 @@ TEST(Recovery, DeletedConsumerIsRecreatedAndConsumingResumes) {
   // logged below is what proves the deletion.
   js_DeleteConsumer(admin.JetStream(), "EVENTS_REALTIME", "events-processor-realtime", nullptr,
                     &jerr);
+  // Not ready while the consumer is missing (it is recreated about 3 s later).
+  EXPECT_TRUE(
+      WaitFor([&] { return !Stack::Ready(stack.ProcessorPort()); }, std::chrono::seconds(10)))
+      << Stack::HttpGet(stack.ProcessorPort(), "/readyz");
   ASSERT_TRUE(WaitFor(
       [&] {
         return stack.Processor().Log().find("stream or consumer missing") != std::string::npos &&
@@ -120,6 +124,7 @@ TEST(Recovery, DeletedConsumerIsRecreatedAndConsumingResumes) {
       << "consuming did not resume; processor log:\n"
       << stack.Processor().Log();
   EXPECT_TRUE(stack.Processor().Running());
+  EXPECT_TRUE(WaitFor([&] { return Stack::Ready(stack.ProcessorPort()); }));
 }
 
 TEST(Recovery, DeletedStreamIsRecreatedAndConsumingResumes) {
