@@ -93,6 +93,7 @@ target_flags=("${common[@]}" -fsanitize=fuzzer -Wall -Wextra -Wpedantic -Wshadow
 sources=(internal/core/event.cpp internal/core/dead_letter.cpp internal/core/text.cpp
   internal/core/duration.cpp internal/routing/subject.cpp internal/validation/decoder.cpp
   internal/validation/schema_registry.cpp internal/validation/utf8.cpp
+  internal/validation/json_spans.cpp
   internal/handlers/mutation.cpp "$out/generated/embedded_schemas.cpp"
   "$out/generated/embedded_migrations.cpp")
 

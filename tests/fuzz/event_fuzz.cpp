@@ -17,6 +17,7 @@
 #include "fuzz_check.hpp"
 #include "handlers/mutation.hpp"
 #include "validation/decoder.hpp"
+#include "validation/json_spans.hpp"
 #include "validation/schema_registry.hpp"
 #include "validation/utf8.hpp"
 
@@ -102,9 +103,14 @@ void CheckMutation(EventType type, const Json& doc, const evp::handlers::Mutatio
         Check(v.text == "true" || v.text == "false", "bool text", v.text);
         break;
       case ColumnType::kJsonb:
-      case ColumnType::kTextArray:
-        Check(Json::accept(v.text), "jsonb text does not parse", v.column->name);
+      case ColumnType::kTextArray: {
+        // Exact text or a re-serialisation: either way the same value as in the document.
+        const Json parsed = Json::parse(v.text, nullptr, false);
+        Check(!parsed.is_discarded(), "jsonb text does not parse", v.column->name);
+        Check(parsed == doc.at(std::string(v.column->name)), "jsonb value differs from the event",
+              v.column->name);
         break;
+      }
     }
   }
   Check(saw_company, "mutation without company_id");
@@ -147,12 +153,13 @@ bool SameTenant(const Json& obj) {
   return it == obj.end() || !it->is_string() || it->get<std::string>() == kCompany;
 }
 
-void Map(EventType type, const Json& doc, evp::Source source) {
+// `text`: the exact JSON text of `doc` (the event's bytes, or a history item's span).
+void Map(EventType type, const Json& doc, evp::Source source, std::string_view text) {
   if (!SameTenant(doc)) return;
   const evp::Version v =
       evp::handlers::EventVersion(type, doc, kPublishSeconds, source, kStreamSeq);
   CheckVersion(type, doc, v, source);
-  const evp::handlers::Mutation m = evp::handlers::BuildMutation(type, doc, kCompany, v);
+  const evp::handlers::Mutation m = evp::handlers::BuildMutation(type, doc, kCompany, v, text);
   CheckMutation(type, doc, m, v);
   if (source == evp::Source::kHistory) Check(!m.onboarding, "onboarding from history");
 }
@@ -180,7 +187,7 @@ void Run(std::string_view bytes) {
     }
     Check(doc.is_object(), "a non-object validated", evp::EventTypeName(type));
     if (!evp::IsHistory(type)) {
-      Map(type, doc, evp::Source::kRealtime);
+      Map(type, doc, evp::Source::kRealtime, bytes);
       continue;
     }
     if (!SameTenant(doc)) continue;
@@ -188,14 +195,18 @@ void Run(std::string_view bytes) {
     const auto it = doc.find(std::string(evp::HistoryArrayKey(type)));
     Check(it != doc.end() && it->is_array(), "valid history envelope without its array",
           evp::EventTypeName(type));
-    for (const Json& item : *it) {
+    const auto spans = evp::validation::ArrayElementSpans(bytes, evp::HistoryArrayKey(type));
+    Check(!spans || spans->size() == it->size(), "item spans differ from the items in number");
+    for (size_t j = 0; j < it->size(); ++j) {
+      const Json& item = (*it)[j];
       if (auto invalid = evp::validation::ValidateEvent(reg, item_type, item, kNow)) {
         CheckSchemaFailure(*invalid);
         // A bad item is dead-lettered with its own JSON as the original bytes.
         (void)item.dump(-1, ' ', false, Json::error_handler_t::replace);
         continue;
       }
-      Map(item_type, item, evp::Source::kHistory);
+      Map(item_type, item, evp::Source::kHistory,
+          spans && j < spans->size() ? (*spans)[j] : std::string_view());
     }
   }
 }
