@@ -101,51 +101,52 @@ std::optional<std::vector<std::string_view>> Elements(Scanner& s) {
   }
 }
 
+// Calls visit(raw key, scanner at the member's value) for each top-level member of `doc`;
+// visit consumes the value and returns false on text it cannot read. False when `doc` is
+// not a non-empty object, or a member could not be read.
+template <typename Visit>
+bool ForEachMember(std::string_view doc, Visit visit) {
+  Scanner s(doc);
+  if (!s.Consume('{') || s.Consume('}')) return false;
+  while (true) {
+    s.SkipSpace();
+    auto name = s.String();
+    if (!name || !s.Consume(':')) return false;
+    s.SkipSpace();
+    if (!visit(*name, s)) return false;
+    if (s.Consume('}')) return true;
+    if (!s.Consume(',')) return false;
+  }
+}
+
 }  // namespace
 
 std::optional<std::vector<std::string_view>> ArrayElementSpans(std::string_view doc,
                                                                std::string_view key) {
-  Scanner s(doc);
   std::optional<std::vector<std::string_view>> found;
-  if (!s.Consume('{')) return std::nullopt;
-  if (s.Consume('}')) return std::nullopt;
-  while (true) {
-    s.SkipSpace();
-    auto name = s.String();
-    if (!name || !s.Consume(':')) return std::nullopt;
-    s.SkipSpace();
-    if (KeyEquals(*name, key)) {
-      // The last occurrence wins, as in the parsed document; a non-array value clears it.
-      if (s.Peek() == '[') {
-        found = Elements(s);
-        if (!found) return std::nullopt;
-      } else {
-        found.reset();
-        if (!s.Value()) return std::nullopt;
-      }
-    } else if (!s.Value()) {
-      return std::nullopt;
+  const bool read = ForEachMember(doc, [&](std::string_view name, Scanner& s) {
+    if (!KeyEquals(name, key)) return s.Value().has_value();
+    // The last occurrence wins, as in the parsed document; a non-array value clears it.
+    if (s.Peek() == '[') {
+      found = Elements(s);
+      return found.has_value();
     }
-    if (s.Consume('}')) return found;
-    if (!s.Consume(',')) return std::nullopt;
-  }
+    found.reset();
+    return s.Value().has_value();
+  });
+  if (!read) return std::nullopt;
+  return found;
 }
 
 std::optional<std::string_view> MemberSpan(std::string_view doc, std::string_view key) {
-  Scanner s(doc);
   std::optional<std::string_view> found;
-  if (!s.Consume('{')) return std::nullopt;
-  if (s.Consume('}')) return std::nullopt;
-  while (true) {
-    s.SkipSpace();
-    auto name = s.String();
-    if (!name || !s.Consume(':')) return std::nullopt;
+  const bool read = ForEachMember(doc, [&](std::string_view name, Scanner& s) {
     auto value = s.Value();
-    if (!value) return std::nullopt;
-    if (KeyEquals(*name, key)) found = value;  // the last occurrence wins, as in the parser
-    if (s.Consume('}')) return found;
-    if (!s.Consume(',')) return std::nullopt;
-  }
+    if (value && KeyEquals(name, key)) found = value;  // the last occurrence wins
+    return value.has_value();
+  });
+  if (!read) return std::nullopt;
+  return found;
 }
 
 }  // namespace evp::validation
