@@ -34,11 +34,11 @@ int main() {
   }
   observability::Metrics metrics("dlq-worker", config.metrics_tenants);
   std::shared_ptr<nats::NatsConnection> conn;
-  std::atomic<nats::NatsConnection*> nats_conn{nullptr};  // what /readyz reads
+  std::atomic<std::shared_ptr<nats::NatsConnection>> nats_conn;  // what /readyz reads
   std::atomic<bool> started{false};
 
   observability::HttpServer http(metrics, [&] {
-    nats::NatsConnection* live = nats_conn.load();
+    const std::shared_ptr<nats::NatsConnection> live = nats_conn.load();
     const bool nats_up = live != nullptr && live->Connected();
     bool pg = started.load() && db_probe.ok();
     bool running = started.load();

@@ -29,10 +29,10 @@ int main() {
   observability::Metrics metrics("events-processor", config.metrics_tenants);
   std::atomic<bool> consumers_bound{false};
   std::shared_ptr<nats::NatsConnection> conn;
-  std::atomic<nats::NatsConnection*> nats_conn{nullptr};  // what /readyz reads
+  std::atomic<std::shared_ptr<nats::NatsConnection>> nats_conn;  // what /readyz reads
 
   observability::HttpServer http(metrics, [&] {
-    nats::NatsConnection* live = nats_conn.load();
+    const std::shared_ptr<nats::NatsConnection> live = nats_conn.load();
     const bool nats_up = live != nullptr && live->Connected();
     const bool pg = db_probe.ok() && realtime_health.store_ok && history_health.store_ok;
     // Bound, and the last fetch of each loop worked (false while a deleted consumer is

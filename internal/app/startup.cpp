@@ -89,14 +89,14 @@ bool MigrateOpsWhenReachable(const Config& config, const std::atomic<bool>& stop
 
 std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(
     const Config& config, const std::string& name, const std::atomic<bool>& stop,
-    std::atomic<nats::NatsConnection*>& connected) {
+    std::atomic<std::shared_ptr<nats::NatsConnection>>& connected) {
   std::shared_ptr<nats::NatsConnection> conn;
   while (!stop.load()) {
     if (!conn) {
       auto c = nats::NatsConnection::Connect(config, name);
       if (c.ok()) {
         conn = c.value();
-        connected = conn.get();
+        connected.store(conn);
       } else {
         observability::LogWarn("NATS not ready; retrying in 2s", {{"error", c.error()}});
       }
@@ -108,7 +108,7 @@ std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(
     }
     pipeline::SleepUnlessStopped(milliseconds(2000), stop);
   }
-  connected = nullptr;
+  connected.store(nullptr);
   return nullptr;
 }
 

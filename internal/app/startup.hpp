@@ -35,11 +35,12 @@ bool StartHttp(observability::HttpServer& http, int port);
 bool MigrateOpsWhenReachable(const Config& config, const std::atomic<bool>& stop);
 
 // Connects to NATS and creates/updates the streams, retrying until success or stop.
-// `connected` points at the connection from the moment it is made (for /readyz, while the
-// streams or PostgreSQL are not ready yet); nullptr again when stopped before success.
+// `connected` holds the connection from the moment it is made (for /readyz, while the
+// streams or PostgreSQL are not ready yet); empty again when stopped before success. A
+// reader keeps what it loaded alive.
 std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(
     const Config& config, const std::string& name, const std::atomic<bool>& stop,
-    std::atomic<nats::NatsConnection*>& connected);
+    std::atomic<std::shared_ptr<nats::NatsConnection>>& connected);
 
 // Creates/updates the consumer and binds a pull subscription, retrying until success or stop.
 // The source recreates the streams (from `config`, which must outlive it) and the consumer

@@ -475,10 +475,11 @@ std::string NatsUrlsError(const std::string& urls) {
     const size_t scheme = part.find("://");
     const std::string name = scheme == std::string::npos ? "" : part.substr(0, scheme);
     if (name != "nats" && name != "tls") return shown + " must start with nats:// or tls://";
-    const size_t start = scheme + 3;
+    // As nats.c reads a URL: the user info ends at the last '@' (a password may hold '/').
+    size_t start = scheme + 3;
+    if (const size_t at = part.rfind('@'); at != std::string::npos && at >= start) start = at + 1;
     const size_t end = std::min(part.find_first_of("/?#", start), part.size());
     std::string host = part.substr(start, end - start);
-    if (const size_t at = host.rfind('@'); at != std::string::npos) host.erase(0, at + 1);
     std::string port;
     if (host.starts_with("[")) {  // [IPv6]:port
       const size_t close = host.find(']');

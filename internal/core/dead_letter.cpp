@@ -7,9 +7,10 @@
 namespace evp {
 namespace {
 
-// NATS keeps a subject within its control line (4 KiB by default), so a subject, and the
-// tenant token in it, fit whole.
-constexpr size_t kSubjectMax = 4096;
+// A subject, and the tenant token in it, are kept whole up to 2 KiB: exhausted_events indexes
+// both columns, and a btree entry holds at most about 2.7 KB (a longer value would make
+// recording the dead letter fail on every try).
+constexpr size_t kSubjectMax = 2048;
 
 std::string Clean(const std::string& s, size_t max_len = kSubjectMax) {
   std::string out;

@@ -56,7 +56,8 @@ class Heartbeat {
 };
 
 void UpdateLag(EventSource& source, const LoopOptions& options, steady_clock::time_point& next,
-               prometheus::Gauge& pending_gauge, prometheus::Gauge& ack_pending_gauge) {
+               prometheus::Gauge& pending_gauge, prometheus::Gauge& ack_pending_gauge,
+               LoopHealth& health) {
   if (steady_clock::now() < next) return;
   uint64_t pending = 0;
   uint64_t ack_pending = 0;
@@ -65,7 +66,9 @@ void UpdateLag(EventSource& source, const LoopOptions& options, steady_clock::ti
     ack_pending_gauge.Set(static_cast<double>(ack_pending));
   } else if (source.Connected()) {
     // Connected, yet the consumer cannot be read: deleted (with its stream, maybe) while
-    // idle fetches just time out. Recreate it.
+    // idle fetches just time out. Recreate it; not ready meanwhile (the next fetch that
+    // works says otherwise).
+    health.source_ok = false;
     source.Recover();
   }
   next = steady_clock::now() + options.lag_interval;
@@ -126,7 +129,9 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
   auto next_lag = steady_clock::now();
   auto& pending_gauge = metrics.ConsumerPending(options.name);
   auto& ack_pending_gauge = metrics.ConsumerAckPending(options.name);
-  auto update_lag = [&] { UpdateLag(source, options, next_lag, pending_gauge, ack_pending_gauge); };
+  auto update_lag = [&] {
+    UpdateLag(source, options, next_lag, pending_gauge, ack_pending_gauge, health);
+  };
   auto& prepare_stage = metrics.batch_stage(observability::BatchStage::kPrepare);
   auto& write_stage = metrics.batch_stage(observability::BatchStage::kWrite);
   auto& settle_stage = metrics.batch_stage(observability::BatchStage::kSettle);
@@ -250,7 +255,9 @@ void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& s
   auto next_lag = steady_clock::now();
   auto& pending_gauge = metrics.ConsumerPending(options.name);
   auto& ack_pending_gauge = metrics.ConsumerAckPending(options.name);
-  auto update_lag = [&] { UpdateLag(source, options, next_lag, pending_gauge, ack_pending_gauge); };
+  auto update_lag = [&] {
+    UpdateLag(source, options, next_lag, pending_gauge, ack_pending_gauge, health);
+  };
   int failed_fetches = 0;
   while (!stop.load()) {
     // Backpressure: fetch nothing until the database answers.

@@ -375,6 +375,8 @@ Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::vector<Mutation
   }
   observability::LogWarn("batch write failed; isolating the failing events",
                          {{"error", fast.message}, {"mutations", mutations.size()}});
+  // A connection that failed (while the database still answers) blames no tenant.
+  if (fast.failure == PipelinedWriter::Failure::kConnection) fast.failed_schema.clear();
   return Isolate(mutations, std::move(fast));
 }
 

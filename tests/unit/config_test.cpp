@@ -415,8 +415,9 @@ TEST(Config, RejectsNatsUrlsWithoutAHostOrWithABadPort) {
     auto errors = Errors({{"POSTGRES_DSN", "postgresql://h/db"}, {"NATS_URL", bad}});
     EXPECT_TRUE(HasErrorFor(errors, "NATS_URL")) << bad;
   }
-  for (const char* good : {"nats://127.0.0.1:4222", "nats://nats", "tls://u:p@h:4443",
-                           "nats://[::1]:4222", "nats://a:4222, nats://b:4222", "nats://tok@h"}) {
+  for (const char* good :
+       {"nats://127.0.0.1:4222", "nats://nats", "tls://u:p@h:4443", "nats://u:pa/ss@h:4222",
+        "nats://[::1]:4222", "nats://a:4222, nats://b:4222", "nats://tok@h"}) {
     auto errors = Errors({{"POSTGRES_DSN", "postgresql://h/db"}, {"NATS_URL", good}});
     EXPECT_FALSE(HasErrorFor(errors, "NATS_URL")) << good << ": " << Joined(errors);
   }
