@@ -474,6 +474,11 @@ bool PgStore::LostConnection() {
   }
 }
 
+// company_id and source_subject of exhausted_events are indexed, and a btree entry holds at
+// most about 2.7 KB: a longer value would fail the insert on every try. (The DLQ headers
+// carry at most 2 KiB of either; a dead letter recorded directly may carry more.)
+constexpr size_t kIndexedTextMax = 2048;
+
 Result<bool, StoreError> PgStore::RecordExhausted(const DeadLetter& dl,
                                                   const std::string& final_reason) {
   std::lock_guard lock(mu_);
@@ -488,7 +493,8 @@ Result<bool, StoreError> PgStore::RecordExhausted(const DeadLetter& dl,
               "VALUES ($1, $2, $3, $4, $5, $6, decode($7, 'hex'), $8::jsonb, "
               "to_timestamp($9::bigint / 1000.0), to_timestamp($10::bigint / 1000.0)) "
               "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-          SafeUtf8(dl.IdempotencyKey()), SafeUtf8(dl.company_id), SafeUtf8(dl.source_subject),
+          SafeUtf8(dl.IdempotencyKey()), SafeUtf8(dl.company_id.substr(0, kIndexedTextMax)),
+          SafeUtf8(dl.source_subject.substr(0, kIndexedTextMax)),
           std::string(ErrorClassName(dl.error_class)), SafeUtf8(final_reason), dl.attempts,
           HexEncode(dl.original), MetadataJson(dl), dl.first_failed_ms, dl.last_failed_ms);
       tx.commit();

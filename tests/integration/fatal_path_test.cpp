@@ -155,6 +155,25 @@ TEST(FatalPath, InvalidTenantGoesToTheInvalidDlqSubjectAndKeepsTheRawToken) {
             std::nullopt);
 }
 
+TEST(FatalPath, AnInvalidTenantTokenTooLongToIndexIsRecordedCut) {
+  // 3,000 characters that do not compress: exhausted_events indexes company_id and
+  // source_subject, and a btree entry holds at most about 2.7 KB.
+  std::string token;
+  uint32_t x = 12345;
+  for (int i = 0; i < 3000; ++i) {
+    x = x * 1103515245u + 12345u;
+    token += "abcdefghijklmnopqrstuvwxyz0123456789"[(x >> 16) % 36];
+  }
+  Stack stack;
+  ASSERT_TRUE(stack.Publish("v1.chats.upsert." + token, json{{"chat_id", "c"}}.dump()).ok);
+  EXPECT_TRUE(stack.WaitCount(
+      "SELECT count(*) FROM events_ops.exhausted_events WHERE reason LIKE 'invalid_tenant:%' AND "
+      "company_id = '" +
+          token.substr(0, 2048) + "' AND length(source_subject) = 2048",
+      1))
+      << stack.WorkerLogs();
+}
+
 TEST(FatalPath, ASubjectWithoutTenantIsFiledWithAnEmptyTenantAndKeepsItsMessageId) {
   Stack stack;
   const std::string id = UniqueName("pub");
