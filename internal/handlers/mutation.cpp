@@ -84,42 +84,26 @@ const TableDef kAgents{Table::kAgents, "agents", kAgentColumns, 1};
 
 // The table and kind of write of an event type.
 std::pair<Table, WriteKind> TargetOf(EventType type) {
-  Table table = Table::kChats;
-  WriteKind kind = WriteKind::kUpsert;
   switch (type) {
     case EventType::kChatsUpsert:
-      table = Table::kChats;
-      kind = WriteKind::kUpsert;
-      break;
+      return {Table::kChats, WriteKind::kUpsert};
     case EventType::kChatsUpdate:
-      table = Table::kChats;
-      kind = WriteKind::kUpdate;
-      break;
+      return {Table::kChats, WriteKind::kUpdate};
     case EventType::kMessagesUpsert:
-      table = Table::kMessages;
-      kind = WriteKind::kUpsert;
-      break;
+      return {Table::kMessages, WriteKind::kUpsert};
     case EventType::kMessagesUpdate:
-      table = Table::kMessages;
-      kind = WriteKind::kUpdate;
-      break;
+      return {Table::kMessages, WriteKind::kUpdate};
     case EventType::kContactsUpsert:
-      table = Table::kContacts;
-      kind = WriteKind::kUpsert;
-      break;
+      return {Table::kContacts, WriteKind::kUpsert};
     case EventType::kContactsUpdate:
-      table = Table::kContacts;
-      kind = WriteKind::kUpdate;
-      break;
+      return {Table::kContacts, WriteKind::kUpdate};
     case EventType::kConnectionUpdate:
       // Agents appear by connecting: a connection update creates the agent row.
-      table = Table::kAgents;
-      kind = WriteKind::kUpsert;
-      break;
+      return {Table::kAgents, WriteKind::kUpsert};
     default:
       assert(false && "history envelopes are split into items before BuildMutation");
+      return {Table::kChats, WriteKind::kUpsert};
   }
-  return {table, kind};
 }
 
 // A number the parser holds as a double: what it prints may differ from what was sent.

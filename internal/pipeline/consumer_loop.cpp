@@ -55,16 +55,22 @@ class Heartbeat {
   std::thread thread_;
 };
 
+// Sets the lag gauges from the consumer info; false when it cannot be read.
+bool ReadLag(EventSource& source, prometheus::Gauge& pending_gauge,
+             prometheus::Gauge& ack_pending_gauge) {
+  uint64_t pending = 0;
+  uint64_t ack_pending = 0;
+  if (!source.Lag(&pending, &ack_pending)) return false;
+  pending_gauge.Set(static_cast<double>(pending));
+  ack_pending_gauge.Set(static_cast<double>(ack_pending));
+  return true;
+}
+
 void UpdateLag(EventSource& source, const LoopOptions& options, steady_clock::time_point& next,
                prometheus::Gauge& pending_gauge, prometheus::Gauge& ack_pending_gauge,
                LoopHealth& health) {
   if (steady_clock::now() < next) return;
-  uint64_t pending = 0;
-  uint64_t ack_pending = 0;
-  if (source.Lag(&pending, &ack_pending)) {
-    pending_gauge.Set(static_cast<double>(pending));
-    ack_pending_gauge.Set(static_cast<double>(ack_pending));
-  } else if (source.Connected()) {
+  if (!ReadLag(source, pending_gauge, ack_pending_gauge) && source.Connected()) {
     // Connected, yet the consumer cannot be read: deleted (with its stream, maybe) while
     // idle fetches just time out. Recreate it; not ready meanwhile (the next fetch that
     // works says otherwise).
@@ -138,19 +144,13 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
   std::optional<InFlight> writing;
   int failed_fetches = 0;
   std::future<std::vector<Decision>> written;
-  // The lag gauges stay fresh while a write takes long (a lock wait, a slow database): only
-  // read here, as a fetch may be in flight.
-  auto refresh_lag = [&] {
-    uint64_t pending = 0;
-    uint64_t ack_pending = 0;
-    if (source.Lag(&pending, &ack_pending)) {
-      pending_gauge.Set(static_cast<double>(pending));
-      ack_pending_gauge.Set(static_cast<double>(ack_pending));
-    }
-  };
   auto settle = [&] {
     if (!writing) return;
-    while (written.wait_for(options.lag_interval) != std::future_status::ready) refresh_lag();
+    // The lag gauges stay fresh while a write takes long (a lock wait, a slow database): only
+    // read here (no recovery), as a fetch may be in flight.
+    while (written.wait_for(options.lag_interval) != std::future_status::ready) {
+      ReadLag(source, pending_gauge, ack_pending_gauge);
+    }
     std::vector<Decision> decisions = written.get();
     const auto settling = steady_clock::now();
     source.Settle(writing->batch.token, decisions);

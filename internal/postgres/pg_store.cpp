@@ -375,8 +375,6 @@ Result<std::vector<ApplyResult>, StoreError> PgStore::Apply(std::vector<Mutation
   }
   observability::LogWarn("batch write failed; isolating the failing events",
                          {{"error", fast.message}, {"mutations", mutations.size()}});
-  // A connection that failed (while the database still answers) blames no tenant.
-  if (fast.failure == PipelinedWriter::Failure::kConnection) fast.failed_schema.clear();
   return Isolate(mutations, std::move(fast));
 }
 
@@ -425,12 +423,10 @@ Result<std::vector<ApplyResult>, StoreError> PgStore::Isolate(
       for (size_t k = 0; k < rest.size(); ++k) results[rest[k]] = again.results[k];
       break;
     }
-    if (again.failure == PipelinedWriter::Failure::kConnection) {
-      if (LostConnection()) {
-        Reset();
-        return Err{StoreError{StoreErrorKind::kTransient, again.message}};
-      }
-      again.failed_schema.clear();  // no tenant to blame: each event alone
+    // A failed connection blames no tenant (failed_schema empty): then each event alone.
+    if (again.failure == PipelinedWriter::Failure::kConnection && LostConnection()) {
+      Reset();
+      return Err{StoreError{StoreErrorKind::kTransient, again.message}};
     }
     failed = std::move(again);
     open = std::move(rest);

@@ -21,6 +21,20 @@ std::string ErrorText(PGconn* conn, const PGresult* res) {
   return state != nullptr ? "SQLSTATE " + std::string(state) + ": " + text : text;
 }
 
+// Records a failed statement in `outcome`: its error and SQLSTATE, and the tenant schema of
+// its step (`schema`, null for BEGIN and COMMIT). Only a statement failure blames a tenant:
+// a lost connection is nobody's fault.
+void NoteFailure(PipelinedWriter::Outcome& outcome, PipelinedWriter::Failure failure, PGconn* conn,
+                 const PGresult* r, const std::string* schema) {
+  outcome.failure = failure;
+  outcome.message = ErrorText(conn, r);
+  const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  outcome.sqlstate = state != nullptr ? state : "";
+  if (failure == PipelinedWriter::Failure::kStatement && schema != nullptr) {
+    outcome.failed_schema = *schema;
+  }
+}
+
 }  // namespace
 
 std::string SessionSettings(std::chrono::milliseconds lock_timeout) {
@@ -157,13 +171,9 @@ bool PipelinedWriter::Exchange(const std::vector<const WriteStep*>& steps, bool 
       synced = true;
     } else if (status == PGRES_FATAL_ERROR || status == PGRES_NONFATAL_ERROR) {
       if (outcome.failure == Failure::kNone) {
-        outcome.failure = Failure::kStatement;
-        outcome.message = ErrorText(conn_, r);
-        const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-        outcome.sqlstate = state != nullptr ? state : "";
-        if (query >= first && query < first + steps.size()) {
-          outcome.failed_schema = steps[query - first]->schema;
-        }
+        const bool step = query >= first && query < first + steps.size();
+        NoteFailure(outcome, Failure::kStatement, conn_, r,
+                    step ? &steps[query - first]->schema : nullptr);
       }
     } else if (status == PGRES_TUPLES_OK && query >= first && query < first + steps.size() &&
                outcome.failure == Failure::kNone) {
@@ -223,12 +233,9 @@ bool PipelinedWriter::PrepareStatements(const std::vector<const WriteStep*>& ste
     PGresult* r = PQprepare(conn_, name.c_str(), planner_.StepSql(*step).c_str(), 0, nullptr);
     const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     if (!ok) {
-      outcome.message = ErrorText(conn_, r);
-      outcome.failure =
-          PQstatus(conn_) == CONNECTION_OK ? Failure::kStatement : Failure::kConnection;
-      const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-      outcome.sqlstate = state != nullptr ? state : "";
-      outcome.failed_schema = step->schema;
+      NoteFailure(outcome,
+                  PQstatus(conn_) == CONNECTION_OK ? Failure::kStatement : Failure::kConnection,
+                  conn_, r, &step->schema);
     }
     PQclear(r);
     if (!ok) return false;
@@ -248,6 +255,7 @@ PipelinedWriter::Outcome PipelinedWriter::Write(std::span<const handlers::Mutati
   auto lost = [&](Outcome& o) {
     o.failure = Failure::kConnection;
     o.message = "connection lost: " + ErrorText(conn_, nullptr);
+    o.failed_schema.clear();  // a statement may have failed before: the loss decides
     Close();
     return o;
   };

@@ -48,7 +48,7 @@ class PipelinedWriter {
     std::string message;   // the database's error for a failure
     std::string sqlstate;  // its SQLSTATE, when the database sent one
     // The tenant schema of the statement that failed; empty when no tenant's statement
-    // failed (BEGIN, COMMIT, the connection).
+    // failed (BEGIN, COMMIT), and always for Failure::kConnection.
     std::string failed_schema;
     std::vector<pipeline::ApplyResult> results;
   };
