@@ -3,10 +3,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 JOBS ?= 2
-FORMAT_FILES = $(shell find cmd internal tests -type f \( -name '*.cpp' -o -name '*.hpp' \) 2>/dev/null | sort)
+FORMAT_FILES = $(shell find cmd internal tests bench -type f \( -name '*.cpp' -o -name '*.hpp' \) 2>/dev/null | sort)
 
 .PHONY: help bootstrap build release run test test-asan format format-check stack-start \
-        stack-stop stack-status clean check-deploy check-metrics chaos chaos-ci fuzz bench bench-smoke bench-cpu soak
+        stack-stop stack-status clean tidy check-deploy check-metrics chaos chaos-ci fuzz bench bench-smoke bench-cpu soak
 
 help: ## Show the targets
 	@echo "Targets:"
@@ -35,7 +35,7 @@ test: ## Build dev and run all tests (unit + integration) against throw-away ser
 test-asan: ## The same under AddressSanitizer + UndefinedBehaviorSanitizer (build/asan)
 	PRESET=asan scripts/test.sh
 
-format: ## Reformat C++ sources in cmd/ internal/ tests/ with clang-format
+format: ## Reformat C++ sources in cmd/ internal/ tests/ bench/ with clang-format
 	@files="$(FORMAT_FILES)"; [[ -z "$$files" ]] || clang-format -i $$files
 
 format-check: ## Fail if any C++ source is not clang-formatted
@@ -63,6 +63,9 @@ chaos-ci: ## A shortened chaos selection, as CI runs it (about 75 s)
 
 fuzz: ## libFuzzer targets under ASan/UBSan, FUZZ_SECONDS per target (default 60)
 	scripts/fuzz.sh $${FUZZ_SECONDS:-60}
+
+tidy: bootstrap ## clang-tidy (.clang-tidy checks) on every C++ source; fails on any finding
+	scripts/tidy.sh
 
 check-deploy: ## Offline checks of Dockerfile, compose, Helm chart, alert rules, dashboard
 	scripts/check-deploy.sh

@@ -98,7 +98,7 @@ std::vector<pipeline::InboundMessage> StandardMix(const Options& o) {
                      : pick < 9 ? EventType::kChatsUpsert
                                 : EventType::kContactsUpsert;
     if (type == EventType::kMessagesUpdate && known[t].empty()) type = EventType::kMessagesUpsert;
-    uint64_t seed = static_cast<uint64_t>(n);
+    auto seed = static_cast<uint64_t>(n);
     if (type == EventType::kMessagesUpdate) seed = known[t][rng() % known[t].size()];
     if (type == EventType::kMessagesUpsert) known[t].push_back(seed);
     nlohmann::json body = handlers::SamplePayload(type, tenant, {seed, now, 0});
@@ -121,9 +121,7 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Run(int argc, char** argv) {
   const Options o = ParseArgs(argc, argv);
   auto cfg = Config::FromEnvironment(Binary::kProcessor,
                                      [](const std::string& k) -> std::optional<std::string> {
@@ -183,4 +181,15 @@ int main(int argc, char** argv) {
       o.events, o.tenants, o.batch, o.rounds, mutations, bytes, Median(prepare_us), Median(plan_us),
       Median(prepare_us) + Median(plan_us));
   return mutations == events.size() ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "evp_bench_prepare_cpu: %s\n", e.what());
+    return 1;
+  }
 }

@@ -24,12 +24,12 @@
 // Thread-safety: the fetcher owns the subscription; each writer owns its connection; nats.c
 // connections are safe to ack on from several threads.
 #include <nats/nats.h>
-#include <signal.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -63,7 +63,7 @@ struct Options {
   bool ensure_stream = false;
   bool wait_drained = false;
   int64_t timeout_s = 600;
-  int64_t pid = 0;  // --wait-drained: the process expected to drain the consumer
+  int64_t pid = 0;    // --wait-drained: the process expected to drain the consumer
   std::string trace;  // --wait-drained: file of "unix-seconds backlog" lines, one per poll
 };
 
@@ -185,7 +185,7 @@ class Nats {
     sc.Replicas = 1;
     sc.Duplicates = int64_t{120'000} * kNsPerMs;
     jsStreamInfo* si = nullptr;
-    jsErrCode jerr = static_cast<jsErrCode>(0);
+    jsErrCode jerr{};
     natsStatus s = js_AddStream(&si, js_, &sc, nullptr, &jerr);
     if (s != NATS_OK && jerr == JSStreamNameExistErr) s = NATS_OK;
     if (si != nullptr) jsStreamInfo_Destroy(si);
@@ -196,7 +196,7 @@ class Nats {
   // server does not answer).
   std::optional<uint64_t> Backlog(const std::string& stream, const std::string& consumer) {
     jsConsumerInfo* ci = nullptr;
-    jsErrCode jerr = static_cast<jsErrCode>(0);
+    jsErrCode jerr{};
     natsStatus s = js_GetConsumerInfo(&ci, js_, stream.c_str(), consumer.c_str(), nullptr, &jerr);
     if (s != NATS_OK || ci == nullptr) return std::nullopt;
     const uint64_t backlog = ci->NumPending + static_cast<uint64_t>(ci->NumAckPending);
@@ -215,7 +215,7 @@ class Nats {
     cc.MaxAckPending = static_cast<int64_t>(o.batch) * (o.writers + 3);
     cc.MaxWaiting = 512;
     jsConsumerInfo* ci = nullptr;
-    jsErrCode jerr = static_cast<jsErrCode>(0);
+    jsErrCode jerr{};
     natsStatus s = js_AddConsumer(&ci, js_, o.stream.c_str(), &cc, nullptr, &jerr);
     if (ci != nullptr) jsConsumerInfo_Destroy(ci);
     if (s != NATS_OK) Fail("cannot create consumer " + o.durable + ": " + NatsError(s, jerr));
@@ -231,7 +231,7 @@ class Nats {
   // Up to max messages, or none after wait_ms. The caller owns (and destroys) them.
   std::vector<natsMsg*> Fetch(int max, int64_t wait_ms) {
     natsMsgList list{};
-    jsErrCode jerr = static_cast<jsErrCode>(0);
+    jsErrCode jerr{};
     natsStatus s = natsSubscription_Fetch(&list, sub_, max, wait_ms, &jerr);
     std::vector<natsMsg*> out;
     if (s == NATS_TIMEOUT) return out;
@@ -456,6 +456,7 @@ int RunReference(const Options& o) {
   }
   nats.Bind(o);
   std::vector<std::unique_ptr<Writer>> writers;
+  writers.reserve(static_cast<size_t>(o.writers));
   for (int i = 0; i < o.writers; ++i) writers.push_back(std::make_unique<Writer>(o));
   int64_t received = 0;
   size_t next_writer = 0;
@@ -516,7 +517,7 @@ int RunNaive(const Options& o) {
       pqxx::work tx(c);
       tx.exec_prepared0("upsert", r.key, r.company_id, r.subject, r.stream_seq, r.payload);
       tx.commit();
-      jsErrCode jerr = static_cast<jsErrCode>(0);
+      jsErrCode jerr{};
       natsStatus s = natsMsg_AckSync(m, nullptr, &jerr);
       if (s != NATS_OK) Fail("AckSync failed: " + NatsError(s, jerr));
       natsMsg_Destroy(m);

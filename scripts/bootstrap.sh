@@ -9,7 +9,8 @@ required=(
   build-essential cmake pkg-config
   libnats-dev libpqxx-dev nlohmann-json3-dev prometheus-cpp-dev libspdlog-dev
   libgtest-dev libgmock-dev libvalijson-dev libcpp-httplib-dev libcli11-dev libjemalloc-dev
-  nats-server postgresql "postgresql-client|postgresql-client-15" clang-format prometheus
+  nats-server postgresql "postgresql-client|postgresql-client-15" clang-format clang-tidy
+  prometheus
   curl jq
 )
 optional=(ninja-build)

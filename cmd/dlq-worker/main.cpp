@@ -19,6 +19,7 @@ int main() {
   std::atomic<bool> stop{false};
   const Config config = app::StartService(Binary::kDlqWorker, "dlq-worker", stop);
   std::vector<std::unique_ptr<pipeline::LoopHealth>> health;
+  health.reserve(static_cast<size_t>(config.dlq_workers));
   for (int i = 0; i < config.dlq_workers; ++i) {
     health.push_back(std::make_unique<pipeline::LoopHealth>());
   }
@@ -87,6 +88,7 @@ int main() {
   observability::LogInfo("consuming",
                          {{"consumer", config.dlq_consumer}, {"workers", config.dlq_workers}});
   std::vector<std::thread> workers;
+  workers.reserve(static_cast<size_t>(config.dlq_workers));
   for (int i = 0; i < config.dlq_workers; ++i) {
     workers.emplace_back([&, i] {
       postgres::PgStore store(config.postgres_dsn, config.ops_schema, config.tenant_schema_prefix,

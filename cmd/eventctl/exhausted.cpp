@@ -289,6 +289,7 @@ void AddFilters(CLI::App* cmd, Options& o) {
   cmd->add_option("--subject", o.filter.subject,
                   "source subject; '%' matches any characters (e.g. 'v1.chats.%')");
   std::vector<std::string> codes;
+  codes.reserve(std::size(kAllReasonCodes));
   for (ReasonCode code : kAllReasonCodes) codes.emplace_back(ReasonCodeName(code));
   // A misspelt code would match nothing and read as "nothing failed".
   cmd->add_option("--reason", o.filter.reason, "reason code, e.g. schema_violation")

@@ -1,10 +1,10 @@
 #include "load.hpp"
 
-#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <latch>
 #include <map>
@@ -255,6 +255,7 @@ int RunLoad(const Config& config, const LoadOptions& o) {
   std::latch built(o.concurrency);
   std::once_flag publish_start;
   std::vector<std::thread> workers;
+  workers.reserve(static_cast<size_t>(o.concurrency));
   for (int w = 0; w < o.concurrency; ++w) {
     workers.emplace_back([&, w] {
       auto conn = nats::NatsConnection::Connect(config, "eventctl-load", /*track_acks=*/true);
@@ -328,7 +329,8 @@ int RunLoad(const Config& config, const LoadOptions& o) {
           tty ? "\r" : "", static_cast<long long>(p),
           static_cast<double>(p - last) / std::chrono::duration<double>(now - last_t).count(),
           static_cast<long long>(acknowledged.load()),
-          static_cast<long long>(refused.load() + failed.load()), tty ? "" : "\n");
+          static_cast<long long>(refused.load()) + static_cast<long long>(failed.load()),
+          tty ? "" : "\n");
       last = p;
       last_t = now;
     }

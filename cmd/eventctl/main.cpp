@@ -44,7 +44,7 @@ std::string TypeNames() {
 }
 
 int Publish(const Config& config, const std::string& type_name, const std::string& tenant,
-            const std::string& file, const std::string& subject_override, std::string msg_id,
+            const std::string& file, const std::string& subject_override, const std::string& msg_id,
             int count, uint64_t seed, int history_items) {
   std::string subject = subject_override;
   std::optional<EventType> type;
@@ -110,9 +110,7 @@ int Publish(const Config& config, const std::string& type_name, const std::strin
   return 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Run(int argc, char** argv) {
   CLI::App cli{
       "eventctl: operate the events processor (publish, load, migrate, exhausted, config)"};
   cli.require_subcommand(1);
@@ -123,7 +121,7 @@ int main(int argc, char** argv) {
   std::string subject;
   std::string msg_id;
   int count = 1;
-  uint64_t seed = static_cast<uint64_t>(NowUnix());
+  auto seed = static_cast<uint64_t>(NowUnix());
   int history_items = 3;
   auto* publish = cli.add_subcommand("publish", "publish a JSON file or a built-in sample event");
   publish->add_option("-t,--type", type_name, "event type: " + TypeNames())->capture_default_str();
@@ -217,4 +215,16 @@ int main(int argc, char** argv) {
     return 0;
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    // The commands report the errors they expect; this is for the ones they do not.
+    std::fprintf(stderr, "eventctl: %s\n", e.what());
+    return 1;
+  }
 }

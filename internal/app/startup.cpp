@@ -112,10 +112,9 @@ std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(
   return nullptr;
 }
 
-std::unique_ptr<nats::JetStreamSource> BindWhenReady(const Config& config,
-                                                     std::shared_ptr<nats::NatsConnection> conn,
-                                                     const nats::ConsumerSpec& spec,
-                                                     const std::atomic<bool>& stop) {
+std::unique_ptr<nats::JetStreamSource> BindWhenReady(
+    const Config& config, const std::shared_ptr<nats::NatsConnection>& conn,
+    const nats::ConsumerSpec& spec, const std::atomic<bool>& stop) {
   while (!stop.load()) {
     auto ensured = conn->EnsureConsumer(spec);
     if (ensured.ok()) {

@@ -45,10 +45,9 @@ std::shared_ptr<nats::NatsConnection> ConnectNatsWhenReachable(
 // Creates/updates the consumer and binds a pull subscription, retrying until success or stop.
 // The source recreates the streams (from `config`, which must outlive it) and the consumer
 // when they are deleted while it runs.
-std::unique_ptr<nats::JetStreamSource> BindWhenReady(const Config& config,
-                                                     std::shared_ptr<nats::NatsConnection> conn,
-                                                     const nats::ConsumerSpec& spec,
-                                                     const std::atomic<bool>& stop);
+std::unique_ptr<nats::JetStreamSource> BindWhenReady(
+    const Config& config, const std::shared_ptr<nats::NatsConnection>& conn,
+    const nats::ConsumerSpec& spec, const std::atomic<bool>& stop);
 
 }  // namespace evp::app
 

@@ -59,7 +59,7 @@ std::string Join(const std::vector<std::string>& items) {
 Key IntKey(std::string name, std::string doc, std::string def, int64_t lo, int64_t hi,
            std::function<void(Config&, int64_t)> set, std::function<int64_t(const Config&)> get) {
   Key k{std::move(name), std::move(doc), std::move(def), false, nullptr, nullptr};
-  k.apply = [lo, hi, set](Config& c, const std::string& v) -> std::string {
+  k.apply = [lo, hi, set = std::move(set)](Config& c, const std::string& v) -> std::string {
     int64_t n = 0;
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
     if (ec != std::errc() || p != v.data() + v.size()) return "must be an integer";
@@ -69,12 +69,12 @@ Key IntKey(std::string name, std::string doc, std::string def, int64_t lo, int64
     set(c, n);
     return "";
   };
-  k.show = [get](const Config& c) { return std::to_string(get(c)); };
+  k.show = [get = std::move(get)](const Config& c) { return std::to_string(get(c)); };
   return k;
 }
 
 Key DurationKey(std::string name, std::string doc, std::string def, ms lo, ms hi,
-                std::function<ms&(Config&)> field) {
+                const std::function<ms&(Config&)>& field) {
   Key k{std::move(name), std::move(doc), std::move(def), false, nullptr, nullptr};
   k.apply = [lo, hi, field](Config& c, const std::string& v) -> std::string {
     auto d = ParseDuration(v);
@@ -90,9 +90,11 @@ Key DurationKey(std::string name, std::string doc, std::string def, ms lo, ms hi
 }
 
 Key StringKey(std::string name, std::string doc, std::string def, std::string pattern,
-              std::string rule, std::function<std::string&(Config&)> field, bool secret = false) {
+              std::string rule, const std::function<std::string&(Config&)>& field,
+              bool secret = false) {
   Key k{std::move(name), std::move(doc), std::move(def), secret, nullptr, nullptr};
-  k.apply = [pattern, rule, field](Config& c, const std::string& v) -> std::string {
+  k.apply = [pattern = std::move(pattern), rule = std::move(rule), field](
+                Config& c, const std::string& v) -> std::string {
     if (!pattern.empty() && !std::regex_match(v, std::regex(pattern))) return rule;
     field(c) = v;
     return "";
@@ -367,10 +369,10 @@ Result<Config, std::vector<std::string>> Config::FromEnvironment(Binary binary,
     }
   }
   if (cfg.nak_base_delay > cfg.nak_max_delay) {
-    errors.push_back("NAK_BASE_DELAY must not exceed NAK_MAX_DELAY");
+    errors.emplace_back("NAK_BASE_DELAY must not exceed NAK_MAX_DELAY");
   }
   if (cfg.dlq_base_delay > cfg.dlq_max_delay) {
-    errors.push_back("DLQ_BASE_DELAY must not exceed DLQ_MAX_DELAY");
+    errors.emplace_back("DLQ_BASE_DELAY must not exceed DLQ_MAX_DELAY");
   }
   // PostgreSQL refuses to create schemas named pg_*: every tenant would fail.
   for (const auto& [key, name] : {std::pair<const char*, const std::string&>{

@@ -79,7 +79,8 @@ struct Version {
   int64_t seconds = 0;
   Source source = Source::kRealtime;
   uint64_t seq = 0;
-  auto operator<=>(const Version&) const = default;
+  // clang-tidy 14 mistakes the defaulted comparison's literal 0 for a null pointer.
+  auto operator<=>(const Version&) const = default;  // NOLINT(modernize-use-nullptr)
 };
 
 }  // namespace evp

@@ -101,6 +101,7 @@ Result<std::shared_ptr<NatsConnection>, std::string> NatsConnection::Connect(
   natsStatus s = natsOptions_Create(&opts);
   std::vector<std::string> urls = SplitUrls(config.nats_url);
   std::vector<const char*> url_ptrs;
+  url_ptrs.reserve(urls.size());
   for (const auto& u : urls) url_ptrs.push_back(u.c_str());
   if (s == NATS_OK)
     s = natsOptions_SetServers(opts, url_ptrs.data(), static_cast<int>(url_ptrs.size()));
@@ -187,7 +188,7 @@ Result<Unit, std::string> NatsConnection::EnsureStreams(const Config& config) {
     sc.Replicas = config.stream_replicas;
     sc.Duplicates = int64_t{120'000} * kNsPerMs;
     jsStreamInfo* si = nullptr;
-    jsErrCode jerr = static_cast<jsErrCode>(0);
+    jsErrCode jerr{};
     natsStatus s = js_AddStream(&si, js_, &sc, nullptr, &jerr);
     if (s != NATS_OK && jerr == JSStreamNameExistErr) {
       jerr = static_cast<jsErrCode>(0);
@@ -202,7 +203,7 @@ Result<Unit, std::string> NatsConnection::EnsureStreams(const Config& config) {
 
 bool NatsConnection::StreamExists(const std::string& stream) {
   jsStreamInfo* si = nullptr;
-  jsErrCode jerr = static_cast<jsErrCode>(0);
+  jsErrCode jerr{};
   natsStatus s = js_GetStreamInfo(&si, js_, stream.c_str(), nullptr, &jerr);
   if (si != nullptr) jsStreamInfo_Destroy(si);
   return !(s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr);
@@ -210,7 +211,7 @@ bool NatsConnection::StreamExists(const std::string& stream) {
 
 bool NatsConnection::ConsumerExists(const ConsumerSpec& spec) {
   jsConsumerInfo* ci = nullptr;
-  jsErrCode jerr = static_cast<jsErrCode>(0);
+  jsErrCode jerr{};
   natsStatus s =
       js_GetConsumerInfo(&ci, js_, spec.stream.c_str(), spec.durable.c_str(), nullptr, &jerr);
   if (ci != nullptr) jsConsumerInfo_Destroy(ci);
@@ -229,7 +230,7 @@ Result<Unit, std::string> NatsConnection::EnsureConsumer(const ConsumerSpec& spe
   cc.MaxWaiting = 512;
   if (!spec.filter_subject.empty()) cc.FilterSubject = spec.filter_subject.c_str();
   jsConsumerInfo* ci = nullptr;
-  jsErrCode jerr = static_cast<jsErrCode>(0);
+  jsErrCode jerr{};
   natsStatus s = js_AddConsumer(&ci, js_, spec.stream.c_str(), &cc, nullptr, &jerr);
   if (s != NATS_OK && (jerr == JSConsumerNameExistErr || jerr == 10148 /* exists, differs */)) {
     jerr = static_cast<jsErrCode>(0);
@@ -251,7 +252,7 @@ Result<uint64_t, std::string> NatsConnection::Publish(const std::string& subject
   jsPubOptions po;
   natsStatus s = NewMessage(&msg, subject, data, headers, msg_id, &po);
   jsPubAck* ack = nullptr;
-  jsErrCode jerr = static_cast<jsErrCode>(0);
+  jsErrCode jerr{};
   if (s == NATS_OK) s = js_PublishMsg(&ack, js_, msg, &po, &jerr);
   natsMsg_Destroy(msg);
   if (s != NATS_OK) return Err{"publish to " + subject + " failed: " + StatusText(s, jerr)};
@@ -360,7 +361,7 @@ Result<natsSubscription*, std::string> PullSubscribe(NatsConnection& conn,
   so.Stream = spec.stream.c_str();
   so.Consumer = spec.durable.c_str();
   so.ManualAck = true;
-  jsErrCode jerr = static_cast<jsErrCode>(0);
+  jsErrCode jerr{};
   natsSubscription* sub = nullptr;
   natsStatus s = js_PullSubscribe(&sub, conn.js(), spec.filter_subject.c_str(),
                                   spec.durable.c_str(), nullptr, &so, &jerr);
@@ -517,7 +518,7 @@ Result<pipeline::FetchedBatch, std::string> JetStreamSource::Fetch(int max,
   }
   TakeQueued(sub_, first, owned, pulls_);
   if (owned.empty()) {
-    jsErrCode jerr = static_cast<jsErrCode>(0);
+    jsErrCode jerr{};
     const auto started = std::chrono::steady_clock::now();
     natsStatus s = FetchInto(sub_, first, std::max<int64_t>(1, wait.count()), owned, &jerr, pulls_);
     if (s != NATS_OK && s != NATS_TIMEOUT && owned.empty()) {
@@ -638,7 +639,7 @@ bool JetStreamSource::Recover() {
 
 bool JetStreamSource::Lag(uint64_t* pending, uint64_t* ack_pending) {
   jsConsumerInfo* ci = nullptr;
-  jsErrCode jerr = static_cast<jsErrCode>(0);
+  jsErrCode jerr{};
   natsStatus s = js_GetConsumerInfo(&ci, conn_->js(), spec_.stream.c_str(), spec_.durable.c_str(),
                                     nullptr, &jerr);
   if (s != NATS_OK || ci == nullptr) return false;
@@ -651,7 +652,7 @@ bool JetStreamSource::Lag(uint64_t* pending, uint64_t* ack_pending) {
 Result<std::optional<pipeline::InboundMessage>, std::string> JetStreamMessageStore::Get(
     const std::string& stream, uint64_t seq) {
   natsMsg* msg = nullptr;
-  jsErrCode jerr = static_cast<jsErrCode>(0);
+  jsErrCode jerr{};
   natsStatus s = js_GetMsg(&msg, conn_->js(), stream.c_str(), seq, nullptr, &jerr);
   if (s != NATS_OK) {
     if (jerr == JSNoMessageFoundErr || s == NATS_NOT_FOUND) {

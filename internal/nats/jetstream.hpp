@@ -18,10 +18,11 @@
 #include "dlq/advisory_handler.hpp"
 #include "pipeline/ports.hpp"
 
-struct __natsConnection;
-struct __jsCtx;
-struct __natsSubscription;
-struct __natsMsg;
+// nats.c's own type names, declared here so that only jetstream.cpp includes nats.h.
+struct __natsConnection;    // NOLINT(bugprone-reserved-identifier)
+struct __jsCtx;             // NOLINT(bugprone-reserved-identifier)
+struct __natsSubscription;  // NOLINT(bugprone-reserved-identifier)
+struct __natsMsg;           // NOLINT(bugprone-reserved-identifier)
 
 namespace evp::nats {
 

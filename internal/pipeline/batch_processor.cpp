@@ -196,7 +196,7 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
     work.types[i] = type;
     work.tenants[i] = company;
     const std::string_view type_name = EventTypeName(type);
-    auto fail = [&](Failure f) {
+    auto fail = [&](const Failure& f) {
       work.done[i] = true;
       dead_letters.push_back({NewDeadLetter(msg, company, f, ErrorClass::kFatal, 0), i, true});
       metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
@@ -470,8 +470,9 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
                             company);
         applied_now ? ++work.stats.applied : ++work.stats.stale;
         if (msg.publish_time_ns > 0) {
-          metrics_.end_to_end_latency().Observe(
-              static_cast<double>(commit_ms - msg.publish_time_ns / 1'000'000) / 1000.0);
+          const int64_t publish_ms = msg.publish_time_ns / 1'000'000;  // as coarse as commit_ms
+          metrics_.end_to_end_latency().Observe(static_cast<double>(commit_ms - publish_ms) /
+                                                1000.0);
         }
         grace_.Forget(grace_key);
         if (decisions[i].kind == Decision::Kind::kAck) decisions[i] = Decision::Ack();

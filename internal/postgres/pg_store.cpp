@@ -216,7 +216,7 @@ Result<Unit, StoreError> PgStore::EnsureTenant(const std::string& company_id) {
                                  company_id);
       int current = 0;
       if (!rows.empty()) {
-        const std::string registered = rows[0][0].as<std::string>();
+        const auto registered = rows[0][0].as<std::string>();
         if (registered != company_id) {
           return Err{StoreError{
               StoreErrorKind::kCollision,

@@ -35,7 +35,7 @@ namespace {
 
 // Value of staged column `c` as stored: absent (NULL) stays NULL.
 std::string Staged(const handlers::Column& c) {
-  const std::string v = "r." + Quoted(c.name);
+  std::string v = "r." + Quoted(c.name);
   if (c.name == "is_deleted") return "COALESCE(" + v + ", false)";
   return v;
 }
@@ -510,14 +510,15 @@ std::vector<WriteStep> SetWriter::Plan(std::span<const Mutation> mutations,
     AppendContactSeq(marks[m.company_id], m);
   }
   std::map<std::string, std::string> onboard;  // tenant -> json array
-  for (size_t i = 0; i < mutations.size(); ++i) {
-    if (!mutations[i].onboarding) continue;
-    const auto& ob = *mutations[i].onboarding;
-    const auto known = first_contact_upsert.find(mutations[i].company_id + '\x1e' + ob.agent_id +
-                                                 '\x1f' + ob.phone_number + '\x1f');
-    if (known != first_contact_upsert.end() && known->second < mutations[i].version.seq) continue;
-    AppendOnboarding(onboard[mutations[i].company_id], mutations[i]);
+  for (const Mutation& m : mutations) {
+    if (!m.onboarding) continue;
+    const auto& ob = *m.onboarding;
+    const auto known = first_contact_upsert.find(m.company_id + '\x1e' + ob.agent_id + '\x1f' +
+                                                 ob.phone_number + '\x1f');
+    if (known != first_contact_upsert.end() && known->second < m.version.seq) continue;
+    AppendOnboarding(onboard[m.company_id], m);
   }
+  steps.reserve(onboard.size() + groups.size() + marks.size());
   for (auto& [tenant, arr] : onboard) {
     steps.push_back(
         {TenantSchemaName(tenant_prefix_, tenant), nullptr, 'o', {arr + "]", tenant}, {}, {}});

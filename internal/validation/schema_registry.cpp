@@ -346,9 +346,9 @@ std::optional<std::string> SchemaRegistry::Load(EventType type, std::string_view
   const Json& doc = entry->document;
   if (!doc.is_object()) return std::string("a schema must be a JSON object");
   if (doc.value("$schema", "") != kDraft07) {
-    return "\"$schema\" must be \"" + std::string(kDraft07) + "\"";
+    return R"("$schema" must be ")" + std::string(kDraft07) + R"(")";
   }
-  if (doc.value("type", "") != "object") return std::string("\"type\" must be \"object\"");
+  if (doc.value("type", "") != "object") return std::string(R"("type" must be "object")");
   try {
     valijson::SchemaParser parser(valijson::SchemaParser::kDraft7);
     valijson::adapters::NlohmannJsonAdapter adapter(doc);

@@ -347,8 +347,8 @@ TEST(Chaos, DlqWorkerKilledMidRetryKeepsAttemptCounts) {
   std::vector<std::string> tenants = TenantIds(20);
   const int heal = static_cast<int>(tenants.size());
   const int dead = heal + 1;
-  tenants.push_back("chaos_sick_heal");  // broken, repaired after the kill
-  tenants.push_back("chaos_sick_dead");  // broken until its events are exhausted
+  tenants.emplace_back("chaos_sick_heal");  // broken, repaired after the kill
+  tenants.emplace_back("chaos_sick_dead");  // broken until its events are exhausted
   Ledger ledger;
   // Seed one row per broken tenant so that its schema exists, then hide its messages table:
   // every messages.upsert for it fails transiently (undefined table) while PostgreSQL is up.

@@ -163,7 +163,7 @@ std::string WithDatabase(const std::string& dsn, const std::string& database) {
          (query == std::string::npos ? std::string() : dsn.substr(query));
 }
 
-ChaosStack::ChaosStack(StackOptions options) {
+ChaosStack::ChaosStack(const StackOptions& options) {
   std::string dsn;
   if (options.private_postgres) {
     private_pg_ = testing::StartPrivatePostgres();
@@ -384,7 +384,7 @@ ConsumerState ChaosStack::Consumer(const std::string& stream, const std::string&
   ConsumerState out;
   std::lock_guard lock(monitor_mu_);
   jsConsumerInfo* ci = nullptr;
-  jsErrCode err = static_cast<jsErrCode>(0);
+  jsErrCode err{};
   jsOptions opts;
   jsOptions_Init(&opts);
   opts.Wait = 2000;
@@ -476,8 +476,9 @@ void LoadPublisher::Run(int thread, std::vector<size_t> plan) {
   const auto start = Clock::now();
   for (size_t k = 0; k < plan.size(); ++k) {
     if (per_thread_rate > 0) {
-      const auto due = start + std::chrono::duration_cast<Clock::duration>(
-                                   std::chrono::duration<double>(k / per_thread_rate));
+      const auto due =
+          start + std::chrono::duration_cast<Clock::duration>(
+                      std::chrono::duration<double>(static_cast<double>(k) / per_thread_rate));
       std::this_thread::sleep_until(due);  // pacing of the offered load
     }
     const size_t i = plan[k];
@@ -806,17 +807,18 @@ Tally Verify(const std::string& dsn, const Ledger& ledger, const VerifyOptions& 
         auto it = tr.chats.find(e.key);
         const ChatExp& winner = chats[static_cast<size_t>(e.tenant)][e.key];
         if (it != tr.chats.end()) {
-          if (it->second.ts == e.version && winner.ts == e.version && winner.seq != rec.seq) {
-            effect = Effect::kSuperseded;  // same version, a later stream sequence won
-          } else if (it->second.ts == e.version) {
+          const bool same_version = it->second.ts == e.version;
+          // Superseded: a newer event, or a later stream sequence of the same version, won.
+          if (it->second.ts > e.version ||
+              (same_version && winner.ts == e.version && winner.seq != rec.seq)) {
+            effect = Effect::kSuperseded;
+          } else if (same_version) {
             effect = Effect::kExact;
             if (it->second.push_name != e.text) {
               ++tally.state_mismatch;
               AddProblem(tally, where + ": push_name '" + Abbrev(it->second.push_name) +
                                     "', published '" + Abbrev(e.text) + "'");
             }
-          } else if (it->second.ts > e.version) {
-            effect = Effect::kSuperseded;
           }
         }
         break;

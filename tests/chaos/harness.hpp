@@ -80,7 +80,7 @@ inline StackOptions Options(Env env = {}, bool private_postgres = false, int pro
 
 class ChaosStack {
  public:
-  explicit ChaosStack(StackOptions options = {});
+  explicit ChaosStack(const StackOptions& options = {});
   ~ChaosStack();
   ChaosStack(const ChaosStack&) = delete;
   ChaosStack& operator=(const ChaosStack&) = delete;
@@ -125,8 +125,10 @@ class ChaosStack {
   // Waits until Progress() >= target.
   bool WaitProgress(uint64_t target, milliseconds deadline) const;
 
-  double PeakProcessorRssMb() const { return peak_processor_kb_.load() / 1024.0; }
-  double PeakWorkerRssMb() const { return peak_worker_kb_.load() / 1024.0; }
+  double PeakProcessorRssMb() const {
+    return static_cast<double>(peak_processor_kb_.load()) / 1024.0;
+  }
+  double PeakWorkerRssMb() const { return static_cast<double>(peak_worker_kb_.load()) / 1024.0; }
 
  private:
   Env ProcessEnv(int port) const;

@@ -68,14 +68,15 @@ const std::vector<std::string>& InjectionStrings() {
   static const std::vector<std::string> kStrings = {
       "'; DROP TABLE messages; --",
       "Robert'); DROP SCHEMA events_ops CASCADE;--",
-      "\"},{\"message_id\":\"evil\",\"flow\":\"IN\"}",
+      R"("},{"message_id":"evil","flow":"IN"})",
       "$1 $2 ::jsonb ::text[] %s %n {0}",
       "\\N",
       "\\.",
       "tab\there\nnew line\r\nback\\slash \\\\ \\x00",
       "E'\\047' || chr(39) || '",
       "{\"$ne\": null, \"$where\": \"sleep(1)\"}",
-      "\xE2\x80\xAE right-to-left \xF0\x9F\x8E\x89 \xC3\xBC"
+      // Split so that the letters after each \x escape are not read as more hex digits.
+      "\xE2\x80\xAE right-to-left \xF0\x9F\x8E\x89 \xC3\xBC"  // NOLINT(bugprone-suspicious-missing-comma)
       "n\xC3\xAF"
       "c\xC3\xB8"
       "d\xC3\xA9",
@@ -134,7 +135,7 @@ Workload Workload::Generate(const WorkloadSpec& spec) {
       switch (e.kind) {
         case Kind::kMalformedJson:
           e.subject = "v1.messages.upsert." + tenant;
-          e.body = (next_bad % 2 == 0) ? "{\"message_id\":\"" + bad_id + "\",\"chat_id\":"
+          e.body = (next_bad % 2 == 0) ? R"({"message_id":")" + bad_id + R"(","chat_id":)"
                                        : std::string(" \n\t ");
           e.expect_reason = "malformed_json";
           break;
@@ -177,7 +178,7 @@ Workload Workload::Generate(const WorkloadSpec& spec) {
         }
         case Kind::kInvalidUtf8:
           e.subject = "v1.messages.upsert." + tenant;
-          e.body = "{\"message_id\":\"" + bad_id +
+          e.body = R"({"message_id":")" + bad_id +
                    "\",\"chat_id\":\"c0\",\"jid\":\"j\",\"flow\":\"OUT\",\"message_text\":\"bad "
                    "\xC3\x28 \xFF\xFE\"}";
           e.expect_reason = "malformed_json";

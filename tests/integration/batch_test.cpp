@@ -32,7 +32,7 @@ ChildProcess StartProcessor(const Stack& stack, const Env& extra) {
   auto env = stack.Env();
   env["HTTP_PORT"] = std::to_string(FreeTcpPort());
   for (const auto& [k, v] : extra) env[k] = v;
-  return ChildProcess(BinaryPath("events-processor"), {}, env);
+  return {BinaryPath("events-processor"), {}, env};
 }
 
 TEST(Batch, HistoryBatchOfFiveThousandItemsLandsCompletely) {
@@ -139,6 +139,7 @@ TEST(Batch, ResendingTheSameBatchChangesNothing) {
   const std::string t = UniqueName("again");
   const std::string s = "tenant_" + t;
   std::vector<std::string> bodies;
+  bodies.reserve(200);
   for (int i = 0; i < 200; ++i)
     bodies.push_back(Message("r" + std::to_string(i), "v" + std::to_string(i)).dump());
   for (const auto& b : bodies) ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, b).ok);
@@ -200,6 +201,7 @@ TEST(Batch, ManyFirstSeenTenantsInOneBatchEachGetTheirSchema) {
   Stack stack;
   const std::string prefix = UniqueName("fan");
   std::vector<std::string> tenants;
+  tenants.reserve(40);
   for (int i = 0; i < 40; ++i) tenants.push_back(prefix + "_" + std::to_string(i));
   std::string upper = tenants[7];
   upper[0] = static_cast<char>(std::toupper(upper[0]));
@@ -255,7 +257,7 @@ TEST(Batch, AwkwardTextAndJsonValuesArriveUnchanged) {
   }
   json contact{{"agent_id", "a\"1"},
                {"phone_number", "+55 {1}"},
-               {"push_name", "O'Brien \\ \"Bob\""},
+               {"push_name", R"(O'Brien \ "Bob")"},
                {"tags", {"vip, gold", "a\"b", "{x}", "NULL", ""}}};
   ASSERT_TRUE(stack.Publish("v1.contacts.upsert." + t, contact.dump()).ok);
   ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 15));

@@ -247,7 +247,7 @@ TEST(DlqWorker, RedriveTwiceOfAThousandExhaustedEventsAppliesEachOnce) {
                       1000, std::chrono::seconds(60)));
   Exec(stack.Dsn(), "ALTER TABLE " + s + ".messages DROP CONSTRAINT frozen");
 
-  auto redrive = [&](std::vector<std::string> extra) {
+  auto redrive = [&](const std::vector<std::string>& extra) {
     std::vector<std::string> args = {"exhausted", "redrive", "--tenant", t, "--note", "fixed"};
     for (auto& a : extra) args.push_back(a);
     ChildProcess cli(BinaryPath("eventctl"), args, stack.Env());

@@ -155,7 +155,7 @@ struct LettersFixture {
   // Messages the stream holds.
   uint64_t Stored() {
     jsStreamInfo* si = nullptr;
-    jsErrCode jerr = static_cast<jsErrCode>(0);
+    jsErrCode jerr{};
     uint64_t n = 0;
     if (js_GetStreamInfo(&si, publisher.JetStream(), "LETTERS", nullptr, &jerr) == NATS_OK) {
       n = si->State.Msgs;

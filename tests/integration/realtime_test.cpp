@@ -212,7 +212,7 @@ TEST(Realtime, FirstInboundMessageOnboardsTheContactExactlyOnce) {
   Stack stack;
   const std::string t = UniqueName("onb");
   const std::string s = "tenant_" + t;
-  auto msg = [&](const std::string& id, json campaign) {
+  auto msg = [&](const std::string& id, const json& campaign) {
     json m{{"message_id", id}, {"chat_id", "c"},   {"jid", "j"},
            {"flow", "IN"},     {"agent_id", "a1"}, {"from_phone", "+551199"}};
     if (!campaign.is_null()) m["campaign"] = campaign;

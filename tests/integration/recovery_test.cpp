@@ -109,7 +109,7 @@ TEST(Recovery, DeletedConsumerIsRecreatedAndConsumingResumes) {
   ASSERT_TRUE(Consuming(stack, t));
 
   TestPublisher admin(stack.Nats().Url());
-  jsErrCode jerr = static_cast<jsErrCode>(0);
+  jsErrCode jerr{};
   // The server may report a failure (10051) although the consumer is gone: the recreation
   // logged below is what proves the deletion.
   js_DeleteConsumer(admin.JetStream(), "EVENTS_REALTIME", "events-processor-realtime", nullptr,
@@ -141,7 +141,7 @@ TEST(Recovery, DeletedStreamIsRecreatedAndConsumingResumes) {
   ASSERT_TRUE(Consuming(stack, t));
 
   TestPublisher admin(stack.Nats().Url());
-  jsErrCode jerr = static_cast<jsErrCode>(0);
+  jsErrCode jerr{};
   ASSERT_EQ(js_DeleteStream(admin.JetStream(), "EVENTS_REALTIME", nullptr, &jerr), NATS_OK) << jerr;
 
   // Publishing fails (no stream) until the stream is back.

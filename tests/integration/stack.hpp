@@ -20,7 +20,8 @@ class Stack {
  public:
   // extra_env overrides the defaults below for both binaries. With private_postgres the
   // stack gets its own PostgreSQL cluster (to stop and start it).
-  explicit Stack(std::map<std::string, std::string> extra_env = {}, bool private_postgres = false) {
+  explicit Stack(const std::map<std::string, std::string>& extra_env = {},
+                 bool private_postgres = false) {
     if (private_postgres) private_pg_ = StartPrivatePostgres();
     env_ = {{"NATS_URL", nats_.Url()},
             {"POSTGRES_DSN", private_pg_ ? private_pg_->Dsn() : PostgresServer::Shared().Dsn()},

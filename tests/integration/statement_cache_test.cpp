@@ -165,8 +165,12 @@ TEST_F(StatementCache, AConnectionsShareOfManyTenantsIsCommittedInTransactionsOf
   auto owned = PoolWithTenants(2, "many", 250, tenants);
   postgres::PgWriterPool& pool = *owned;
   std::vector<Mutation> batch;
+  batch.reserve(2 * tenants.size());
   for (const auto& t : tenants) batch.push_back(Message(t, 1, "one"));
-  for (auto it = tenants.rbegin(); it != tenants.rend(); ++it) batch.push_back(Chat(*it, 2));
+  // clang-tidy 14 cannot read libstdc++ 12's std::ranges::reverse_view.
+  for (auto it = tenants.rbegin(); it != tenants.rend(); ++it) {  // NOLINT(modernize-loop-convert)
+    batch.push_back(Chat(*it, 2));
+  }
   auto results = pool.Apply(batch);
   ASSERT_TRUE(results.ok()) << results.error().message;
   ASSERT_EQ(results.value().size(), batch.size());

@@ -53,7 +53,7 @@ PubResult TestPublisher::Publish(const std::string& subject, std::string_view by
     if (s == NATS_OK) s = natsMsgHeader_Set(msg, key.c_str(), value.c_str());
   }
   jsPubAck* ack = nullptr;
-  jsErrCode js_err = static_cast<jsErrCode>(0);
+  jsErrCode js_err{};
   if (s == NATS_OK) {
     jsPubOptions opts;
     jsPubOptions_Init(&opts);
@@ -76,6 +76,7 @@ PubResult TestPublisher::Publish(const std::string& subject, std::string_view by
 std::string TestPublisher::AddStream(const std::string& name,
                                      const std::vector<std::string>& subjects) {
   std::vector<const char*> subject_ptrs;
+  subject_ptrs.reserve(subjects.size());
   for (const auto& subject : subjects) subject_ptrs.push_back(subject.c_str());
   jsStreamConfig cfg;
   jsStreamConfig_Init(&cfg);
@@ -85,7 +86,7 @@ std::string TestPublisher::AddStream(const std::string& name,
   cfg.Storage = js_FileStorage;
 
   jsStreamInfo* info = nullptr;
-  jsErrCode js_err = static_cast<jsErrCode>(0);
+  jsErrCode js_err{};
   natsStatus s = js_AddStream(&info, js_, &cfg, nullptr, &js_err);
   if (s != NATS_OK && js_err == JSStreamNameExistErr) {
     js_err = static_cast<jsErrCode>(0);

@@ -313,17 +313,20 @@ std::string SourcePath(std::string_view relative) {
 
 // ---------------------------------------------------------------------------------------------
 
-ChildProcess::ChildProcess(std::string path, std::vector<std::string> args,
-                           std::map<std::string, std::string> env, std::string run_as_user)
+ChildProcess::ChildProcess(const std::string& path, std::vector<std::string> args,
+                           const std::map<std::string, std::string>& env,
+                           const std::string& run_as_user)
     : path_(FindExecutable(path, {})) {
   dir_ = MakeTempDir("evp-child-");
   log_path_ = dir_ + "/" + fs::path(path_).filename().string() + ".log";
 
   // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
   std::vector<std::string> argv_storage;
+  argv_storage.reserve(args.size() + 1);
   argv_storage.push_back(path_);
   for (auto& a : args) argv_storage.push_back(std::move(a));
   std::vector<char*> argv;
+  argv.reserve(argv_storage.size() + 1);
   for (auto& a : argv_storage) argv.push_back(a.data());
   argv.push_back(nullptr);
 
@@ -336,8 +339,10 @@ ChildProcess::ChildProcess(std::string path, std::vector<std::string> args,
   }
   for (auto& [k, v] : env) merged[k] = v;
   std::vector<std::string> env_storage;
+  env_storage.reserve(merged.size());
   for (const auto& [k, v] : merged) env_storage.push_back(k + "=" + v);
   std::vector<char*> envp;
+  envp.reserve(env_storage.size() + 1);
   for (auto& e : env_storage) envp.push_back(e.data());
   envp.push_back(nullptr);
 
@@ -554,8 +559,7 @@ std::unique_ptr<PostgresServer> StartPrivatePostgres() {
   return std::unique_ptr<PostgresServer>(new PostgresServer(PostgresServer::OwnedTag{}));
 }
 
-PostgresServer::PostgresServer(std::string admin_dsn)
-    : owned_(false), external_admin_dsn_(std::move(admin_dsn)) {
+PostgresServer::PostgresServer(std::string admin_dsn) : external_admin_dsn_(std::move(admin_dsn)) {
   port_ = PortOfDsn(external_admin_dsn_);
   CreateDatabase();
 }

@@ -43,8 +43,8 @@ std::string SourcePath(std::string_view relative);
 // SIGKILL after 10 s). With run_as_user set (only when root), it runs as that OS user.
 class ChildProcess {
  public:
-  ChildProcess(std::string path, std::vector<std::string> args,
-               std::map<std::string, std::string> env, std::string run_as_user = "");
+  ChildProcess(const std::string& path, std::vector<std::string> args,
+               const std::map<std::string, std::string>& env, const std::string& run_as_user = "");
   ~ChildProcess();
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;

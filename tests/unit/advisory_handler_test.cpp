@@ -95,7 +95,7 @@ class AdvisoryHandlerTest : public ::testing::Test {
 
 TEST_F(AdvisoryHandlerTest, TurnsTheUndeliveredEventIntoARetryableDeadLetterWithItsExactBytes) {
   Start();
-  const std::string body = "{\"chat_id\":\"c1\", \"jid\":\"j\",\"phone_number\":\"+1\"}";
+  const std::string body = R"({"chat_id":"c1", "jid":"j","phone_number":"+1"})";
   Store(7, "v1.chats.upsert.acme", body);
   EXPECT_EQ(Handle(Advisory(config_->realtime_stream, 7)).kind, Decision::Kind::kAck);
   ASSERT_EQ(sink_.published.size(), 1u);

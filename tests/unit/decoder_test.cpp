@@ -125,7 +125,7 @@ TEST(Decoder, RejectsOverlongSurrogateAndOutOfRangeUtf8) {
            std::string("\x80"),      // lone continuation byte
            std::string("\xE2\x82"),  // truncated €
        }) {
-    ExpectDecodeFailure("{\"a\":\"" + bad + "\"}", ReasonCode::kMalformedJson,
+    ExpectDecodeFailure(R"({"a":")" + bad + "\"}", ReasonCode::kMalformedJson,
                         "invalid UTF-8 at byte offset 6");
   }
 }

@@ -34,7 +34,7 @@ constexpr uint64_t kSeed = 424242;
 DeadLetter Letter(uint64_t seq, ReasonCode code = ReasonCode::kSchemaViolation,
                   ErrorClass cls = ErrorClass::kFatal) {
   DeadLetter dl;
-  dl.original = std::string("{\"chat_id\":\"c1\",\"jid\":\"j\"}");
+  dl.original = std::string(R"({"chat_id":"c1","jid":"j"})");
   dl.source_subject = "v1.chats.upsert.acme";
   dl.company_id = "acme";
   dl.error_class = cls;

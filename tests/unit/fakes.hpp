@@ -2,7 +2,8 @@
 // Hand-written fakes of the pipeline ports (pipeline/ports.hpp) for unit tests. Small and
 // honest: the event store applies last-writer-wins with Version exactly as SPEC §11 says,
 // reports "not yet" for updates of missing rows, and keeps everything in memory. Not
-// thread-safe: one test, one thread.
+// thread-safe: one test, one thread. The EventStore contract (support/store_contract.hpp) runs
+// on InMemoryEventStore and on the PostgreSQL store alike, so the two cannot drift apart.
 #include <algorithm>
 #include <cctype>
 #include <chrono>

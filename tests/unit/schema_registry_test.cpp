@@ -615,6 +615,7 @@ TEST(SchemaRegistry, ValidatesConcurrentlyFromManyThreads) {
   };
   std::atomic<int> mismatches{0};
   std::vector<std::thread> threads;
+  threads.reserve(8);
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 300; ++i) {
