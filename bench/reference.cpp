@@ -24,12 +24,12 @@
 // Thread-safety: the fetcher owns the subscription; each writer owns its connection; nats.c
 // connections are safe to ack on from several threads.
 #include <nats/nats.h>
+#include <signal.h>  // NOLINT(modernize-deprecated-headers): sigaction, kill (POSIX)
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>

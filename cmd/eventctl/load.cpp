@@ -1,10 +1,10 @@
 #include "load.hpp"
 
+#include <signal.h>  // NOLINT(modernize-deprecated-headers): sigaction, kill (POSIX)
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
-#include <csignal>
 #include <cstdio>
 #include <latch>
 #include <map>

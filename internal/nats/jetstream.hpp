@@ -120,6 +120,8 @@ struct PullLog {
   std::chrono::milliseconds longest_expiry{0};
 };
 
+// A durable pull consumer (pipeline::EventSource, with its threading rules). SetRecovery and
+// SetBatchByteBudget are called before the loop starts.
 class JetStreamSource final : public pipeline::EventSource {
  public:
   // Binds to an existing durable pull consumer (see NatsConnection::EnsureConsumer).
@@ -172,6 +174,7 @@ class JetStreamSource final : public pipeline::EventSource {
   size_t mean_bytes_ = 0;  // mean payload size of the last batch
 };
 
+// Reads a stored message back by stream sequence (the DLQ worker's retries). Thread-safe.
 class JetStreamMessageStore final : public dlq::MessageStore {
  public:
   explicit JetStreamMessageStore(std::shared_ptr<NatsConnection> conn) : conn_(std::move(conn)) {}
@@ -182,6 +185,7 @@ class JetStreamMessageStore final : public dlq::MessageStore {
   std::shared_ptr<NatsConnection> conn_;
 };
 
+// Publishes dead letters to the DLQ stream and awaits their PubAcks. Thread-safe.
 class JetStreamDeadLetterSink final : public pipeline::DeadLetterSink {
  public:
   explicit JetStreamDeadLetterSink(std::shared_ptr<NatsConnection> conn) : conn_(std::move(conn)) {}

@@ -19,6 +19,9 @@ struct Readiness {
   std::string detail_json;  // e.g. {"nats":true,"postgres":false,"consumers":true}
 };
 
+// Serves the three endpoints on cpp-httplib's worker threads: `readiness` is called from
+// them, possibly several at once, so it must be thread-safe. Start and Stop belong to the
+// owning thread.
 class HttpServer {
  public:
   HttpServer(Metrics& metrics, std::function<Readiness()> readiness);

@@ -3,8 +3,9 @@
 //   decode -> validate -> route -> tenant checks -> one write for the whole batch -> DLQ
 // Fatal events are published to the DLQ (acknowledged by JetStream) before their message is
 // acked; transient failures become delayed NAKs; "not yet" updates wait inside
-// ORDERING_GRACE. Untrusted input never throws through here. Not thread-safe: one instance
-// per consumer loop.
+// ORDERING_GRACE. Untrusted input never throws through here. One instance per consumer loop:
+// one Prepare may run concurrently with one Complete (see BatchProcessor); nothing else may
+// overlap.
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -25,7 +26,8 @@ namespace evp::pipeline {
 // Remembers when each event was first tried, for ORDERING_GRACE (in memory: a restart only
 // lengthens the window). Time the database was unreachable does not count towards the
 // window (SPEC §11: an outage of any length exhausts nothing). Bounded: entries older than
-// the horizon are dropped.
+// the horizon are dropped. Not thread-safe: used by Complete alone (and by
+// DatabaseWasUnavailable, which the loop calls while no batch is being written).
 class GraceTracker {
  public:
   explicit GraceTracker(std::chrono::milliseconds horizon) : horizon_(horizon) {}
@@ -74,6 +76,8 @@ struct PreparedBatch {
   BatchStats stats;
 };
 
+// Threads: Process, Complete and DatabaseWasUnavailable never overlap; one Prepare may run
+// concurrently with one Complete (they share only the thread-safe ports and a locked RNG).
 class BatchProcessor final : public BatchHandler {
  public:
   BatchProcessor(const Config& config, const validation::SchemaRegistry& schemas, EventStore& store,

@@ -74,7 +74,8 @@ class EventStore {
   virtual bool Ping() = 0;
 };
 
-// Publishes dead letters; returns once JetStream has acknowledged (or failed).
+// Publishes dead letters; returns once JetStream has acknowledged (or failed). Must be
+// thread-safe: a batch's Prepare and the previous batch's Complete publish at the same time.
 class DeadLetterSink {
  public:
   virtual ~DeadLetterSink() = default;
@@ -93,7 +94,8 @@ class DeadLetterSink {
 };
 
 // Stores exhausted events directly (the DLQ worker, and the processor's fallback for dead
-// letters too large for a NATS message). Idempotent on DeadLetter::IdempotencyKey().
+// letters too large for a NATS message). Idempotent on DeadLetter::IdempotencyKey(). Must be
+// thread-safe, like DeadLetterSink.
 class ExhaustedStore {
  public:
   virtual ~ExhaustedStore() = default;
@@ -102,6 +104,8 @@ class ExhaustedStore {
                                                    const std::string& final_reason) = 0;
 };
 
+// Time, injected so that tests control it. Must be thread-safe: Prepare and Complete read it
+// at the same time.
 class Clock {
  public:
   virtual ~Clock() = default;
@@ -123,14 +127,17 @@ class SystemClock final : public Clock {
 
 namespace evp::pipeline {
 
-// A durable pull consumer. Several fetched batches may be outstanding at once (the loop
-// prepares the next batch while the previous one is written); each is settled by its token.
-// Not thread-safe: one per consumer loop.
+// What one Fetch returned; settled by its token.
 struct FetchedBatch {
   std::vector<InboundMessage> messages;
   uint64_t token = 0;
 };
 
+// A durable pull consumer, one per consumer loop. Several fetched batches may be outstanding
+// at once (the loop prepares the next batch while the previous one is written); each is
+// settled by its token. Threads: one Fetch may be in flight on another thread while the loop
+// calls Settle and Lag; InProgress comes from heartbeat threads at any time; Recover and
+// FetchLate only while no Fetch is in flight.
 class EventSource {
  public:
   virtual ~EventSource() = default;

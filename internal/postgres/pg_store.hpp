@@ -27,6 +27,8 @@ Result<int, std::string> MigrateOps(const std::string& dsn, const std::string& o
 
 std::string TenantSchemaName(const std::string& prefix, const std::string& company_id);
 
+// One writer: an EventStore and ExhaustedStore on its own two connections. Thread-safe:
+// concurrent calls take turns on its mutex; PgWriterPool writes over several at once.
 class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedStore {
  public:
   PgStore(std::string dsn, std::string ops_schema, std::string tenant_prefix,

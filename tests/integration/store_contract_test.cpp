@@ -43,8 +43,13 @@ class PostgresHarness {
           (where.empty() ? "" : " AND ") + pair.substr(0, eq) + " = '" + pair.substr(eq + 1) + "'";
       start = end + 1;
     }
-    return QueryString(dsn_, "SELECT " + column + "::text FROM " + Schema(tenant) + "." +
+    const std::string value = column == "tags" ? "array_to_json(tags)::text" : column + "::text";
+    return QueryString(dsn_, "SELECT " + value + " FROM " + Schema(tenant) + "." +
                                  std::string(handlers::Definition(table).name) + " WHERE " + where);
+  }
+  void RefuseMessage(const std::string& tenant, const std::string& message_id) {
+    Exec(dsn_, "ALTER TABLE " + Schema(tenant) + ".messages ADD CONSTRAINT refused CHECK " +
+                   "(message_id <> '" + message_id + "')");
   }
   size_t OnboardingLogRows(const std::string& tenant) {
     return static_cast<size_t>(

@@ -14,9 +14,12 @@
 //   std::string NewTenant(const std::string& stem);  // a tenant id no other test uses
 //   // Text of `column` in the row of `table` whose key reads `key` (Mutation::KeyText(),
 //   // e.g. "message_id=m1"), or nullopt when there is no such row or the column is NULL.
+//   // Arrays (`tags`) read as JSON: ["a","b"].
 //   std::optional<std::string> Text(const std::string& tenant, handlers::Table table,
 //                                   const std::string& key, const std::string& column);
 //   size_t OnboardingLogRows(const std::string& tenant);
+//   // From now on, writing message `message_id` of `tenant` fails as a constraint violation.
+//   void RefuseMessage(const std::string& tenant, const std::string& message_id);
 #include <gtest/gtest.h>
 
 #include <cctype>
@@ -195,15 +198,14 @@ TYPED_TEST_P(EventStoreContract, AnUpdateChangesOnlyTheFieldsItCarries) {
 
 TYPED_TEST_P(EventStoreContract, SeveralWritesToOneKeyInOneCallEndInTheNewest) {
   const std::string t = this->ReadyTenant("ct_collapse");
+  // Outcomes as if applied one after the other, in order (ports.hpp): the two older writes
+  // that come after the newest are stale, whatever the store does inside the call.
   auto out = this->Apply({contract::Message(t, "m1", "second", 200, 2),
                           contract::Message(t, "m1", "third", 300, 3),
                           contract::Message(t, "m1", "first", 100, 1),
                           contract::StatusUpdate(t, "m1", "read", 250, 4)});
-  ASSERT_EQ(out.size(), 4u);
-  for (size_t i = 0; i < out.size(); ++i) {
-    EXPECT_TRUE(contract::AppliedOrStale(out[i])) << "mutation " << i;
-  }
-  EXPECT_EQ(out[1], ApplyOutcome::kApplied) << "the newest upsert";
+  EXPECT_EQ(out, (std::vector{ApplyOutcome::kApplied, ApplyOutcome::kApplied, ApplyOutcome::kStale,
+                              ApplyOutcome::kStale}));
   EXPECT_EQ(this->Text(t, Table::kMessages, contract::MessageKey("m1"), "message_text"), "third");
   EXPECT_EQ(this->Text(t, Table::kMessages, contract::MessageKey("m1"), "message_timestamp"),
             "300");
@@ -240,8 +242,70 @@ TYPED_TEST_P(EventStoreContract, TheFirstInboundMessageOfAPhoneOnboardsItOnce) {
   EXPECT_EQ(this->Apply({contract::InboundMessage(t, "in3", "5511", 102, 3)}),
             std::vector{ApplyOutcome::kApplied});
   EXPECT_EQ(this->h_.OnboardingLogRows(t), 1u);
+  // SPEC §11: no campaign, so origin DirectChat and tags {Onboarded}.
   EXPECT_EQ(this->Text(t, Table::kContacts, contract::ContactKey("5511"), "origin"), "DirectChat");
+  EXPECT_EQ(this->Text(t, Table::kContacts, contract::ContactKey("5511"), "tags"),
+            R"(["Onboarded"])");
+  // The product's own choice (docs/event-contract.md, Onboarding): the contact takes the
+  // message's chat.
   EXPECT_EQ(this->Text(t, Table::kContacts, contract::ContactKey("5511"), "chat_id"), "c-5511");
+}
+
+TYPED_TEST_P(EventStoreContract, AContactEventOverridesWhatOnboardingWrote) {
+  // Onboarding creates the contact with the lowest version: a contacts.upsert older than the
+  // message still applies.
+  const std::string t = this->ReadyTenant("ct_override");
+  ASSERT_EQ(this->Apply({contract::InboundMessage(t, "in1", "5533", 200, 2)}),
+            std::vector{ApplyOutcome::kApplied});
+  EXPECT_EQ(this->Apply({contract::Contact(t, "5533", "Named", 150, 3)}),
+            std::vector{ApplyOutcome::kApplied});
+  EXPECT_EQ(this->Text(t, Table::kContacts, contract::ContactKey("5533"), "push_name"), "Named");
+  EXPECT_EQ(this->Text(t, Table::kContacts, contract::ContactKey("5533"), "origin"), "DirectChat");
+  EXPECT_EQ(this->h_.OnboardingLogRows(t), 1u) << "the contact event came after the message";
+}
+
+TYPED_TEST_P(EventStoreContract, AContactUpsertEarlierInTheStreamUndoesTheOnboarding) {
+  // Processed late (a redelivery), a contacts.upsert that the stream holds before the
+  // message: in stream order the contact existed, so nothing was onboarded.
+  const std::string t = this->ReadyTenant("ct_undo");
+  ASSERT_EQ(this->Apply({contract::InboundMessage(t, "in1", "5544", 200, 5)}),
+            std::vector{ApplyOutcome::kApplied});
+  ASSERT_EQ(this->h_.OnboardingLogRows(t), 1u);
+  EXPECT_EQ(this->Apply({contract::Contact(t, "5544", "Early", 100, 4)}),
+            std::vector{ApplyOutcome::kApplied});
+  EXPECT_EQ(this->h_.OnboardingLogRows(t), 0u);
+  EXPECT_EQ(this->Text(t, Table::kContacts, contract::ContactKey("5544"), "push_name"), "Early");
+  EXPECT_EQ(this->Text(t, Table::kContacts, contract::ContactKey("5544"), "origin"), std::nullopt)
+      << "what only onboarding wrote goes with it";
+}
+
+TYPED_TEST_P(EventStoreContract, AMessageEarlierInTheStreamThanTheContactOnboardsIt) {
+  // Processed late, an inbound message that the stream holds before the contact's first
+  // contacts.upsert: in stream order it onboarded the contact.
+  const std::string t = this->ReadyTenant("ct_takeover");
+  ASSERT_EQ(this->Apply({contract::Contact(t, "5555", "Later", 300, 8)}),
+            std::vector{ApplyOutcome::kApplied});
+  EXPECT_EQ(this->Apply({contract::InboundMessage(t, "in1", "5555", 200, 7)}),
+            std::vector{ApplyOutcome::kApplied});
+  EXPECT_EQ(this->h_.OnboardingLogRows(t), 1u);
+  EXPECT_EQ(this->Text(t, Table::kContacts, contract::ContactKey("5555"), "push_name"), "Later");
+  EXPECT_EQ(this->Text(t, Table::kContacts, contract::ContactKey("5555"), "origin"), "DirectChat")
+      << "onboarding fills what the contact event left empty";
+}
+
+TYPED_TEST_P(EventStoreContract, ARefusedWriteFailsAloneAndTheOthersApply) {
+  const std::string t = this->ReadyTenant("ct_refuse");
+  this->h_.RefuseMessage(t, "poison");
+  auto out = this->Apply({contract::Message(t, "m1", "fine", 100, 1),
+                          contract::Message(t, "poison", "refused", 100, 2),
+                          contract::Message(t, "m3", "fine too", 100, 3)});
+  EXPECT_EQ(out,
+            (std::vector{ApplyOutcome::kApplied, ApplyOutcome::kFatal, ApplyOutcome::kApplied}));
+  EXPECT_EQ(this->Text(t, Table::kMessages, contract::MessageKey("m1"), "message_text"), "fine");
+  EXPECT_EQ(this->Text(t, Table::kMessages, contract::MessageKey("m3"), "message_text"),
+            "fine too");
+  EXPECT_EQ(this->Text(t, Table::kMessages, contract::MessageKey("poison"), "message_text"),
+            std::nullopt);
 }
 
 TYPED_TEST_P(EventStoreContract, AnExistingContactIsNotOnboarded) {
@@ -255,14 +319,14 @@ TYPED_TEST_P(EventStoreContract, AnExistingContactIsNotOnboarded) {
   EXPECT_EQ(this->Text(t, Table::kContacts, contract::ContactKey("5522"), "origin"), std::nullopt);
 }
 
-REGISTER_TYPED_TEST_SUITE_P(EventStoreContract, AnUpsertIsAppliedAndReadBack,
-                            AnOlderEventIsStaleAndChangesNothing,
-                            TheSameEventAgainLeavesTheSameState,
-                            AnEqualTimeWithALaterStreamSequenceWins, AnUpdateOfAMissingRowIsNotYet,
-                            AnUpdateChangesOnlyTheFieldsItCarries,
-                            SeveralWritesToOneKeyInOneCallEndInTheNewest,
-                            TenantsDoNotSeeEachOthersRows, TenantIdsThatDifferOnlyByCaseCollide,
-                            TheFirstInboundMessageOfAPhoneOnboardsItOnce,
-                            AnExistingContactIsNotOnboarded);
+REGISTER_TYPED_TEST_SUITE_P(
+    EventStoreContract, AnUpsertIsAppliedAndReadBack, AnOlderEventIsStaleAndChangesNothing,
+    TheSameEventAgainLeavesTheSameState, AnEqualTimeWithALaterStreamSequenceWins,
+    AnUpdateOfAMissingRowIsNotYet, AnUpdateChangesOnlyTheFieldsItCarries,
+    SeveralWritesToOneKeyInOneCallEndInTheNewest, TenantsDoNotSeeEachOthersRows,
+    TenantIdsThatDifferOnlyByCaseCollide, TheFirstInboundMessageOfAPhoneOnboardsItOnce,
+    AContactEventOverridesWhatOnboardingWrote, AContactUpsertEarlierInTheStreamUndoesTheOnboarding,
+    AMessageEarlierInTheStreamThanTheContactOnboardsIt, AnExistingContactIsNotOnboarded,
+    ARefusedWriteFailsAloneAndTheOthersApply);
 
 }  // namespace evp::testing

@@ -116,8 +116,10 @@ class InMemoryEventStore final : public pipeline::EventStore {
     return n + onboarding_log_.size();
   }
   // (company, agent, phone) of every onboarding_log row.
-  const std::set<std::tuple<std::string, std::string, std::string>>& OnboardingLog() const {
-    return onboarding_log_;
+  std::set<std::tuple<std::string, std::string, std::string>> OnboardingLog() const {
+    std::set<std::tuple<std::string, std::string, std::string>> out;
+    for (const auto& [row, seq] : onboarding_log_) out.insert(row);
+    return out;
   }
 
   int ensure_calls = 0;
@@ -142,6 +144,8 @@ class InMemoryEventStore final : public pipeline::EventStore {
       // The pipeline must call EnsureTenant first; a real store would fail on the schema.
       return {pipeline::ApplyOutcome::kFatal, "3F000: schema does not exist"};
     }
+    // The store onboards before it writes the batch's messages, whatever their outcome.
+    if (m.onboarding) Onboard(m);
     TableRows& rows = data_[m.company_id][m.table];
     auto it = rows.find(key);
     if (it == rows.end()) {
@@ -152,41 +156,123 @@ class InMemoryEventStore final : public pipeline::EventStore {
       row.version = m.version;
       for (const auto& v : m.values) row.columns[std::string(v.column->name)] = v.text;
       rows.emplace(key, std::move(row));
-      Onboard(m);
+      if (m.table == handlers::Table::kContacts) NoteContactWrite(m, key, /*first=*/false);
       return {pipeline::ApplyOutcome::kApplied, ""};
     }
-    // Last writer wins (SPEC §11): an event older than the row's version never overwrites it.
-    if (m.version < it->second.version) return {pipeline::ApplyOutcome::kStale, ""};
-    for (const auto& v : m.values) it->second.columns[std::string(v.column->name)] = v.text;
-    it->second.version = m.version;
-    Onboard(m);
+    FakeRow& row = it->second;
+    // Last writer wins (SPEC §11): an event older than the row's version never overwrites it,
+    // with one exception for contacts (FirstInStreamOrder).
+    const bool newer = !(m.version < row.version);
+    const bool first = FirstInStreamOrder(m, key);
+    if (!newer && !first) {
+      if (m.table == handlers::Table::kContacts) NoteContactWrite(m, key, false);
+      return {pipeline::ApplyOutcome::kStale, ""};
+    }
+    ContactHistory* history =
+        m.table == handlers::Table::kContacts ? &contact_history_[{m.company_id, key}] : nullptr;
+    if (first) {
+      // In stream order the onboarding never happened: what only it wrote goes.
+      for (const std::string& column : history->onboarded) row.columns.erase(column);
+    }
+    for (const auto& v : m.values) {
+      const std::string column(v.column->name);
+      if (newer || !row.columns.count(column)) row.columns[column] = v.text;
+    }
+    if (newer) row.version = m.version;
+    if (m.table == handlers::Table::kContacts) NoteContactWrite(m, key, first);
     return {pipeline::ApplyOutcome::kApplied, ""};
   }
 
-  // The first inbound message from an unknown (agent, phone) creates the contact and one log
-  // row, in the same "transaction" as the message.
+  // Onboarding in stream order, as the PostgreSQL store does it (SetWriter::OnboardingSql):
+  // the first inbound message from an unknown (agent, phone) creates the contact with the
+  // lowest version (any contact event overrides it) and one log row; an inbound message that
+  // comes earlier in the stream than the one that onboarded the contact, and than the
+  // contact's first realtime contacts.upsert, takes the onboarding over.
+  struct ContactHistory {
+    std::optional<uint64_t> onboard_seq;       // the message that onboarded it
+    std::optional<uint64_t> first_upsert_seq;  // its first realtime upsert; 0: a history import
+    std::set<std::string> onboarded;           // columns still holding what onboarding wrote
+  };
+
   void Onboard(const handlers::Mutation& m) {
-    if (!m.onboarding) return;
     const auto& ob = *m.onboarding;
-    TableRows& contacts = data_[m.company_id][handlers::Table::kContacts];
+    const uint64_t seq = m.version.seq;
     const std::string key = "agent_id=" + ob.agent_id + ",phone_number=" + ob.phone_number;
-    if (contacts.count(key)) return;
-    FakeRow row;
-    row.version = m.version;
-    row.columns = {{"agent_id", ob.agent_id},
-                   {"phone_number", ob.phone_number},
-                   {"company_id", m.company_id},
-                   {"origin", ob.origin},
-                   {"tags", ob.tags_json}};
-    if (!ob.chat_id.empty()) row.columns["chat_id"] = ob.chat_id;
-    if (!ob.assigned_to.empty()) row.columns["assigned_to"] = ob.assigned_to;
-    contacts.emplace(key, std::move(row));
-    onboarding_log_.insert({m.company_id, ob.agent_id, ob.phone_number});
+    TableRows& contacts = data_[m.company_id][handlers::Table::kContacts];
+    ContactHistory& history = contact_history_[{m.company_id, key}];
+    auto it = contacts.find(key);
+    if (it != contacts.end() && !((!history.first_upsert_seq || *history.first_upsert_seq > seq) &&
+                                  (!history.onboard_seq || *history.onboard_seq > seq))) {
+      return;  // the contact existed before this message in stream order
+    }
+    if (it == contacts.end()) {
+      FakeRow row;
+      row.version = Version{0, Source::kHistory, 0};
+      row.columns = {{"agent_id", ob.agent_id},
+                     {"phone_number", ob.phone_number},
+                     {"company_id", m.company_id}};
+      it = contacts.emplace(key, std::move(row)).first;
+    }
+    const std::pair<const char*, const std::string*> values[] = {{"chat_id", &ob.chat_id},
+                                                                 {"origin", &ob.origin},
+                                                                 {"tags", &ob.tags_json},
+                                                                 {"assigned_to", &ob.assigned_to}};
+    for (const auto& [column, value] : values) {
+      if (history.onboarded.count(column) == 0 && it->second.columns.count(column)) continue;
+      if (value->empty()) {
+        if (history.onboarded.erase(column)) it->second.columns.erase(column);
+        continue;
+      }
+      it->second.columns[column] = *value;
+      history.onboarded.insert(column);
+    }
+    history.onboard_seq = seq;
+    onboarding_log_[{m.company_id, ob.agent_id, ob.phone_number}] = seq;
+  }
+
+  // A realtime contacts.upsert that comes before the message that onboarded the contact and
+  // before any other realtime upsert of it: in stream order it created the contact, so it
+  // applies even under a newer version, over what only onboarding wrote.
+  bool FirstInStreamOrder(const handlers::Mutation& m, const std::string& key) const {
+    if (m.table != handlers::Table::kContacts || m.kind != handlers::WriteKind::kUpsert ||
+        m.version.source != Source::kRealtime) {
+      return false;
+    }
+    auto h = contact_history_.find({m.company_id, key});
+    if (h == contact_history_.end()) return false;
+    const uint64_t seq = m.version.seq;
+    return h->second.onboard_seq && *h->second.onboard_seq > seq &&
+           (!h->second.first_upsert_seq || *h->second.first_upsert_seq > seq);
+  }
+
+  // Bookkeeping after a contacts write (applied or stale): columns a contact event wrote no
+  // longer hold onboarding values; a realtime upsert earlier than the onboarding message
+  // means the onboarding never happened, so its log row goes.
+  void NoteContactWrite(const handlers::Mutation& m, const std::string& key, bool first) {
+    ContactHistory& history = contact_history_[{m.company_id, key}];
+    if (first) {
+      history.onboarded.clear();
+    } else {
+      for (const auto& v : m.values) history.onboarded.erase(std::string(v.column->name));
+    }
+    if (m.kind != handlers::WriteKind::kUpsert) return;
+    const uint64_t seq = m.version.source == Source::kRealtime ? m.version.seq : 0;
+    if (!history.first_upsert_seq || *history.first_upsert_seq > seq) {
+      history.first_upsert_seq = seq;
+    }
+    if (history.onboard_seq && *history.onboard_seq > seq) {
+      history.onboard_seq.reset();
+      const FakeRow& row = data_[m.company_id][handlers::Table::kContacts].at(key);
+      onboarding_log_.erase(
+          {m.company_id, row.columns.at("agent_id"), row.columns.at("phone_number")});
+    }
   }
 
   std::set<std::string> tenants_;
   std::map<std::string, std::map<handlers::Table, TableRows>> data_;
-  std::set<std::tuple<std::string, std::string, std::string>> onboarding_log_;
+  std::map<std::pair<std::string, std::string>, ContactHistory> contact_history_;
+  // (company, agent, phone) -> stream sequence of the message the row names
+  std::map<std::tuple<std::string, std::string, std::string>, uint64_t> onboarding_log_;
 };
 
 // Records every dead letter it is asked to publish.

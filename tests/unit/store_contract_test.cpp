@@ -18,6 +18,9 @@ class InMemoryHarness {
                                   const std::string& key, const std::string& column) {
     return store_.Column(tenant, table, key, column);
   }
+  void RefuseMessage(const std::string& tenant, const std::string& message_id) {
+    store_.fatal_key = {tenant, "message_id=" + message_id};
+  }
   size_t OnboardingLogRows(const std::string& tenant) {
     size_t n = 0;
     for (const auto& [company, agent, phone] : store_.OnboardingLog()) n += company == tenant;
