@@ -176,6 +176,7 @@ int Run(int argc, char** argv) {
 
   const Config config = app::LoadConfigOrExit(Binary::kCli, "eventctl");
   observability::InitLogging("eventctl", "warn", "text");
+  app::WarnAboutMisspeltSettings();
 
   if (*config_cmd) {
     for (const auto& line : config.Describe()) std::printf("%s\n", line.c_str());

@@ -2,9 +2,11 @@
 
 #include <malloc.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -40,9 +42,22 @@ Config LoadConfigOrExit(Binary binary, const char* binary_name) {
   return std::move(cfg).value();
 }
 
+void WarnAboutMisspeltSettings() {
+  std::vector<std::string> names;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    const std::string_view kv(*e);
+    names.emplace_back(kv.substr(0, kv.find('=')));
+  }
+  for (const auto& [name, setting] : Config::NearMisses(names)) {
+    observability::LogWarn("environment variable is not a setting and is ignored; a typo?",
+                           {{"variable", name}, {"did_you_mean", setting}});
+  }
+}
+
 Config StartService(Binary binary, const char* binary_name, std::atomic<bool>& stop) {
   Config config = LoadConfigOrExit(binary, binary_name);
   observability::InitLogging(binary_name, config.log_level, config.log_format);
+  WarnAboutMisspeltSettings();
   InstallStopSignals(stop, config.shutdown_grace, [](std::string_view line) {
     observability::LogWarn(line);
     spdlog::default_logger_raw()->flush();  // an _exit may follow

@@ -24,6 +24,10 @@ Config LoadConfigOrExit(Binary binary, const char* binary_name);
 // process), and bound libpq's connect timeout.
 Config StartService(Binary binary, const char* binary_name, std::atomic<bool>& stop);
 
+// Logs a warning for each environment variable that looks like a misspelt setting
+// (Config::NearMisses): such a variable is ignored, and its setting keeps its default.
+void WarnAboutMisspeltSettings();
+
 // The /readyz answer: ready when every part is up and the service is not stopping; the
 // detail names each part.
 observability::Readiness ReadinessOf(bool nats, bool postgres, bool consumers, bool stopping);

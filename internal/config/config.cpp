@@ -7,7 +7,10 @@
 #include <fstream>
 #include <map>
 #include <regex>
+#include <set>
 #include <sstream>
+#include <string_view>
+#include <utility>
 
 #include "core/duration.hpp"
 #include "core/text.hpp"
@@ -433,6 +436,53 @@ Result<Config, std::vector<std::string>> Config::FromProcessEnvironment(Binary b
     if (v == nullptr) return std::nullopt;
     return std::string(v);
   });
+}
+
+namespace {
+
+// Levenshtein distance, ASCII case folded.
+size_t EditDistance(std::string_view a, std::string_view b) {
+  auto fold = [](char c) { return static_cast<char>(std::toupper(static_cast<unsigned char>(c))); };
+  std::vector<size_t> prev(b.size() + 1);
+  std::vector<size_t> cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t subst = prev[j - 1] + (fold(a[i - 1]) == fold(b[j - 1]) ? 0 : 1);
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, subst});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> Config::NearMisses(
+    const std::vector<std::string>& names) {
+  std::set<std::string> settings;
+  for (Binary b : {Binary::kProcessor, Binary::kDlqWorker, Binary::kCli}) {
+    for (const Key& key : Keys(b)) settings.insert(key.name);
+  }
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const std::string& name : names) {
+    if (settings.count(name) || name.size() < 4) continue;
+    // One edit in a short name, two in a longer one: far enough for typos, near enough
+    // that unrelated variables (PATH, HOSTNAME, NATS_PORT from a Kubernetes service) pass.
+    const size_t limit = name.size() < 9 ? 1 : 2;
+    const std::string* best = nullptr;
+    size_t best_distance = limit + 1;
+    for (const std::string& setting : settings) {
+      const size_t d = EditDistance(name, setting);
+      if (d < best_distance) {
+        best_distance = d;
+        best = &setting;
+      }
+    }
+    if (best != nullptr) out.emplace_back(name, *best);
+  }
+  return out;
 }
 
 bool Config::AllowsTenant(const std::string& company_id) const {

@@ -81,6 +81,12 @@ struct Config {
                                                                   const Getenv& getenv);
   static Result<Config, std::vector<std::string>> FromProcessEnvironment(Binary binary);
 
+  // Environment variable names that look like a misspelt setting (BATCH_SIZ, batch_size):
+  // (name, the setting it resembles). Not an error: the environment is shared with other
+  // software. Names that are a setting of any binary are never reported.
+  static std::vector<std::pair<std::string, std::string>> NearMisses(
+      const std::vector<std::string>& names);
+
   bool AllowsTenant(const std::string& company_id) const;
 
   // Effective configuration, secrets masked, one "KEY=value  # doc" line per key.

@@ -494,5 +494,17 @@ TEST(MaskDsn, MasksAQuotedPasswordWithEscapedQuotesWhole) {
   EXPECT_EQ(MaskDsn(R"(host=h password='unclosed PW)"), "host=h password=****");
 }
 
+TEST(Config, NamesEnvironmentVariablesThatLookLikeMisspeltSettings) {
+  const auto misses = Config::NearMisses({"BATCH_SIZ", "batch_size", "DLQ_WORKER", "LOG_LEVL",
+                                          "BATCH_SIZE", "DLQ_WORKERS", "PATH", "HOSTNAME",
+                                          "NATS_PORT", "POSTGRES_PORT", "PG_PORT", "TENANT"});
+  const std::vector<std::pair<std::string, std::string>> want = {{"BATCH_SIZ", "BATCH_SIZE"},
+                                                                 {"batch_size", "BATCH_SIZE"},
+                                                                 {"DLQ_WORKER", "DLQ_WORKERS"},
+                                                                 {"LOG_LEVL", "LOG_LEVEL"},
+                                                                 {"TENANT", "TENANTS"}};
+  EXPECT_EQ(misses, want) << "settings of any binary, and unrelated names, are not reported";
+}
+
 }  // namespace
 }  // namespace evp
