@@ -45,9 +45,11 @@ inline handlers::Mutation Build(EventType type, const nlohmann::json& doc,
   return handlers::BuildMutation(type, doc, tenant, version);
 }
 
-// An outbound message (no onboarding) with `text`, versioned by its message_timestamp.
+// An outbound message (no onboarding) with `text`, versioned by its message_timestamp; a
+// history item when `source` says so.
 inline handlers::Mutation Message(const std::string& tenant, const std::string& id,
-                                  const std::string& text, int64_t ts, uint64_t seq) {
+                                  const std::string& text, int64_t ts, uint64_t seq,
+                                  Source source = Source::kRealtime) {
   return Build(EventType::kMessagesUpsert,
                {{"message_id", id},
                 {"chat_id", "c1"},
@@ -56,7 +58,7 @@ inline handlers::Mutation Message(const std::string& tenant, const std::string& 
                 {"status", "sent"},
                 {"message_text", text},
                 {"message_timestamp", ts}},
-               tenant, RealtimeAt(ts, seq));
+               tenant, Version{ts, source, seq});
 }
 
 inline handlers::Mutation InboundMessage(const std::string& tenant, const std::string& id,
@@ -172,6 +174,28 @@ TYPED_TEST_P(EventStoreContract, AnEqualTimeWithALaterStreamSequenceWins) {
   EXPECT_EQ(this->Apply({contract::Message(t, "m1", "seq 6", 100, 6)}),
             std::vector{ApplyOutcome::kApplied});
   EXPECT_EQ(this->Text(t, Table::kMessages, contract::MessageKey("m1"), "message_text"), "seq 6");
+}
+
+TYPED_TEST_P(EventStoreContract, OnATieOfTimeARealtimeEventWinsOverAHistoryItem) {
+  // SPEC §11: the streams' sequences do not compare; on equal seconds realtime wins.
+  const std::string t = this->ReadyTenant("ct_source");
+  ASSERT_EQ(this->Apply({contract::Message(t, "m1", "realtime", 100, 5)}),
+            std::vector{ApplyOutcome::kApplied});
+  EXPECT_EQ(this->Apply({contract::Message(t, "m1", "history", 100, 9, Source::kHistory)}),
+            std::vector{ApplyOutcome::kStale});
+  ASSERT_EQ(this->Apply({contract::Message(t, "m2", "history", 100, 9, Source::kHistory)}),
+            std::vector{ApplyOutcome::kApplied});
+  EXPECT_EQ(this->Apply({contract::Message(t, "m2", "realtime", 100, 5)}),
+            std::vector{ApplyOutcome::kApplied});
+  EXPECT_EQ(this->Text(t, Table::kMessages, contract::MessageKey("m1"), "message_text"),
+            "realtime");
+  EXPECT_EQ(this->Text(t, Table::kMessages, contract::MessageKey("m2"), "message_text"),
+            "realtime");
+  // A newer history item still wins over an older realtime event.
+  EXPECT_EQ(this->Apply({contract::Message(t, "m2", "newer history", 101, 1, Source::kHistory)}),
+            std::vector{ApplyOutcome::kApplied});
+  EXPECT_EQ(this->Text(t, Table::kMessages, contract::MessageKey("m2"), "message_text"),
+            "newer history");
 }
 
 TYPED_TEST_P(EventStoreContract, AnUpdateOfAMissingRowIsNotYet) {
@@ -322,10 +346,11 @@ TYPED_TEST_P(EventStoreContract, AnExistingContactIsNotOnboarded) {
 REGISTER_TYPED_TEST_SUITE_P(
     EventStoreContract, AnUpsertIsAppliedAndReadBack, AnOlderEventIsStaleAndChangesNothing,
     TheSameEventAgainLeavesTheSameState, AnEqualTimeWithALaterStreamSequenceWins,
-    AnUpdateOfAMissingRowIsNotYet, AnUpdateChangesOnlyTheFieldsItCarries,
-    SeveralWritesToOneKeyInOneCallEndInTheNewest, TenantsDoNotSeeEachOthersRows,
-    TenantIdsThatDifferOnlyByCaseCollide, TheFirstInboundMessageOfAPhoneOnboardsItOnce,
-    AContactEventOverridesWhatOnboardingWrote, AContactUpsertEarlierInTheStreamUndoesTheOnboarding,
+    OnATieOfTimeARealtimeEventWinsOverAHistoryItem, AnUpdateOfAMissingRowIsNotYet,
+    AnUpdateChangesOnlyTheFieldsItCarries, SeveralWritesToOneKeyInOneCallEndInTheNewest,
+    TenantsDoNotSeeEachOthersRows, TenantIdsThatDifferOnlyByCaseCollide,
+    TheFirstInboundMessageOfAPhoneOnboardsItOnce, AContactEventOverridesWhatOnboardingWrote,
+    AContactUpsertEarlierInTheStreamUndoesTheOnboarding,
     AMessageEarlierInTheStreamThanTheContactOnboardsIt, AnExistingContactIsNotOnboarded,
     ARefusedWriteFailsAloneAndTheOthersApply);
 
