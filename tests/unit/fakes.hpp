@@ -192,6 +192,11 @@ class InMemoryEventStore final : public pipeline::EventStore {
     std::optional<uint64_t> onboard_seq;       // the message that onboarded it
     std::optional<uint64_t> first_upsert_seq;  // its first realtime upsert; 0: a history import
     std::set<std::string> onboarded;           // columns still holding what onboarding wrote
+    // An event of stream sequence `seq` comes before both the onboarding message and the
+    // first realtime upsert (either may be missing).
+    bool Precedes(uint64_t seq) const {
+      return (!first_upsert_seq || *first_upsert_seq > seq) && (!onboard_seq || *onboard_seq > seq);
+    }
   };
 
   void Onboard(const handlers::Mutation& m) {
@@ -201,8 +206,7 @@ class InMemoryEventStore final : public pipeline::EventStore {
     TableRows& contacts = data_[m.company_id][handlers::Table::kContacts];
     ContactHistory& history = contact_history_[{m.company_id, key}];
     auto it = contacts.find(key);
-    if (it != contacts.end() && !((!history.first_upsert_seq || *history.first_upsert_seq > seq) &&
-                                  (!history.onboard_seq || *history.onboard_seq > seq))) {
+    if (it != contacts.end() && !history.Precedes(seq)) {
       return;  // the contact existed before this message in stream order
     }
     if (it == contacts.end()) {
@@ -240,9 +244,7 @@ class InMemoryEventStore final : public pipeline::EventStore {
     }
     auto h = contact_history_.find({m.company_id, key});
     if (h == contact_history_.end()) return false;
-    const uint64_t seq = m.version.seq;
-    return h->second.onboard_seq && *h->second.onboard_seq > seq &&
-           (!h->second.first_upsert_seq || *h->second.first_upsert_seq > seq);
+    return h->second.onboard_seq && h->second.Precedes(m.version.seq);
   }
 
   // Bookkeeping after a contacts write (applied or stale): columns a contact event wrote no
