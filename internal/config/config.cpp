@@ -507,14 +507,15 @@ std::vector<std::string> Config::Describe() const {
 
 std::string MaskDsn(const std::string& dsn) {
   if (dsn.starts_with("postgresql://") || dsn.starts_with("postgres://")) {
-    // URI form: scheme://user:password@host/db?password=...&other=...
+    // URI form: scheme://user:password@host/db?password=...&sslpassword=...&other=...
     static const std::regex kUserinfo(R"(^([a-z]+://[^:/@?#]*):([^@/?#]*)@)");
     std::string out = std::regex_replace(dsn, kUserinfo, "$1:****@");
-    static const std::regex kQuery(R"(([?&]password=)[^&#]*)");
+    static const std::regex kQuery(R"(([?&](?:ssl)?password=)[^&#]*)");
     return std::regex_replace(out, kQuery, "$1****");
   }
-  // key=value form (libpq): a value is quoted ('...', where \' and \\ are escapes) or runs to
-  // the next blank (a backslash escapes the next character there too).
+  // key=value form (libpq; the pattern also masks sslpassword): a value is quoted ('...', where \'
+  // and \\ are escapes) or runs to the next blank (a backslash escapes the next character there
+  // too).
   static const std::regex kKv(R"((password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^\s\\])+))");
   return std::regex_replace(dsn, kKv, "$1****");
 }

@@ -487,6 +487,13 @@ TEST(MaskDsn, MasksAPasswordGivenAsUriQueryParameter) {
             "postgresql://h/db?sslmode=require&password=****");
 }
 
+TEST(MaskDsn, MasksTheClientKeysPasswordInBothForms) {
+  EXPECT_EQ(MaskDsn("postgresql://u:pw@h/db?sslpassword=keyPW&sslmode=require"),
+            "postgresql://u:****@h/db?sslpassword=****&sslmode=require");
+  EXPECT_EQ(MaskDsn("host=h dbname=db sslpassword=keyPW sslmode=require"),
+            "host=h dbname=db sslpassword=**** sslmode=require");
+}
+
 TEST(MaskDsn, MasksAQuotedPasswordWithEscapedQuotesWhole) {
   EXPECT_EQ(MaskDsn(R"(host=h user=u password='s3cret\' PW' dbname=db)"),
             "host=h user=u password=**** dbname=db");
