@@ -150,6 +150,20 @@ Metrics::Metrics(std::string_view binary, std::vector<std::string> labelled_tena
     exhausted_->Add(labels);
   }
   for (const char* cls : {"transient", "fatal"}) db_errors_->Add({{"class", cls}});
+  if (binary != "dlq-worker") {  // the worker re-applies single items, counted per message
+    history_items_ = &prometheus::BuildCounter()
+                          .Name("evp_history_items_total")
+                          .Help("Items of history batches, by batch type and outcome")
+                          .Register(r);
+    for (EventType t : kAllEventTypes) {
+      if (!IsHistory(t)) continue;
+      for (EventOutcome o :
+           {EventOutcome::kApplied, EventOutcome::kStale, EventOutcome::kDeadLettered}) {
+        history_items_->Add(
+            {{"type", std::string(EventTypeName(t))}, {"outcome", std::string(OutcomeName(o))}});
+      }
+    }
+  }
   if (binary == "dlq-worker") {
     for (const char* outcome : {"exhausted", "duplicate", "applied_on_retry", "retry_scheduled",
                                 "deferred", "store_error", "other_tenant_skipped"}) {
@@ -188,6 +202,13 @@ void Metrics::CountEvent(std::string_view type, EventOutcome outcome, const std:
         ->Add({{"company_id", company_id}, {"outcome", std::string(OutcomeName(outcome))}})
         .Increment(n);
   }
+}
+
+void Metrics::CountHistoryItems(std::string_view envelope, EventOutcome outcome, double n) {
+  if (history_items_ == nullptr || n <= 0) return;
+  history_items_
+      ->Add({{"type", std::string(envelope)}, {"outcome", std::string(OutcomeName(outcome))}})
+      .Increment(n);
 }
 
 void Metrics::CountDeadLetter(ReasonCode code, ErrorClass cls) {

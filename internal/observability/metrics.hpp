@@ -47,6 +47,9 @@ class Metrics {
 
   void CountEvent(std::string_view type, EventOutcome outcome, const std::string& company_id,
                   double n = 1);
+  // Items of history batches (evp_history_items_total; not in the dlq-worker): `envelope` is
+  // the batch's type (history.chats, ...); outcome applied, stale_skipped or dead_lettered.
+  void CountHistoryItems(std::string_view envelope, EventOutcome outcome, double n = 1);
   void CountDeadLetter(ReasonCode code, ErrorClass cls);
   void CountExhausted(ReasonCode code, ErrorClass cls);
   void CountDbError(std::string_view error_class);
@@ -78,6 +81,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* ack_pending_;
   prometheus::Counter* redeliveries_;
   prometheus::Counter* redriven_;
+  prometheus::Family<prometheus::Counter>* history_items_ = nullptr;
   prometheus::Histogram* batch_duration_;
   prometheus::Histogram* batch_size_;
   std::array<prometheus::Histogram*, 3> batch_stage_{};

@@ -285,6 +285,7 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
                                                {"reason", dl.reason}});
         dead_letters.push_back({std::move(dl), i, false});
         metrics_.CountEvent(EventTypeName(item_type), EventOutcome::kDeadLettered, company);
+        metrics_.CountHistoryItems(EventTypeName(type), EventOutcome::kDeadLettered);
         continue;
       }
       Version v = handlers::EventVersion(item_type, item, publish_seconds, Source::kHistory,
@@ -403,6 +404,8 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
   const int64_t commit_ms = clock_.UnixMillis();
   const auto now = clock_.Now();
   std::vector<std::optional<ApplyResult>> per_message(batch.size());
+  // Items of history batches by outcome (a batch counts once in evp_events_total).
+  std::map<std::pair<EventType, EventOutcome>, double> history_items;
   for (size_t n = 0; n < origin.size(); ++n) {
     const PreparedBatch::Item& item = work.items[origin[n]];
     const ApplyResult& r = applied.value()[n];
@@ -410,6 +413,11 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
     const std::string& company = work.tenants[item.message];
     const EventType type = work.types[item.message];
     if (r.outcome == ApplyOutcome::kFatal) metrics_.CountDbError("fatal");  // an event or item
+    if (item.item_index) {
+      if (r.outcome == ApplyOutcome::kApplied) ++history_items[{type, EventOutcome::kApplied}];
+      if (r.outcome == ApplyOutcome::kStale) ++history_items[{type, EventOutcome::kStale}];
+      if (r.outcome == ApplyOutcome::kFatal) ++history_items[{type, EventOutcome::kDeadLettered}];
+    }
     if (r.outcome == ApplyOutcome::kFatal && item.item_index) {
       // A history item the database refused: dead-letter that item alone.
       DeadLetter dl;
@@ -435,6 +443,8 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
       dl.orig_msg_id = msg.msg_id;
       dl.item_index = item.item_index;
       dead_letters.push_back({std::move(dl), item.message, false});
+      metrics_.CountEvent(EventTypeName(HistoryItemType(type)), EventOutcome::kDeadLettered,
+                          company);
       continue;
     }
     auto& slot = per_message[item.message];
@@ -455,6 +465,9 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
       return 0;
     };
     if (!slot || rank(r.outcome) > rank(slot->outcome)) slot = r;
+  }
+  for (const auto& [key, n] : history_items) {
+    metrics_.CountHistoryItems(EventTypeName(key.first), key.second, n);
   }
   for (size_t i = 0; i < batch.size(); ++i) {
     if (!per_message[i]) continue;

@@ -878,6 +878,25 @@ TEST_F(Pipeline, StoresValidHistoryItemsAndDeadLettersTheInvalidOneAlone) {
   EXPECT_EQ(dl.published_ns, msg.publish_time_ns);
 }
 
+TEST_F(Pipeline, CountsTheItemsOfAHistoryBatchByOutcome) {
+  RunOne(Msg("v1.chats.upsert.acme", Chat("c3", 1699999000, "Newer")));
+  store_.fatal_key = std::make_pair(std::string("acme"), std::string("chat_id=c4"));
+  const std::string body = R"({"chats":[)" + Chat("c1", 1699990000, "One") +
+                           R"(,{"chat_id":"c2"},)" + Chat("c3", 1699990000, "Older") + "," +
+                           Chat("c4", 1699990000, "Refused") + "," +
+                           Chat("c5", 1699990000, "Five") + "]}";
+  EXPECT_TRUE(IsAck(RunOne(Msg("v1.history.chats.acme", body))));
+  const std::string text = observability::Serialize(metrics_.registry());
+  for (const char* line :
+       {R"(evp_history_items_total{outcome="applied",type="history.chats"} 2)",
+        R"(evp_history_items_total{outcome="stale_skipped",type="history.chats"} 1)",
+        R"(evp_history_items_total{outcome="dead_lettered",type="history.chats"} 2)",
+        R"(evp_events_total{outcome="dead_lettered",type="chats.upsert"} 2)",
+        R"(evp_history_items_total{outcome="applied",type="history.messages"} 0)"}) {
+    EXPECT_NE(text.find(line), std::string::npos) << line << "\n" << text;
+  }
+}
+
 TEST_F(Pipeline, DeadLettersAHistoryItemOfAnotherTenantAlone) {
   const std::string body = R"({"contacts":[{"agent_id":"a1","phone_number":"+1"},)"
                            R"({"agent_id":"a1","phone_number":"+2","company_id":"beta"}]})";
