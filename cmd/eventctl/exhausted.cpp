@@ -136,6 +136,16 @@ std::string RedriveBody(const postgres::ExhaustedRow& r, const nlohmann::json& m
   return "{" + nlohmann::json(HistoryArrayKey(route->type)).dump() + ":[" + r.payload + "]}";
 }
 
+// The rows among `ids` that match `filter` except that they are resolved.
+Result<std::vector<postgres::ExhaustedRow>, std::string> ResolvedAmong(
+    postgres::ExhaustedRepository& repo, postgres::ExhaustedFilter filter,
+    const std::vector<int64_t>& ids) {
+  filter.ids = ids;
+  filter.resolved = true;
+  filter.limit = static_cast<int64_t>(ids.size());
+  return repo.List(filter, false);
+}
+
 int Redrive(const Config& config, const Options& o) {
   postgres::ExhaustedRepository repo(config.postgres_dsn, config.ops_schema);
   auto filter = FilterOf(o);
@@ -152,17 +162,33 @@ int Redrive(const Config& config, const Options& o) {
     std::fprintf(stderr, "%s\n", rows.error().c_str());
     return 1;
   }
-  // Ids asked for by --id that the filters did not select: say so, and exit 1 at the end.
+  // Ids asked for by --id that the filters did not select. One resolved already (redriven by
+  // an earlier run of the same command) is skipped: running a redrive twice is harmless. Any
+  // other (not found, outside the filters) is named, and the command exits 1 at the end.
   int failures = 0;
   int not_selected = 0;
+  std::vector<int64_t> unselected;
   for (int64_t id : o.ids) {
     if (std::none_of(rows->begin(), rows->end(), [id](const auto& r) { return r.id == id; })) {
-      std::fprintf(stderr,
-                   "id %lld: not found, already resolved (add --all to redrive it again) "
-                   "or outside the filters\n",
-                   static_cast<long long>(id));
-      ++not_selected;
+      unselected.push_back(id);
     }
+  }
+  if (!unselected.empty() && filter.resolved == std::optional<bool>(false)) {
+    auto resolved = ResolvedAmong(repo, filter, unselected);
+    if (!resolved.ok()) {
+      std::fprintf(stderr, "%s\n", resolved.error().c_str());
+      return 1;
+    }
+    for (const auto& r : *resolved) {
+      std::fprintf(stderr,
+                   "id %lld: resolved already (%s), skipped; add --all to redrive it again\n",
+                   static_cast<long long>(r.id), r.notes.c_str());
+      std::erase(unselected, r.id);
+    }
+  }
+  for (int64_t id : unselected) {
+    std::fprintf(stderr, "id %lld: not found or outside the filters\n", static_cast<long long>(id));
+    ++not_selected;
   }
   if (o.dry_run) {
     for (const auto& r : *rows) {
@@ -270,18 +296,31 @@ int Resolve(const Config& config, const Options& o) {
     return 1;
   }
   std::printf("%zu event(s) marked resolved\n", r->size());
-  std::string unchanged;
+  std::vector<int64_t> unchanged;
   for (int64_t id : ids) {
-    if (!std::binary_search(r->begin(), r->end(), id)) {
-      unchanged += (unchanged.empty() ? "" : ", ") + std::to_string(id);
-    }
+    if (!std::binary_search(r->begin(), r->end(), id)) unchanged.push_back(id);
   }
-  if (!unchanged.empty()) {
-    std::fprintf(stderr, "not found or already resolved: %s (see `exhausted list --all`)\n",
-                 unchanged.c_str());
+  if (unchanged.empty()) return 0;
+  // Resolved already: the state asked for, so not an error (running a resolve twice is
+  // harmless). Not found: a mistyped id, which the operator must see.
+  postgres::ExhaustedFilter any;
+  auto before = ResolvedAmong(repo, any, unchanged);
+  if (!before.ok()) {
+    std::fprintf(stderr, "%s\n", before.error().c_str());
     return 1;
   }
-  return 0;
+  std::string already;
+  for (const auto& row : *before) {
+    already += (already.empty() ? "" : ", ") + std::to_string(row.id);
+    std::erase(unchanged, row.id);
+  }
+  if (!already.empty())
+    std::fprintf(stderr, "resolved already, left as they were: %s\n", already.c_str());
+  if (unchanged.empty()) return 0;
+  std::string missing;
+  for (int64_t id : unchanged) missing += (missing.empty() ? "" : ", ") + std::to_string(id);
+  std::fprintf(stderr, "not found: %s (see `exhausted list --all`)\n", missing.c_str());
+  return 1;
 }
 
 void AddFilters(CLI::App* cmd, Options& o) {

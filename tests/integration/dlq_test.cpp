@@ -337,14 +337,23 @@ TEST(DlqWorker, ExhaustedListShowAndResolveWork) {
   ChildProcess none(BinaryPath("eventctl"), {"exhausted", "list", "--tenant", t}, stack.Env());
   ASSERT_EQ(none.Wait(std::chrono::seconds(20)), 0);
   EXPECT_NE(none.Log().find("0 row(s)"), std::string::npos) << none.Log();
-  // A resolved row asked for by id is not redriven again silently; a misspelt reason code is
-  // refused rather than matching nothing.
+  // A resolved row asked for by id is skipped, and said so: running the same command twice is
+  // harmless. An id that does not exist is an error; a misspelt reason code is refused rather
+  // than matching nothing.
   ChildProcess again(BinaryPath("eventctl"), {"exhausted", "redrive", "--id", std::to_string(id)},
                      stack.Env());
-  EXPECT_EQ(again.Wait(std::chrono::seconds(20)), 1) << again.Log();
-  EXPECT_NE(again.Log().find("already resolved"), std::string::npos) << again.Log();
-  EXPECT_NE(again.Log().find("0 failed, 0 marked resolved, 1 --id not selected"), std::string::npos)
-      << "the summary does not call it a failed publish: " << again.Log();
+  EXPECT_EQ(again.Wait(std::chrono::seconds(20)), 0) << again.Log();
+  EXPECT_NE(again.Log().find("resolved already (publisher fixed), skipped"), std::string::npos)
+      << again.Log();
+  EXPECT_NE(again.Log().find("redriven 0 event(s)"), std::string::npos) << again.Log();
+  ChildProcess unknown(BinaryPath("eventctl"), {"exhausted", "redrive", "--id", "999999"},
+                       stack.Env());
+  EXPECT_EQ(unknown.Wait(std::chrono::seconds(20)), 1) << unknown.Log();
+  EXPECT_NE(unknown.Log().find("id 999999: not found or outside the filters"), std::string::npos)
+      << unknown.Log();
+  EXPECT_NE(unknown.Log().find("0 failed, 0 marked resolved, 1 --id not selected"),
+            std::string::npos)
+      << "the summary does not call it a failed publish: " << unknown.Log();
   ChildProcess typo(BinaryPath("eventctl"), {"exhausted", "list", "--reason", "malformed"},
                     stack.Env());
   EXPECT_NE(typo.Wait(std::chrono::seconds(20)), 0) << typo.Log();
@@ -358,11 +367,22 @@ TEST(DlqWorker, ExhaustedListShowAndResolveWork) {
                     stack.Env());
   ASSERT_EQ(bare.Wait(std::chrono::seconds(20)), 0) << bare.Log();
   EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events WHERE resolved"), 2);
-  // An id that does not exist (or is resolved already) is an error the operator sees.
+  // An id that does not exist is an error the operator sees; one resolved already is left as
+  // it was, and is not an error.
   ChildProcess missing(BinaryPath("eventctl"), {"exhausted", "resolve", "999999"}, stack.Env());
   EXPECT_EQ(missing.Wait(std::chrono::seconds(20)), 1) << missing.Log();
-  EXPECT_NE(missing.Log().find("not found or already resolved"), std::string::npos)
-      << missing.Log();
+  EXPECT_NE(missing.Log().find("not found: 999999"), std::string::npos) << missing.Log();
+  ChildProcess twice(BinaryPath("eventctl"),
+                     {"exhausted", "resolve", std::to_string(second), "--note", "later"},
+                     stack.Env());
+  EXPECT_EQ(twice.Wait(std::chrono::seconds(20)), 0) << twice.Log();
+  EXPECT_NE(twice.Log().find("resolved already, left as they were: " + std::to_string(second)),
+            std::string::npos)
+      << twice.Log();
+  EXPECT_EQ(QueryString(stack.Dsn(), "SELECT notes FROM events_ops.exhausted_events WHERE id = " +
+                                         std::to_string(second)),
+            "resolved by eventctl")
+      << "the first note stays";
 }
 
 TEST(DlqWorker, ExhaustedListMatchesSubjectsLiterallySortsAndPrintsUtc) {
