@@ -318,7 +318,8 @@ std::string SetWriter::OnboardingSql(char op, const std::string& schema) {
            log_insert +
            "onboarded USING (agent_id, phone_number) ON CONFLICT (agent_id, phone_number) DO "
            "UPDATE SET chat_id = EXCLUDED.chat_id, message_id = EXCLUDED.message_id, origin = "
-           "EXCLUDED.origin, tags = EXCLUDED.tags, stream_seq = EXCLUDED.stream_seq WHERE "
+           "EXCLUDED.origin, tags = EXCLUDED.tags, stream_seq = EXCLUDED.stream_seq, updated_at = "
+           "now() WHERE "
            "onboarding_log.stream_seq > EXCLUDED.stream_seq";
   }
   // 'c', after the contacts.upsert rows are written: a contact that a later message

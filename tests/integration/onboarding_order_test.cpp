@@ -13,6 +13,7 @@
 #include <random>
 #include <thread>
 
+#include "core/embedded.hpp"
 #include "postgres/pg_store.hpp"
 #include "support/db.hpp"
 #include "support/mutations.hpp"
@@ -177,6 +178,53 @@ std::vector<size_t> StreamOrder() {
   std::sort(order.begin(), order.end(),
             [&](size_t a, size_t b) { return stream[a].version.seq < stream[b].version.seq; });
   return order;
+}
+
+TEST_F(OnboardingOrder, ATenantOfTheFirstSchemaVersionIsMigratedAndKeepsItsRows) {
+  // A tenant created by the first release: schema at migration 1, one onboarded contact.
+  const std::string tenant = "firstver";
+  const std::string s = std::string(kTenantPrefix) + tenant;
+  std::string_view first;
+  for (const EmbeddedFile& f : EmbeddedMigrations()) {
+    if (f.path == "tenant/0001_init.sql") first = f.content;
+  }
+  ASSERT_FALSE(first.empty());
+  {
+    pqxx::connection c(dsn_);
+    pqxx::work tx(c);
+    tx.exec0("CREATE SCHEMA " + s);
+    tx.exec0("SET LOCAL search_path TO " + s);
+    tx.exec0(std::string(first));
+    tx.exec0(
+        "INSERT INTO contacts (agent_id, phone_number, company_id, origin, tags, ver_ts, "
+        "ver_src, ver_seq) VALUES ('a1', '+1', 'firstver', 'DirectChat', '{Onboarded}', 0, 0, 0)");
+    tx.exec0(
+        "INSERT INTO onboarding_log (agent_id, phone_number, company_id, message_id) VALUES "
+        "('a1', '+1', 'firstver', 'm0')");
+    tx.exec_params0("INSERT INTO " + std::string(kOpsSchema) +
+                        ".tenants (company_id, schema_name, migration_version) VALUES ($1, $2, 1)",
+                    tenant, s);
+    tx.commit();
+  }
+  ASSERT_TRUE(store_->EnsureTenant(tenant).ok());
+  EXPECT_EQ(QueryInt(dsn_, "SELECT migration_version FROM " + std::string(kOpsSchema) +
+                               ".tenants WHERE company_id = 'firstver'"),
+            3);
+  // The old log row stays where it was (stream_seq 0 is never moved) and has an updated_at.
+  EXPECT_EQ(QueryInt(dsn_, "SELECT count(*) FROM " + s +
+                               ".onboarding_log WHERE message_id = 'm0' AND stream_seq = 0 AND "
+                               "updated_at >= created_at"),
+            1);
+  // The migrated schema takes the batch writer's statements: a known contact is not onboarded
+  // again, a new one is.
+  auto results = store_->Apply({Inbound(tenant, 5, "m5", "+1"), Inbound(tenant, 6, "m6", "+2")});
+  ASSERT_TRUE(results.ok()) << results.error().message;
+  for (const auto& r : results.value()) EXPECT_EQ(r.outcome, pipeline::ApplyOutcome::kApplied);
+  EXPECT_EQ(QueryString(dsn_,
+                        "SELECT string_agg(phone_number || ':' || message_id, ',' ORDER BY "
+                        "phone_number) FROM " +
+                            s + ".onboarding_log"),
+            "+1:m0,+2:m6");
 }
 
 TEST_F(OnboardingOrder, StreamOrderOnboardsTheFirstInboundMessageOfUnknownContacts) {
