@@ -61,6 +61,28 @@ std::string SafeUtf8(std::string_view in) {
   return out;
 }
 
+std::string Shown(std::string_view in, size_t max_bytes) {
+  std::string out;
+  size_t i = 0;
+  while (i < in.size() && i < max_bytes) {
+    const size_t n = ValidSequence(in, i);
+    const auto c = static_cast<unsigned char>(in[i]);
+    // C1 controls (U+0080-U+009F) are two bytes starting 0xC2 0x80-0x9F.
+    const bool control = n == 1
+                             ? (c < 0x20 || c == 0x7f)
+                             : n == 2 && c == 0xC2 && static_cast<unsigned char>(in[i + 1]) < 0xA0;
+    if (n == 0 || control) {
+      out += '?';
+      i += n == 0 ? 1 : n;  // one '?' per invalid byte or control character
+      continue;
+    }
+    out.append(in.substr(i, n));
+    i += n;
+  }
+  if (i < in.size()) out += "...";
+  return out;
+}
+
 std::string HexEncode(std::string_view bytes) {
   static const char* kHex = "0123456789abcdef";
   std::string out;

@@ -9,6 +9,10 @@ namespace evp {
 // Valid UTF-8 without NUL: invalid sequences become U+FFFD, NUL becomes U+FFFD.
 std::string SafeUtf8(std::string_view in);
 bool IsValidUtf8(std::string_view in);
+// For messages about untrusted text (logs, reasons): valid UTF-8 characters as they are,
+// control characters and invalid bytes as '?'; after `max_bytes` (at a character boundary)
+// "..." ends it.
+std::string Shown(std::string_view in, size_t max_bytes);
 std::string HexEncode(std::string_view bytes);
 std::string HexDecode(std::string_view hex);  // input must be valid lower/upper hex
 // ASCII letters lowered, other bytes as they are (tenant ids: schema names, case collisions).

@@ -2,6 +2,8 @@
 
 #include <vector>
 
+#include "core/text.hpp"
+
 namespace evp::routing {
 namespace {
 
@@ -19,15 +21,7 @@ std::vector<std::string_view> Split(std::string_view s) {
   }
 }
 
-std::string Printable(std::string_view s) {
-  std::string out;
-  for (char c : s.substr(0, 80)) {
-    auto u = static_cast<unsigned char>(c);
-    out += (u >= 0x20 && u < 0x7f) ? c : '?';
-  }
-  if (s.size() > 80) out += "...";
-  return out;
-}
+std::string Printable(std::string_view s) { return Shown(s, 80); }
 
 // Action and domain tokens of v1 subjects.
 bool IsSubjectWord(std::string_view token) {

@@ -324,6 +324,18 @@ TEST(Text, SafeUtf8AlwaysProducesValidUtf8WithoutNul) {
   }
 }
 
+TEST(Text, ShownKeepsCharactersAndCutsAtACharacterBoundary) {
+  EXPECT_EQ(Shown("caf\xc3\xa9 \xe2\x82\xac", 80), "caf\xc3\xa9 \xe2\x82\xac");
+  EXPECT_EQ(Shown("a\tb\x7f\xc0\xaf"
+                  "c",
+                  80),
+            "a?b???c")
+      << "controls and an overlong '/'";
+  EXPECT_EQ(Shown("ab\xe2\x82\xac", 3), "ab\xe2\x82\xac") << "the character begun is whole";
+  EXPECT_EQ(Shown("abcdef", 3), "abc...");
+  EXPECT_EQ(Shown("", 3), "");
+}
+
 TEST(Text, HexEncodesLowerCase) {
   EXPECT_EQ(HexEncode(std::string("\x00\x0f\xf0\xff", 4)), "000ff0ff");
   EXPECT_EQ(HexEncode("AZ"), "415a");

@@ -144,6 +144,20 @@ TEST(Routing, RejectsInvalidTenantsAndKeepsTheRawToken) {
   }
 }
 
+TEST(Routing, NamesAnInvalidTenantAsWrittenWithControlsAndBadBytesShownAsQuestionMarks) {
+  auto accented = ParseSubject("v1.chats.upsert.acm\xc3\xa9");
+  ASSERT_FALSE(accented.ok());
+  EXPECT_EQ(accented.error().failure.message,
+            "company_id 'acm\xc3\xa9' may only contain letters, digits and '_'");
+  auto odd =
+      ParseSubject(std::string("v1.chats.upsert.a\x01\xff\xc2\x85"
+                               "b",
+                               22));
+  ASSERT_FALSE(odd.ok());
+  EXPECT_EQ(odd.error().failure.message,
+            "company_id 'a???b' may only contain letters, digits and '_'");
+}
+
 TEST(Routing, RejectsInvalidTenantOnHistorySubjects) {
   auto r = ParseSubject("v1.history.chats.9lives");
   ASSERT_FALSE(r.ok());
