@@ -180,9 +180,11 @@ int Redrive(const Config& config, const Options& o) {
       return 1;
     }
     for (const auto& r : *resolved) {
+      std::string notes = r.notes;  // one note per line, oldest first
+      std::replace(notes.begin(), notes.end(), '\n', ';');
       std::fprintf(stderr,
                    "id %lld: resolved already (%s), skipped; add --all to redrive it again\n",
-                   static_cast<long long>(r.id), r.notes.c_str());
+                   static_cast<long long>(r.id), notes.c_str());
       std::erase(unselected, r.id);
     }
   }
@@ -314,8 +316,9 @@ int Resolve(const Config& config, const Options& o) {
     already += (already.empty() ? "" : ", ") + std::to_string(row.id);
     std::erase(unchanged, row.id);
   }
-  if (!already.empty())
+  if (!already.empty()) {
     std::fprintf(stderr, "resolved already, left as they were: %s\n", already.c_str());
+  }
   if (unchanged.empty()) return 0;
   std::string missing;
   for (int64_t id : unchanged) missing += (missing.empty() ? "" : ", ") + std::to_string(id);
