@@ -1342,9 +1342,10 @@ def check_manifests(label: str, docs: list[dict], values: dict, root: str,
         if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
             fail(f"Deployment {name}: pod seccompProfile is not RuntimeDefault")
         tgp = pod.get("terminationGracePeriodSeconds")
-        if not isinstance(tgp, int) or tgp <= grace:
+        # The binaries exit 1 at SHUTDOWN_GRACE + 2 s after SIGTERM (core/signals.cpp).
+        if not isinstance(tgp, int) or tgp <= grace + 2:
             fail(f"Deployment {name}: terminationGracePeriodSeconds {tgp} must exceed "
-                 f"SHUTDOWN_GRACE ({grace:g}s)")
+                 f"SHUTDOWN_GRACE + 2 s ({grace + 2:g}s)")
         volumes = {v["name"] for v in pod.get("volumes", [])}
         for c in pod["containers"]:
             csc = c.get("securityContext", {})

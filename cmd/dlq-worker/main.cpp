@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "app/startup.hpp"
+#include "core/signals.hpp"
 #include "dlq/advisory_handler.hpp"
 #include "dlq/dlq_handler.hpp"
 #include "observability/http_server.hpp"
@@ -111,7 +112,7 @@ int main() {
   advisories.join();
   advisory_src.reset();
   sources.clear();
-  conn->Drain(config.shutdown_grace);
+  conn->Drain(GraceLeft(config.shutdown_grace));  // what the in-flight batch left
   http.Stop();
   observability::LogInfo("stopped");
   return 0;

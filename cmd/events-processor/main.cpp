@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "app/startup.hpp"
+#include "core/signals.hpp"
 #include "observability/http_server.hpp"
 #include "observability/logging.hpp"
 #include "pipeline/consumer_loop.hpp"
@@ -103,7 +104,7 @@ int main() {
   observability::LogInfo("in-flight batches settled; draining NATS");
   realtime_src.reset();
   history_src.reset();
-  conn->Drain(config.shutdown_grace);
+  conn->Drain(GraceLeft(config.shutdown_grace));  // what the in-flight batch left
   http.Stop();
   observability::LogInfo("stopped");
   return 0;

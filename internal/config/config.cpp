@@ -292,8 +292,10 @@ std::vector<Key> Keys(Binary binary) {
     keys.push_back(std::move(k));
   }
   dur_key("SHUTDOWN_GRACE",
-          "longest NATS drain on SIGTERM; a process still running 2 s after it exits 1", "20s",
-          ms(0), kMinute * 10, &Config::shutdown_grace);
+          "time from SIGTERM to exit: the in-flight batch is finished and acked, then NATS "
+          "drained with what is left (at least 0.5 s); a process still running 2 s after it "
+          "exits 1",
+          "20s", ms(0), kMinute * 10, &Config::shutdown_grace);
   keys.push_back(IntKey(
       "DLQ_WORKERS", "DLQ worker pool size", "4", 1, 256,
       [](Config& c, int64_t v) { c.dlq_workers = static_cast<int>(v); },

@@ -11,6 +11,7 @@
 #include "core/dead_letter.hpp"
 #include "core/duration.hpp"
 #include "core/event.hpp"
+#include "core/signals.hpp"
 #include "core/text.hpp"
 
 namespace evp {
@@ -334,6 +335,18 @@ TEST(Text, ShownKeepsCharactersAndCutsAtACharacterBoundary) {
   EXPECT_EQ(Shown("ab\xe2\x82\xac", 3), "ab\xe2\x82\xac") << "the character begun is whole";
   EXPECT_EQ(Shown("abcdef", 3), "abc...");
   EXPECT_EQ(Shown("", 3), "");
+}
+
+TEST(Signals, TheDrainGetsWhatTheInFlightBatchLeftOfTheGrace) {
+  using std::chrono::milliseconds;
+  using std::chrono::seconds;
+  const auto t0 = std::chrono::steady_clock::time_point(seconds(1000));
+  EXPECT_EQ(GraceLeft(seconds(20), milliseconds(500), std::nullopt, t0), seconds(20))
+      << "no signal: all of it";
+  EXPECT_EQ(GraceLeft(seconds(20), milliseconds(500), t0, t0 + seconds(5)), seconds(15));
+  EXPECT_EQ(GraceLeft(seconds(20), milliseconds(500), t0, t0 + seconds(25)), milliseconds(500))
+      << "a batch slower than the grace leaves the floor, so acks still flush";
+  EXPECT_EQ(GraceLeft(seconds(0), milliseconds(500), std::nullopt, t0), milliseconds(500));
 }
 
 TEST(Text, HexEncodesLowerCase) {
