@@ -1104,6 +1104,10 @@ def check_schema(root: str, rep: Report) -> None:
         "bad tenant id": lambda v: v["config"].update(TENANTS="acme,9lives"),
         "bad log level": lambda v: v["config"].update(LOG_LEVEL="verbose"),
         "string replicas": lambda v: v["processor"].update(replicaCount="two"),
+        "NATS credentials in the ConfigMap": lambda v: v["config"].update(
+            NATS_URL="nats://app:s3cret@nats:4222"),
+        "a bad PDB eviction policy": lambda v: v["processor"]["podDisruptionBudget"].update(
+            unhealthyPodEvictionPolicy="Always"),
     }
     for label, mutate in bad_cases.items():
         bad = copy.deepcopy(values)
