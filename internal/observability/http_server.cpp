@@ -1,6 +1,7 @@
 #include "observability/http_server.hpp"
 
 #include <httplib.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <chrono>
@@ -17,6 +18,10 @@ HttpServer::HttpServer(Metrics& metrics, std::function<Readiness()> readiness)
   server_->set_socket_options([](socket_t sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    // Dual stack: the IPv6 wildcard takes IPv4 too, whatever net.ipv6.bindv6only says.
+    // (Fails harmlessly on the IPv4 socket of the fallback.)
+    int no = 0;
+    setsockopt(sock, IPPROTO_IPV6, IPV6_V6ONLY, &no, sizeof(no));
   });
   server_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
@@ -34,12 +39,15 @@ HttpServer::HttpServer(Metrics& metrics, std::function<Readiness()> readiness)
 HttpServer::~HttpServer() { Stop(); }
 
 int HttpServer::Start(int port) {
-  int bound = port;
-  if (port == 0) {
-    bound = server_->bind_to_any_port("0.0.0.0");
-  } else if (!server_->bind_to_port("0.0.0.0", port)) {
-    bound = -1;
-  }
+  // IPv6 and IPv4 on one socket, so probes and scrapes reach the pod on IPv6-only and
+  // dual-stack clusters; IPv4 alone where the kernel has no IPv6.
+  auto bind = [&](const char* host) {
+    if (port == 0) return server_->bind_to_any_port(host);
+    return server_->bind_to_port(host, port) ? port : -1;
+  };
+  // (A port in use fails both: the dual-stack socket holding it covers IPv4 as well.)
+  int bound = bind("::");
+  if (bound < 0) bound = bind("0.0.0.0");
   if (bound < 0) return -1;
   thread_ = std::thread([this] { server_->listen_after_bind(); });
   // Stop() before the loop runs would be lost (the loop then never ends): wait for it.

@@ -29,7 +29,8 @@ class HttpServer {
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
-  // Binds 0.0.0.0:port (0 = any free port) and serves in a background thread.
+  // Binds [::]:port, IPv6 and IPv4 (0.0.0.0:port where the kernel has no IPv6; 0 = any free
+  // port) and serves in a background thread.
   // Returns the bound port, or -1 when the port cannot be bound.
   int Start(int port);
   void Stop();
