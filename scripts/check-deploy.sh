@@ -228,9 +228,17 @@ dockerfile_packages() {
       status=1
     }
   done
+  # The image's version label is the version evp_build_info reports.
+  local project image
+  project=$(sed -nE 's/^project\([a-z_]+ VERSION ([0-9.]+).*/\1/p' CMakeLists.txt)
+  image=$(sed -nE 's/^ARG VERSION=([0-9.]+)$/\1/p' Dockerfile)
+  if [[ -z $project || $project != "$image" ]]; then
+    echo "Dockerfile ARG VERSION=${image:-?} differs from CMakeLists.txt's project VERSION ${project:-?}"
+    status=1
+  fi
   return "$status"
 }
-check "Dockerfile packages (build = bootstrap -dev list; runtime covers the binaries' libraries)" \
+check "Dockerfile packages and version (build = bootstrap -dev list; runtime covers the binaries' libraries)" \
   dockerfile_packages
 
 if command -v shellcheck >/dev/null 2>&1; then
