@@ -1568,7 +1568,7 @@ def check_monitoring(root: str, rep: Report, promql_out: str | None) -> None:
                 rep.fail("monitoring", f"{where}: metric {name} is not defined in metrics.cpp")
         # Labels the expression makes itself: label_replace(v, "dst", "replacement", "src",
         # "regex"), matched by its four string arguments.
-        made = set(re.findall(r'"([a-z_]+)"\s*,\s*"[^"]*"\s*,\s*"[a-z_]+"\s*,\s*"[^"]*"\s*\)',
+        made = set(re.findall(r'"([a-z_]+)"\s*,\s*"[^"]*"\s*,\s*"[a-z_]*"\s*,\s*"[^"]*"\s*\)',
                               expr))
         for label in re.findall(r"(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr):
             for lab in filter(None, (x.strip() for x in label.split(","))):

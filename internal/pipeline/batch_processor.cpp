@@ -568,6 +568,16 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
 }
 
 std::vector<Decision> BatchProcessor::Finish(PreparedBatch& work) {
+  // A history batch with nothing to write (an empty array, or every item dead-lettered) was
+  // handled all the same: it counts once, as applied, like a batch whose items were written.
+  std::vector<bool> wrote(work.decisions.size(), false);
+  for (const PreparedBatch::Item& item : work.items) wrote[item.message] = true;
+  for (size_t i = 0; i < work.decisions.size(); ++i) {
+    if (work.done[i] || wrote[i] || !IsHistory(work.types[i])) continue;
+    if (work.decisions[i].kind != Decision::Kind::kAck) continue;
+    metrics_.CountEvent(EventTypeName(work.types[i]), EventOutcome::kApplied, work.tenants[i]);
+    ++work.stats.applied;
+  }
   stats_ = work.stats;
   return std::move(work.decisions);
 }

@@ -893,7 +893,20 @@ TEST_F(Pipeline, CountsTheItemsOfAHistoryBatchByOutcome) {
         R"(evp_history_items_total{outcome="dead_lettered",type="history.chats"} 2)",
         R"(evp_events_total{outcome="dead_lettered",type="chats.upsert"} 2)",
         R"(evp_history_items_total{outcome="applied",type="history.messages"} 0)"}) {
-    EXPECT_NE(text.find(line), std::string::npos) << line << "\n" << text;
+    EXPECT_NE(text.find(std::string(line) + "\n"), std::string::npos) << line << "\n" << text;
+  }
+}
+
+TEST_F(Pipeline, CountsAHistoryBatchWithNothingToWriteOnce) {
+  EXPECT_TRUE(IsAck(RunOne(Msg("v1.history.chats.acme", R"({"chats":[]})"))));
+  EXPECT_TRUE(
+      IsAck(RunOne(Msg("v1.history.chats.acme", R"({"chats":[{"chat_id":"c1"},{"jid":"j"}]})"))));
+  const std::string text = observability::Serialize(metrics_.registry());
+  for (const char* line :
+       {R"(evp_events_total{outcome="applied",type="history.chats"} 2)",
+        R"(evp_history_items_total{outcome="dead_lettered",type="history.chats"} 2)",
+        R"(evp_history_items_total{outcome="applied",type="history.chats"} 0)"}) {
+    EXPECT_NE(text.find(std::string(line) + "\n"), std::string::npos) << line << "\n" << text;
   }
 }
 
