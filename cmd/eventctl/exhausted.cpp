@@ -27,8 +27,12 @@ struct Options {
   std::string note;
 };
 
+// At most about n bytes for a table cell, cut at a UTF-8 character boundary.
 std::string Truncate(const std::string& s, size_t n) {
-  return s.size() <= n ? s : s.substr(0, n - 3) + "...";
+  if (s.size() <= n) return s;
+  size_t cut = n - 3;
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+  return s.substr(0, cut) + "...";
 }
 
 nlohmann::json RowJson(const postgres::ExhaustedRow& r, bool with_payload) {
