@@ -293,6 +293,22 @@ TEST_F(OnboardingOrder, RedeliveringEveryEventChangesNothing) {
   EXPECT_EQ(Run(twice, 3, false), expected);
 }
 
+TEST_F(OnboardingOrder, ALogRowMovedToAnEarlierMessageTellsWhen) {
+  const std::string tenant = "moved";
+  const std::string s = std::string(kTenantPrefix) + tenant;
+  ASSERT_TRUE(store_->EnsureTenant(tenant).ok());
+  // The later message is processed first (a redelivery after a crash), then the earlier one
+  // takes the log row over; another contact's row is never touched.
+  ASSERT_TRUE(
+      store_->Apply({Inbound(tenant, 20, "m20", "+1"), Inbound(tenant, 21, "m21", "+2")}).ok());
+  ASSERT_TRUE(store_->Apply({Inbound(tenant, 10, "m10", "+1")}).ok());
+  EXPECT_EQ(QueryString(dsn_,
+                        "SELECT string_agg(phone_number || ':' || message_id || ':' || "
+                        "(updated_at > created_at), ',' ORDER BY phone_number) FROM " +
+                            s + ".onboarding_log"),
+            "+1:m10:true,+2:m21:false");
+}
+
 // Another writer (a replica, the DLQ worker) onboards the same contact at the same time:
 // its transaction holds the new contact row while this store writes an event of that
 // contact, and commits once the store's statement waits for it.
