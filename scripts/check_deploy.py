@@ -1458,14 +1458,26 @@ def check_manifests(label: str, docs: list[dict], values: dict, root: str,
                   encoding="utf-8") as f:
             source = yaml.safe_load(f)
         disabled = set(values["prometheusRule"].get("disabledAlerts") or [])
+        # EvpMetricsAbsent needs the chart's ServiceMonitor (the job name it gives).
+        if not values["serviceMonitor"].get("enabled"):
+            disabled.add("EvpMetricsAbsent")
         want = [r["alert"] for g in source["groups"] for r in g["rules"]
                 if r.get("alert") not in disabled]
         got = [r["alert"] for g in pr["spec"]["groups"] for r in g["rules"]]
         if sorted(want) != sorted(got):
             fail(f"PrometheusRule {name}: alerts {got} != {want}")
         extra = values["prometheusRule"].get("ruleLabels") or {}
+        base = values["prometheusRule"].get("runbookBaseUrl") or ""
         for g in pr["spec"]["groups"]:
             for r in g["rules"]:
+                link = r.get("annotations", {}).get("runbook_url")
+                if base and link != f"{base}#{r['alert'].lower()}":
+                    fail(f"PrometheusRule {name}: {r['alert']} runbook_url {link!r}")
+                if not base and link is not None:
+                    fail(f"PrometheusRule {name}: {r['alert']} has a runbook_url without a base")
+                if r["alert"] == "EvpMetricsAbsent" and 'namespace="' not in r["expr"]:
+                    fail(f"PrometheusRule {name}: EvpMetricsAbsent ignores the namespace")
+
                 if any(r.get("labels", {}).get(k) != v for k, v in extra.items()):
                     fail(f"PrometheusRule {name}: {r['alert']} lacks ruleLabels")
                 if "severity" not in r.get("labels", {}):

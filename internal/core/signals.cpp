@@ -50,11 +50,14 @@ void InstallStopSignals(std::atomic<bool>& stop, std::chrono::milliseconds grace
   std::thread([set, &stop, grace, report] {
     int sig = 0;
     while (sigwait(&set, &sig) == 0) {
+      // When the grace began, set before `stop` so that no shutdown sees the flag without it.
+      std::chrono::steady_clock::rep none = 0;
+      first_signal.compare_exchange_strong(
+          none, std::chrono::steady_clock::now().time_since_epoch().count());
       if (stop.exchange(true)) {
         report("second signal " + std::to_string(sig) + ": exiting now");
         _exit(130);
       }
-      first_signal.store(std::chrono::steady_clock::now().time_since_epoch().count());
       report("signal " + std::to_string(sig) + ": draining (send again to exit at once)");
       std::thread([grace, report] {
         std::this_thread::sleep_for(grace + std::chrono::seconds(2));
