@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "core/text.hpp"
+
 namespace evp::fuzz {
 
 // A broken invariant is a finding: print it and abort so libFuzzer saves the input.
@@ -30,11 +32,14 @@ inline bool HasControl(std::string_view s) {
   return false;
 }
 
-// Printable ASCII only (0x20-0x7e).
-inline bool IsPrintableAscii(std::string_view s) {
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u > 0x7e) return false;
+// Text safe to show: valid UTF-8 (core/text) without C0 or C1 control characters or DEL.
+inline bool IsPrintableText(std::string_view s) {
+  if (!IsValidUtf8(s)) return false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto u = static_cast<unsigned char>(s[i]);
+    if (IsControl(s[i])) return false;
+    // C1 controls, U+0080-U+009F: 0xC2 0x80-0x9F.
+    if (u == 0xC2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) < 0xA0) return false;
   }
   return true;
 }

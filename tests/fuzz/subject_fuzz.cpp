@@ -14,7 +14,7 @@
 namespace {
 
 using evp::fuzz::Check;
-using evp::fuzz::IsPrintableAscii;
+using evp::fuzz::IsPrintableText;
 
 size_t CountTokens(std::string_view s) {
   size_t n = 1;
@@ -42,7 +42,7 @@ void CheckTenant(std::string_view id) {
   Check(!error == IsValidTenant(id), "TenantIdError disagrees with the tenant rule", id);
   // Messages are logged and stored: printable and bounded, whatever the input.
   if (error) {
-    Check(IsPrintableAscii(*error), "TenantIdError message not printable", *error);
+    Check(IsPrintableText(*error), "TenantIdError message not printable", *error);
     Check(error->size() <= 256, "TenantIdError message too long", *error);
   }
   // The payload's company_id is checked by this JSON Schema pattern (schemas/v1/*.json);
@@ -80,7 +80,7 @@ void Run(std::string_view subject) {
     Check(failure.code == evp::ReasonCode::kUnknownType ||
               failure.code == evp::ReasonCode::kInvalidTenant,
           "unexpected reason code", failure.Reason());
-    Check(IsPrintableAscii(failure.message), "route error message not printable", failure.message);
+    Check(IsPrintableText(failure.message), "route error message not printable", failure.message);
     Check(failure.message.size() <= 512, "route error message too long", failure.message);
     const std::string_view raw = route.error().raw_tenant;
     // The last token, or nothing for subjects too short to name a tenant.
