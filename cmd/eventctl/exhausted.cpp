@@ -201,10 +201,16 @@ int Redrive(const Config& config, const Options& o) {
       std::printf("would redrive %lld %s (%zu bytes) %s\n", static_cast<long long>(r.id),
                   r.source_subject.c_str(), r.payload.size(), Truncate(r.reason, 80).c_str());
     }
-    std::printf("%zu event(s) would be redriven%s\n", rows->size(),
-                static_cast<int64_t>(rows->size()) == o.filter.limit
-                    ? " (limit reached: --limit; more may match)"
-                    : "");
+    std::printf(
+        "%zu event(s) would be redriven%s\n", rows->size(),
+        not_selected > 0
+            ? (", " + std::to_string(not_selected) + " --id not selected (see above)").c_str()
+            : "");
+    if (static_cast<int64_t>(rows->size()) == o.filter.limit) {
+      std::printf(
+          "limit reached (--limit %lld): more events may match; raise --limit to see them\n",
+          static_cast<long long>(o.filter.limit));
+    }
     return not_selected == 0 ? 0 : 1;
   }
   auto installation = repo.InstallationId();

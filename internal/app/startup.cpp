@@ -39,6 +39,7 @@ Config LoadConfigOrExit(Binary binary, const char* binary_name) {
     for (const auto& e : errors) std::fprintf(stderr, "  %s\n", e.c_str());
     std::exit(2);
   }
+  NameDatabaseSessions(binary_name);
   return std::move(cfg).value();
 }
 
@@ -196,5 +197,9 @@ DatabaseProbe::~DatabaseProbe() {
 }
 
 void BoundDatabaseConnectTimeout() { setenv("PGCONNECT_TIMEOUT", "5", /*overwrite=*/0); }
+
+void NameDatabaseSessions(const char* binary_name) {
+  setenv("PGAPPNAME", binary_name, /*overwrite=*/0);
+}
 
 }  // namespace evp::app

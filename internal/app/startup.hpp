@@ -82,4 +82,9 @@ class DatabaseProbe {
 // chose a value (PGCONNECT_TIMEOUT or connect_timeout in the DSN).
 void BoundDatabaseConnectTimeout();
 
+// Every libpq session of the binary shows `binary_name` as its application_name (in
+// pg_stat_activity and the server log), unless the operator chose one (PGAPPNAME or
+// application_name in the DSN).
+void NameDatabaseSessions(const char* binary_name);
+
 }  // namespace evp::app

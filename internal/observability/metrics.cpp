@@ -141,6 +141,12 @@ Metrics::Metrics(std::string_view binary, std::vector<std::string> labelled_tena
   for (EventOutcome o : {EventOutcome::kDeadLettered, EventOutcome::kOtherTenant}) {
     CountEvent("unknown", o, "", 0);  // subjects without a route
   }
+  // The tenants of METRICS_TENANTS (at most 20) too, so that their first event counts.
+  for (const std::string& tenant : labelled_tenants_) {
+    for (EventOutcome o : kAllOutcomes) {
+      tenant_events_->Add({{"company_id", tenant}, {"outcome", std::string(OutcomeName(o))}});
+    }
+  }
   for (ReasonCode code : kAllReasonCodes) {
     const ErrorClass cls =
         code == ReasonCode::kRetriesExhausted ? ErrorClass::kRetryable : ErrorClass::kFatal;

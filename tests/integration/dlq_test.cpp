@@ -255,6 +255,10 @@ TEST(DlqWorker, RedriveTwiceOfAThousandExhaustedEventsAppliesEachOnce) {
     EXPECT_EQ(rc, 0) << cli.Log();
     return cli.Log();
   };
+  const std::string dry = redrive({"--dry-run"});
+  EXPECT_NE(dry.find("1000 event(s) would be redriven\nlimit reached (--limit 1000)"),
+            std::string::npos)
+      << dry;
   const std::string first = redrive({});
   EXPECT_NE(first.find("redriven 1000 event(s)"), std::string::npos) << first;
   // 1,000 is also the default --limit: the operator is told that more may match.
@@ -354,6 +358,12 @@ TEST(DlqWorker, ExhaustedListShowAndResolveWork) {
   EXPECT_NE(unknown.Log().find("0 failed, 0 marked resolved, 1 --id not selected"),
             std::string::npos)
       << "the summary does not call it a failed publish: " << unknown.Log();
+  ChildProcess unknown_dry(BinaryPath("eventctl"),
+                           {"exhausted", "redrive", "--id", "999999", "--dry-run"}, stack.Env());
+  EXPECT_EQ(unknown_dry.Wait(std::chrono::seconds(20)), 1) << unknown_dry.Log();
+  EXPECT_NE(unknown_dry.Log().find("0 event(s) would be redriven, 1 --id not selected"),
+            std::string::npos)
+      << "a dry run says what the real run would: " << unknown_dry.Log();
   ChildProcess typo(BinaryPath("eventctl"), {"exhausted", "list", "--reason", "malformed"},
                     stack.Env());
   EXPECT_NE(typo.Wait(std::chrono::seconds(20)), 0) << typo.Log();

@@ -88,6 +88,25 @@ TEST(Realtime, EveryRealtimeTypeLandsInTheTenantTables) {
   EXPECT_EQ(stack.Count("SELECT count(*) FROM events_ops.exhausted_events"), 0);
 }
 
+TEST(Realtime, EachServiceNamesItsDatabaseSessions) {
+  Stack stack;
+  const std::string t = UniqueName("appname");
+  ASSERT_TRUE(stack
+                  .Publish("v1.chats.upsert." + t,
+                           json{{"chat_id", "c1"}, {"jid", "j1"}, {"phone_number", "+1"}}.dump())
+                  .ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM tenant_" + t + ".chats", 1));
+  // pg_stat_activity tells an operator which service holds which connection.
+  for (const char* name : {"events-processor", "dlq-worker"}) {
+    EXPECT_TRUE(stack.WaitCount(
+        std::string("SELECT least(count(*), 1) FROM pg_stat_activity WHERE datname = "
+                    "current_database() AND application_name = '") +
+            name + "'",
+        1))
+        << name;
+  }
+}
+
 TEST(Realtime, PartialUpdatesTouchOnlyTheirFields) {
   Stack stack;
   const std::string t = UniqueName("part");
