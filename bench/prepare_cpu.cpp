@@ -40,6 +40,7 @@ class NoStore final : public pipeline::EventStore, public pipeline::ExhaustedSto
                                                      const std::string&) override {
     return true;
   }
+  Result<bool, pipeline::StoreError> IsRecorded(const std::string&) override { return false; }
 };
 class NoSink final : public pipeline::DeadLetterSink {
  public:

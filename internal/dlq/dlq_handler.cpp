@@ -36,6 +36,9 @@ class RefusingExhaustedStore final : public pipeline::ExhaustedStore {
                                                      const std::string&) override {
     return Err{pipeline::StoreError{pipeline::StoreErrorKind::kTransient, "unexpected"}};
   }
+  Result<bool, pipeline::StoreError> IsRecorded(const std::string&) override {
+    return Err{pipeline::StoreError{pipeline::StoreErrorKind::kTransient, "unexpected"}};
+  }
 };
 
 }  // namespace
@@ -99,15 +102,7 @@ Decision DlqHandler::Record(const InboundMessage& msg, const DeadLetter& dl,
                             const std::string& final_reason) {
   auto recorded = exhausted_.RecordExhausted(dl, final_reason);
   if (!recorded.ok()) {
-    const bool transient = recorded.error().kind == pipeline::StoreErrorKind::kTransient;
-    store_unavailable_ = store_unavailable_ || transient;
-    metrics_.CountDbError(transient ? "transient" : "fatal");
-    observability::LogWarn("cannot record exhausted event; will retry",
-                           {{"subject", dl.source_subject}, {"error", recorded.error().message}});
-    metrics_.CountDlqMessage("store_error");
-    return Decision::Nak(BackoffDelay(config_.dlq_base_delay, config_.dlq_max_delay,
-                                      static_cast<int>(std::min<uint64_t>(msg.delivered, 30)),
-                                      rng_));
+    return StoreFailed(msg, dl, recorded.error(), "cannot look up exhausted events; will retry");
   }
   if (recorded.value()) {
     if (auto code = ReasonCodeFromName(final_reason.substr(0, final_reason.find(':')))) {
@@ -129,6 +124,17 @@ Decision DlqHandler::Record(const InboundMessage& msg, const DeadLetter& dl,
     metrics_.CountDlqMessage("duplicate");
   }
   return Decision::Ack();
+}
+
+Decision DlqHandler::StoreFailed(const InboundMessage& msg, const DeadLetter& dl,
+                                 const pipeline::StoreError& error, const char* what) {
+  const bool transient = error.kind == pipeline::StoreErrorKind::kTransient;
+  store_unavailable_ = store_unavailable_ || transient;
+  metrics_.CountDbError(transient ? "transient" : "fatal");
+  observability::LogWarn(what, {{"subject", dl.source_subject}, {"error", error.message}});
+  metrics_.CountDlqMessage("store_error");
+  return Decision::Nak(BackoffDelay(config_.dlq_base_delay, config_.dlq_max_delay,
+                                    static_cast<int>(std::min<uint64_t>(msg.delivered, 30)), rng_));
 }
 
 void DlqHandler::DatabaseWasUnavailable(std::chrono::milliseconds outage) {
@@ -173,6 +179,20 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
     // Not due yet: wait without counting an attempt (at most DLQ_MAX_DELAY at a time).
     metrics_.CountDlqMessage("deferred");
     return Decision::Nak(std::min(milliseconds(due_ms - now_ms), config_.dlq_max_delay));
+  }
+  // A copy of a letter whose event is in exhausted_events already: a worker stopped between
+  // recording the event and acknowledging its letter, or between republishing a retry and
+  // acknowledging the letter before it, and JetStream delivered the old one again. The
+  // event's outcome is decided; applying it now would leave it both applied and exhausted.
+  auto recorded = exhausted_.IsRecorded(dl.IdempotencyKey());
+  if (!recorded.ok()) {
+    return StoreFailed(msg, dl, recorded.error(), "cannot record exhausted event; will retry");
+  }
+  if (recorded.value()) {
+    observability::LogInfo("dead letter already recorded; acknowledging the duplicate",
+                           {{"subject", dl.source_subject}, {"key", dl.IdempotencyKey()}});
+    metrics_.CountDlqMessage("duplicate");
+    return Decision::Ack();
   }
   if (dl.attempts >= config_.dlq_max_attempts) {
     // Already out of attempts (a lowered DLQ_MAX_ATTEMPTS, or a forged count): no retry.

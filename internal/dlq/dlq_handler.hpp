@@ -40,6 +40,10 @@ class DlqHandler final : public pipeline::BatchHandler {
   pipeline::Decision Retry(const pipeline::InboundMessage& msg, DeadLetter dl);
   pipeline::Decision Record(const pipeline::InboundMessage& msg, const DeadLetter& dl,
                             const std::string& final_reason);
+  // A failed read or write of exhausted_events: logs `what`, counts it, and NAKs the letter
+  // with backoff (the database being away stops the rest of the batch).
+  pipeline::Decision StoreFailed(const pipeline::InboundMessage& msg, const DeadLetter& dl,
+                                 const pipeline::StoreError& error, const char* what);
 
   const Config& config_;
   const validation::SchemaRegistry& schemas_;

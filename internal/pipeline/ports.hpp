@@ -102,6 +102,8 @@ class ExhaustedStore {
   // Returns true when a row was inserted, false when it already existed.
   virtual Result<bool, StoreError> RecordExhausted(const DeadLetter& letter,
                                                    const std::string& final_reason) = 0;
+  // Whether a row with this DeadLetter::IdempotencyKey() exists (resolved or not).
+  virtual Result<bool, StoreError> IsRecorded(const std::string& idempotency_key) = 0;
 };
 
 // Time, injected so that tests control it. Must be thread-safe: Prepare and Complete read it

@@ -503,6 +503,23 @@ Result<bool, StoreError> PgStore::RecordExhausted(const DeadLetter& dl,
   }
 }
 
+Result<bool, StoreError> PgStore::IsRecorded(const std::string& idempotency_key) {
+  std::lock_guard lock(mu_);
+  try {
+    return WithConnection([&](pqxx::connection& conn) -> Result<bool, StoreError> {
+      pqxx::nontransaction tx(conn);
+      auto r = tx.exec_params("SELECT 1 FROM " + tx.quote_name(ops_schema_) +
+                                  ".exhausted_events WHERE idempotency_key = $1",
+                              SafeUtf8(idempotency_key));
+      return !r.empty();
+    });
+  } catch (...) {
+    StoreError err = ClassifyCurrentException();
+    Reset();
+    return Err{err};
+  }
+}
+
 PgWriterPool::PgWriterPool(const Config& config, int size) {
   for (int i = 0; i < std::max(1, size); ++i) {
     stores_.push_back(std::make_unique<PgStore>(
@@ -579,6 +596,10 @@ bool PgWriterPool::Ping() { return stores_.front()->Ping(); }
 Result<bool, StoreError> PgWriterPool::RecordExhausted(const DeadLetter& letter,
                                                        const std::string& final_reason) {
   return stores_.back()->RecordExhausted(letter, final_reason);
+}
+
+Result<bool, StoreError> PgWriterPool::IsRecorded(const std::string& idempotency_key) {
+  return stores_.back()->IsRecorded(idempotency_key);
 }
 
 Result<std::vector<ApplyResult>, StoreError> PgWriterPool::Apply(std::vector<Mutation> mutations) {

@@ -42,6 +42,7 @@ class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedSto
   bool Ping() override;
   Result<bool, pipeline::StoreError> RecordExhausted(const DeadLetter& letter,
                                                      const std::string& final_reason) override;
+  Result<bool, pipeline::StoreError> IsRecorded(const std::string& idempotency_key) override;
 
  private:
   struct Connection;  // wraps pqxx::connection, kept out of this header
@@ -93,6 +94,7 @@ class PgWriterPool final : public pipeline::EventStore, public pipeline::Exhaust
   bool Ping() override;
   Result<bool, pipeline::StoreError> RecordExhausted(const DeadLetter& letter,
                                                      const std::string& final_reason) override;
+  Result<bool, pipeline::StoreError> IsRecorded(const std::string& idempotency_key) override;
   // The connection (0 .. size - 1) that writes the tenant's events.
   size_t ConnectionOf(const std::string& company_id);
 

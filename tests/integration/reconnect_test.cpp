@@ -74,6 +74,15 @@ TEST_F(Reconnect, AStoreWritesOnAfterTheServerClosedItsConnections) {
   ASSERT_TRUE(recorded.ok()) << recorded.error().message;
   EXPECT_TRUE(recorded.value());
 
+  // The DLQ worker's look-up before a retry (is the event exhausted already?).
+  CloseConnectionsOnTheServer(1);
+  auto seen = store.IsRecorded(Letter(2).IdempotencyKey());
+  ASSERT_TRUE(seen.ok()) << seen.error().message;
+  EXPECT_TRUE(seen.value());
+  auto unseen = store.IsRecorded(Letter(3).IdempotencyKey());
+  ASSERT_TRUE(unseen.ok()) << unseen.error().message;
+  EXPECT_FALSE(unseen.value());
+
   CloseConnectionsOnTheServer(1);
   EXPECT_TRUE(store.Ping()) << "readiness does not flap after a restart";
 }

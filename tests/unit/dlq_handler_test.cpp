@@ -383,6 +383,40 @@ TEST_F(DlqHandlerTest, ExhaustsARetryableDeadLetterAtMaxAttempts) {
   EXPECT_EQ(row.letter.IdempotencyKey(), dl.IdempotencyKey());
 }
 
+TEST_F(DlqHandlerTest, ALetterOfAnEventExhaustedAlreadyIsNotAppliedAgain) {
+  // A worker recorded the event at its last attempt and was killed before acking the letter;
+  // JetStream delivers that letter again once the database has healed. So does a letter
+  // whose successor (the rescheduled attempt) was exhausted before the old one came back.
+  store_.retry_key = std::make_pair(std::string("acme"), std::string("chat_id=c1"));
+  const DeadLetter last = Retryable(5, kChat, config_->dlq_max_attempts - 1);
+  ASSERT_TRUE(IsAck(Run({FromLetter(last)})[0]));
+  ASSERT_EQ(exhausted_.size(), 1u);
+  store_.retry_key.reset();
+  InboundMessage again = FromLetter(last);
+  again.delivered = 2;
+  const DeadLetter older = Retryable(5, kChat, 1);
+  auto d = Run({again, FromLetter(older)});
+  EXPECT_TRUE(IsAck(d[0]));
+  EXPECT_TRUE(IsAck(d[1]));
+  EXPECT_EQ(store_.RowCount("acme", handlers::Table::kChats), 0u)
+      << "the event is exhausted: it must not be applied as well";
+  EXPECT_EQ(exhausted_.size(), 1u);
+  EXPECT_TRUE(sink_.published.empty()) << "and not rescheduled either";
+  const std::string text = observability::Serialize(metrics_.registry());
+  EXPECT_NE(text.find(R"(evp_dlq_messages_total{outcome="duplicate"} 2)"), std::string::npos)
+      << text;
+}
+
+TEST_F(DlqHandlerTest, NaksALetterWhenTheExhaustedEventsCannotBeRead) {
+  exhausted_.fail_transiently = true;
+  auto d = Run({FromLetter(Retryable(5, kChat, 1)), FromLetter(Retryable(6, kChat, 1))});
+  EXPECT_TRUE(IsNak(d[0]));
+  EXPECT_TRUE(IsNak(d[1]));
+  EXPECT_EQ(exhausted_.lookups, 1) << "the rest of the batch waits for the database";
+  EXPECT_EQ(store_.apply_calls, 0);
+  EXPECT_TRUE(handler_->StoreUnavailable());
+}
+
 TEST_F(DlqHandlerTest, RecordsARetriedEventThatNowFailsForGoodWithItsAttempts) {
   store_.fatal_key = std::make_pair(std::string("acme"), std::string("chat_id=c1"));
   const DeadLetter dl = Retryable(5, kChat, 2);

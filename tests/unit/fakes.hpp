@@ -316,7 +316,8 @@ class InMemoryExhaustedStore final : public pipeline::ExhaustedStore {
   };
 
   bool fail_transiently = false;
-  int calls = 0;
+  int calls = 0;    // RecordExhausted
+  int lookups = 0;  // IsRecorded
 
   Result<bool, pipeline::StoreError> RecordExhausted(const DeadLetter& letter,
                                                      const std::string& final_reason) override {
@@ -328,6 +329,15 @@ class InMemoryExhaustedStore final : public pipeline::ExhaustedStore {
     auto [it, inserted] = rows_.try_emplace(letter.IdempotencyKey(), Row{letter, final_reason});
     if (inserted) order_.push_back(it->first);
     return inserted;
+  }
+
+  Result<bool, pipeline::StoreError> IsRecorded(const std::string& idempotency_key) override {
+    ++lookups;
+    if (fail_transiently) {
+      return Err{pipeline::StoreError{pipeline::StoreErrorKind::kTransient,
+                                      "57P01: terminating connection"}};
+    }
+    return rows_.contains(idempotency_key);
   }
 
   size_t size() const { return rows_.size(); }
