@@ -102,7 +102,7 @@ Decision DlqHandler::Record(const InboundMessage& msg, const DeadLetter& dl,
                             const std::string& final_reason) {
   auto recorded = exhausted_.RecordExhausted(dl, final_reason);
   if (!recorded.ok()) {
-    return StoreFailed(msg, dl, recorded.error(), "cannot look up exhausted events; will retry");
+    return StoreFailed(msg, dl, recorded.error(), "cannot record exhausted event; will retry");
   }
   if (recorded.value()) {
     if (auto code = ReasonCodeFromName(final_reason.substr(0, final_reason.find(':')))) {
@@ -186,7 +186,7 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
   // event's outcome is decided; applying it now would leave it both applied and exhausted.
   auto recorded = exhausted_.IsRecorded(dl.IdempotencyKey());
   if (!recorded.ok()) {
-    return StoreFailed(msg, dl, recorded.error(), "cannot record exhausted event; will retry");
+    return StoreFailed(msg, dl, recorded.error(), "cannot look up exhausted events; will retry");
   }
   if (recorded.value()) {
     observability::LogInfo("dead letter already recorded; acknowledging the duplicate",
