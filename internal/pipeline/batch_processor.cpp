@@ -206,18 +206,9 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
       metrics_.CountEvent(type_name, EventOutcome::kOtherTenant, company);
       continue;
     }
-    auto decoded = validation::DecodeEvent(msg.data, static_cast<size_t>(config_.max_event_bytes));
-    if (!decoded.ok()) {
-      fail(decoded.error());
-      continue;
-    }
-    const nlohmann::json& doc = decoded.value();
+    const int64_t publish_seconds = msg.publish_time_ns / 1'000'000'000;
     // JSON text carries U+0000 only as the escape \u0000: without it, skip that walk.
     const bool may_hold_nul = msg.data.find("\\u0000") != std::string::npos;
-    if (auto invalid = validation::ValidateEvent(schemas_, type, doc, now_unix, may_hold_nul)) {
-      fail(*invalid);
-      continue;
-    }
     auto mismatch = [&](const nlohmann::json& obj) -> std::optional<Failure> {
       auto it = obj.find("company_id");
       if (it != obj.end() && it->is_string() && it->get<std::string>() != company) {
@@ -227,11 +218,95 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
       }
       return std::nullopt;
     };
+    // History: each item is judged alone; a bad item is dead-lettered by itself, with its
+    // exact text when known (`text`), else a re-serialisation of `item`.
+    auto item_failed = [&](size_t j, std::string original, const Failure& f) {
+      DeadLetter dl;
+      dl.original = std::move(original);
+      dl.source_subject = msg.subject;
+      dl.company_id = company;
+      dl.error_class = ErrorClass::kFatal;
+      dl.reason = f.Reason();
+      dl.first_failed_ms = dl.last_failed_ms = clock_.UnixMillis();
+      dl.source_stream = msg.stream;
+      dl.stream_seq = msg.stream_seq;
+      dl.published_ns = msg.publish_time_ns;
+      dl.orig_msg_id = msg.msg_id;
+      dl.item_index = static_cast<int64_t>(j);
+      dl.trace_id = TraceIdOf(msg.headers);
+      LogWarn("history item dead-lettered", {{"company_id", company},
+                                             {"subject", msg.subject},
+                                             {"stream_seq", msg.stream_seq},
+                                             {"event_id", msg.msg_id},
+                                             {"trace_id", dl.trace_id},
+                                             {"item_index", j},
+                                             {"reason", dl.reason}});
+      dead_letters.push_back({std::move(dl), i, false});
+      metrics_.CountEvent(EventTypeName(HistoryItemType(type)), EventOutcome::kDeadLettered,
+                          company);
+      metrics_.CountHistoryItems(EventTypeName(type), EventOutcome::kDeadLettered);
+    };
+    // `text` (exact, may be empty) is looked up only when needed: `text_of()`.
+    auto add_item = [&](size_t j, const nlohmann::json& item, auto text_of) {
+      const EventType item_type = HistoryItemType(type);
+      std::optional<Failure> f =
+          validation::ValidateEvent(schemas_, item_type, item, now_unix, may_hold_nul);
+      if (!f) f = mismatch(item);
+      if (f) {
+        std::string_view text = text_of();
+        item_failed(j,
+                    !text.empty()
+                        ? std::string(text)
+                        : item.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                    *f);
+        return;
+      }
+      Version v = handlers::EventVersion(item_type, item, publish_seconds, Source::kHistory,
+                                         msg.stream_seq);
+      const std::string_view text =
+          handlers::NeedsExactText(item_type, item) ? text_of() : std::string_view();
+      work.mutations.push_back(handlers::BuildMutation(item_type, item, company, v, text));
+      work.items.push_back({i, static_cast<int64_t>(j)});
+    };
+    auto decoded = validation::DecodeEvent(msg.data, static_cast<size_t>(config_.max_event_bytes));
+    if (!decoded.ok()) {
+      // An envelope the parser refused as a whole may still hold good items (one item with
+      // invalid UTF-8, a lone surrogate, a syntax error): judge each item alone.
+      std::optional<validation::SalvagedEnvelope> salvaged;
+      if (IsHistory(type) && decoded.error().code == ReasonCode::kMalformedJson) {
+        salvaged = validation::SalvageArrayElementSpans(msg.data, HistoryArrayKey(type));
+      }
+      if (salvaged && salvaged->company_id) {
+        // The envelope's own company_id must be a valid string equal to the subject's tenant.
+        const std::string_view raw = *salvaged->company_id;
+        auto id =
+            raw.starts_with('"') ? nlohmann::json::parse(raw, nullptr, false) : nlohmann::json();
+        if (!id.is_string() || id.get_ref<const std::string&>() != company) salvaged.reset();
+      }
+      if (!salvaged) {
+        fail(decoded.error());
+        continue;
+      }
+      for (size_t j = 0; j < salvaged->elements.size(); ++j) {
+        const std::string_view text = salvaged->elements[j];
+        auto item = validation::DecodeEvent(text, static_cast<size_t>(config_.max_event_bytes));
+        if (!item.ok()) {
+          item_failed(j, std::string(text), item.error());
+          continue;
+        }
+        add_item(j, item.value(), [text] { return text; });
+      }
+      continue;
+    }
+    const nlohmann::json& doc = decoded.value();
+    if (auto invalid = validation::ValidateEvent(schemas_, type, doc, now_unix, may_hold_nul)) {
+      fail(*invalid);
+      continue;
+    }
     if (auto f = mismatch(doc)) {
       fail(*f);
       continue;
     }
-    const int64_t publish_seconds = msg.publish_time_ns / 1'000'000'000;
     if (!IsHistory(type)) {
       Version v =
           handlers::EventVersion(type, doc, publish_seconds, Source::kRealtime, msg.stream_seq);
@@ -239,8 +314,6 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
       work.items.push_back({i, std::nullopt});
       continue;
     }
-    // History: each item is validated alone; a bad item is dead-lettered by itself.
-    const EventType item_type = HistoryItemType(type);
     const auto& items = doc.at(std::string(HistoryArrayKey(type)));
     // The exact text of each item, found only once an item fails or needs its exact numbers.
     std::optional<std::vector<std::string_view>> item_texts;
@@ -253,47 +326,8 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
       }
       return item_texts ? (*item_texts)[j] : std::string_view();
     };
-    auto original_item = [&](size_t j, const nlohmann::json& item) {
-      if (std::string_view text = item_text(j); !text.empty()) return std::string(text);
-      return item.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    };
     for (size_t j = 0; j < items.size(); ++j) {
-      const nlohmann::json& item = items[j];
-      std::optional<Failure> f =
-          validation::ValidateEvent(schemas_, item_type, item, now_unix, may_hold_nul);
-      if (!f) f = mismatch(item);
-      if (f) {
-        DeadLetter dl;
-        dl.original = original_item(j, item);
-        dl.source_subject = msg.subject;
-        dl.company_id = company;
-        dl.error_class = ErrorClass::kFatal;
-        dl.reason = f->Reason();
-        dl.first_failed_ms = dl.last_failed_ms = clock_.UnixMillis();
-        dl.source_stream = msg.stream;
-        dl.stream_seq = msg.stream_seq;
-        dl.published_ns = msg.publish_time_ns;
-        dl.orig_msg_id = msg.msg_id;
-        dl.item_index = static_cast<int64_t>(j);
-        dl.trace_id = TraceIdOf(msg.headers);
-        LogWarn("history item dead-lettered", {{"company_id", company},
-                                               {"subject", msg.subject},
-                                               {"stream_seq", msg.stream_seq},
-                                               {"event_id", msg.msg_id},
-                                               {"trace_id", dl.trace_id},
-                                               {"item_index", j},
-                                               {"reason", dl.reason}});
-        dead_letters.push_back({std::move(dl), i, false});
-        metrics_.CountEvent(EventTypeName(item_type), EventOutcome::kDeadLettered, company);
-        metrics_.CountHistoryItems(EventTypeName(type), EventOutcome::kDeadLettered);
-        continue;
-      }
-      Version v = handlers::EventVersion(item_type, item, publish_seconds, Source::kHistory,
-                                         msg.stream_seq);
-      const std::string_view text =
-          handlers::NeedsExactText(item_type, item) ? item_text(j) : std::string_view();
-      work.mutations.push_back(handlers::BuildMutation(item_type, item, company, v, text));
-      work.items.push_back({i, static_cast<int64_t>(j)});
+      add_item(j, items[j], [&item_text, j] { return item_text(j); });
     }
   }
   SendDeadLetters(dead_letters, batch, work);

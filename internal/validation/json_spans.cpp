@@ -138,6 +138,36 @@ std::optional<std::vector<std::string_view>> ArrayElementSpans(std::string_view 
   return found;
 }
 
+std::optional<SalvagedEnvelope> SalvageArrayElementSpans(std::string_view doc,
+                                                         std::string_view key) {
+  SalvagedEnvelope out;
+  bool has_array = false;
+  Scanner s(doc);
+  if (!s.Consume('{')) return std::nullopt;
+  while (true) {
+    s.SkipSpace();
+    auto name = s.String();
+    if (!name || !s.Consume(':')) return std::nullopt;
+    s.SkipSpace();
+    if (KeyEquals(*name, key) && !has_array) {
+      auto elements = Elements(s);
+      if (!elements) return std::nullopt;
+      out.elements = std::move(*elements);
+      has_array = true;
+    } else if (KeyEquals(*name, "company_id") && !out.company_id) {
+      out.company_id = s.Value();
+      if (!out.company_id) return std::nullopt;
+    } else {
+      return std::nullopt;
+    }
+    if (s.Consume('}')) break;
+    if (!s.Consume(',')) return std::nullopt;
+  }
+  s.SkipSpace();
+  if (!has_array || !s.AtEnd()) return std::nullopt;
+  return out;
+}
+
 std::optional<std::string_view> MemberSpan(std::string_view doc, std::string_view key) {
   std::optional<std::string_view> found;
   const bool read = ForEachMember(doc, [&](std::string_view name, Scanner& s) {

@@ -172,6 +172,27 @@ void Run(std::string_view bytes) {
           "DecodeEvent code", f.Reason());
     CheckFailureText(f);
     Check(f.message.size() <= 512, "DecodeEvent message too long", f.message);
+    if (f.code != evp::ReasonCode::kMalformedJson) return;
+    // A refused history envelope is split into its items, each judged alone: every span
+    // lies inside the bytes, and each goes through the same decoding and validation.
+    for (EventType type :
+         {EventType::kHistoryChats, EventType::kHistoryMessages, EventType::kHistoryContacts}) {
+      auto salvaged = evp::validation::SalvageArrayElementSpans(bytes, evp::HistoryArrayKey(type));
+      if (!salvaged) continue;
+      for (std::string_view item_text : salvaged->elements) {
+        Check(item_text.data() >= bytes.data() &&
+                  item_text.data() + item_text.size() <= bytes.data() + bytes.size(),
+              "salvaged item outside the bytes");
+        auto item = evp::validation::DecodeEvent(item_text, kMaxEventBytes);
+        if (!item.ok()) continue;
+        const EventType item_type = evp::HistoryItemType(type);
+        if (auto invalid = evp::validation::ValidateEvent(Registry(), item_type, *item, kNow)) {
+          CheckSchemaFailure(*invalid);
+          continue;
+        }
+        Map(item_type, *item, evp::Source::kHistory, item_text);
+      }
+    }
     return;
   }
   const Json& doc = decoded.value();

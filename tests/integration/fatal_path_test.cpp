@@ -281,5 +281,25 @@ TEST(FatalPath, HistoryBatchStoresValidItemsAndExhaustsEachInvalidItemAlone) {
             "0");
 }
 
+TEST(FatalPath, AHistoryItemWithInvalidUtf8IsExhaustedAloneWithItsExactBytes) {
+  // The envelope is not valid JSON as a whole, yet each item is judged alone (SPEC §5/§6).
+  Stack stack;
+  const std::string t = UniqueName("histutf");
+  const std::string bad = "{\"chat_id\": \"h2\", \"jid\": \"j\xff\", \"phone_number\": \"+2\"}";
+  const std::string body = R"({"chats": [ {"chat_id": "h1", "jid": "j", "phone_number": "+1"}, )" +
+                           bad + R"(, {"phone_number": "+3", "jid": "j", "chat_id": "h3"} ]})";
+  ASSERT_TRUE(stack.Publish("v1.history.chats." + t, body).ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM tenant_" + t + ".chats", 2));
+  Row r = ExhaustedRow(stack, "v1.history.chats." + t);
+  EXPECT_TRUE(r.payload == bad) << "the item's exact bytes, invalid UTF-8 included";
+  EXPECT_EQ(r.reason.rfind("malformed_json: ", 0), 0u) << r.reason;
+  EXPECT_EQ(QueryString(stack.Dsn(),
+                        "SELECT dlq_metadata->>'item_index' FROM events_ops.exhausted_events WHERE "
+                        "company_id = '" +
+                            t + "'"),
+            "1");
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM tenant_" + t + ".chats WHERE chat_id = 'h2'"), 0);
+}
+
 }  // namespace
 }  // namespace evp::testing

@@ -69,5 +69,33 @@ TEST(MemberSpan, TheLastOfARepeatedKeyWinsAndEscapedKeysAreFound) {
   EXPECT_FALSE(MemberSpan(R"({})", "k").has_value());
 }
 
+TEST(SalvageArrayElementSpans, SplitsAnEnvelopeTheParserRefusesIntoItsItems) {
+  const std::string doc =
+      " {\"company_id\" : \"acme\", \"chats\" : [ {\"a\":\"\\ud800\"} ,\n"
+      "{\"b\":[1,{\"c\":\"]}\"}]}, 7, \"\xff\" ] }\n";
+  auto got = SalvageArrayElementSpans(doc, "chats");
+  ASSERT_TRUE(got.has_value());
+  ASSERT_EQ(got->elements.size(), 4u);
+  EXPECT_EQ(got->elements[0], R"({"a":"\ud800"})");
+  EXPECT_EQ(got->elements[1], R"({"b":[1,{"c":"]}"}]})");
+  EXPECT_EQ(got->elements[2], "7");
+  EXPECT_EQ(got->elements[3], "\"\xff\"");
+  ASSERT_TRUE(got->company_id.has_value());
+  EXPECT_EQ(*got->company_id, "\"acme\"");
+  auto empty = SalvageArrayElementSpans(R"({"chats":[]})", "chats");
+  ASSERT_TRUE(empty.has_value());
+  EXPECT_TRUE(empty->elements.empty());
+  EXPECT_FALSE(empty->company_id.has_value());
+}
+
+TEST(SalvageArrayElementSpans, RefusesAnythingButTheEnvelopeShape) {
+  for (const char* doc : {R"({"chats":[1],"other":2})", R"({"chats":[1]} x)", R"({"chats":[1])",
+                          R"({"chats":[1],"chats":[2]})", R"({"messages":[1]})", R"([1,2])",
+                          R"({"chats":[{"a":"unterminated]})", R"({"chats":{"a":1}})", "",
+                          R"({"company_id":"a","company_id":"b","chats":[]})"}) {
+    EXPECT_FALSE(SalvageArrayElementSpans(doc, "chats").has_value()) << doc;
+  }
+}
+
 }  // namespace
 }  // namespace evp::validation

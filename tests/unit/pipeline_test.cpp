@@ -878,6 +878,63 @@ TEST_F(Pipeline, StoresValidHistoryItemsAndDeadLettersTheInvalidOneAlone) {
   EXPECT_EQ(dl.published_ns, msg.publish_time_ns);
 }
 
+TEST_F(Pipeline, AHistoryItemThatIsNotValidJsonAloneFailsAloneNotTheWholeBatch) {
+  // Each bad item makes the envelope unparsable as a whole: invalid UTF-8, a lone surrogate
+  // escape, a syntax error. The others are still stored (SPEC §5: each item validated alone).
+  const std::vector<std::string> bad_items = {
+      "{\"chat_id\":\"c2\",\"jid\":\"j\",\"phone_number\":\"+1\",\"push_name\":\"\xff\xfe\"}",
+      R"({"chat_id":"c2","jid":"j","phone_number":"+1","push_name":"\ud800"})",
+      R"({"chat_id":"c2","jid":"j","phone_number":})"};
+  uint64_t seq = 100;
+  for (const std::string& bad : bad_items) {
+    sink_.published.clear();
+    const std::string body = R"({"company_id":"acme", "chats":[)" + Chat("c1", 1699990000, "One") +
+                             ",\n  " + bad + "," + Chat("c3", 1699990000, "Three") + "]}";
+    InboundMessage msg = Msg("v1.history.chats.acme", body);
+    msg.stream_seq = ++seq;
+    EXPECT_TRUE(IsAck(RunOne(msg)));
+    EXPECT_EQ(store_.RowCount("acme", Table::kChats), 2u) << bad;
+    EXPECT_EQ(store_.Row("acme", Table::kChats, "chat_id=c2"), nullptr);
+    ASSERT_EQ(sink_.published.size(), 1u) << bad;
+    const DeadLetter& dl = sink_.published[0];
+    EXPECT_EQ(dl.item_index, 1);
+    EXPECT_TRUE(dl.original == bad) << "the item's exact bytes";
+    EXPECT_EQ(dl.Code(), ReasonCode::kMalformedJson) << dl.reason;
+  }
+}
+
+TEST_F(Pipeline, AHistoryItemNestedDeeperThanTheLimitOnlyInsideItsEnvelopeIsStored) {
+  // 999 levels in the item: accepted as a realtime event, so also as a history item,
+  // although the envelope takes the document past the 1,000-level limit.
+  std::string deep;
+  for (int k = 0; k < 998; ++k) deep += R"({"a":)";
+  deep += "1";
+  for (int k = 0; k < 998; ++k) deep += "}";
+  const std::string item =
+      R"({"chat_id":"c2","jid":"j","phone_number":"+1","last_message":)" + deep + "}";
+  EXPECT_TRUE(IsAck(RunOne(Msg("v1.chats.upsert.acme", item))));
+  EXPECT_TRUE(
+      IsAck(RunOne(Msg("v1.history.chats.acme",
+                       R"({"chats":[)" + Chat("c1", 1699990000, "One") + "," + item + "]}"))));
+  EXPECT_EQ(store_.RowCount("acme", Table::kChats), 2u);
+  EXPECT_TRUE(sink_.published.empty());
+}
+
+TEST_F(Pipeline, AnEnvelopeThatCannotBeSplitIntoItemsIsMalformedAsAWhole) {
+  for (const std::string& body :
+       {std::string(R"({"chats":[{"chat_id":"c1"},{"chat_id":"\ud800"}], "x":1})"),
+        std::string(R"({"chats":[{"chat_id":"c1"},{"chat_id":"\ud800"}]} trailing)"),
+        std::string(R"({"company_id":"beta","chats":[{"chat_id":"\ud800"}]})"),
+        std::string(R"({"chats":[{"chat_id":"c1"},{"chat_id":"\ud800"})")}) {
+    sink_.published.clear();
+    EXPECT_TRUE(IsAck(RunOne(Msg("v1.history.chats.acme", body))));
+    ASSERT_EQ(sink_.published.size(), 1u) << body;
+    EXPECT_FALSE(sink_.published[0].item_index.has_value()) << body;
+    EXPECT_EQ(sink_.published[0].Code(), ReasonCode::kMalformedJson) << body;
+  }
+  EXPECT_EQ(store_.TotalRows(), 0u);
+}
+
 TEST_F(Pipeline, CountsTheItemsOfAHistoryBatchByOutcome) {
   RunOne(Msg("v1.chats.upsert.acme", Chat("c3", 1699999000, "Newer")));
   store_.fatal_key = std::make_pair(std::string("acme"), std::string("chat_id=c4"));
