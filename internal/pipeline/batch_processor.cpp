@@ -142,7 +142,10 @@ void BatchProcessor::SendDeadLetters(std::vector<QueuedDeadLetter>& queued,
       ++work.stats.dead_lettered;
       // Kept while the letter is not stored: the event's next delivery is still past its
       // grace and is dead-lettered at once.
-      if (!queued[k].grace_key.empty()) grace_.Forget(queued[k].grace_key);
+      if (!queued[k].grace_key.empty()) {
+        grace_.Forget(queued[k].grace_key);
+        waiting_.Release(queued[k].grace_key);
+      }
       continue;
     }
     // Not stored: the whole message comes again (its valid history items are rewritten
@@ -503,6 +506,10 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
   for (const auto& [key, n] : history_items) {
     metrics_.CountHistoryItems(EventTypeName(key.first), key.second, n);
   }
+  // At most a quarter of MaxAckPending waits in delayed NAKs here; beyond, an event whose row
+  // is missing goes to the DLQ worker, which retries it inside the same grace window.
+  const size_t waiting_cap = std::max<size_t>(1, static_cast<size_t>(config_.max_ack_pending) / 4);
+  size_t waiting = waiting_.Held(now);
   for (size_t i = 0; i < batch.size(); ++i) {
     if (!per_message[i]) continue;
     const InboundMessage& msg = batch[i];
@@ -522,6 +529,7 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
                                                 1000.0);
         }
         grace_.Forget(grace_key);
+        if (waiting_.Release(grace_key) && waiting > 0) --waiting;
         if (decisions[i].kind == Decision::Kind::kAck) decisions[i] = Decision::Ack();
         break;
       }
@@ -566,15 +574,22 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
                       ErrorClass::kFatal, clock_.UnixMillis() - since_first.count());
           dead_letters.back().grace_key = grace_key;
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
-        } else if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
+        } else if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver) ||
+                   (waiting >= waiting_cap && !waiting_.Holds(grace_key))) {
           // Out of deliveries but still inside the grace (the delays below are sized to
-          // prevent this; a restart, which forgets first sights, can still get here): the
-          // DLQ worker retries it, and once the window since its first failure is over, a
-          // row still missing makes it not_found_after_grace there.
+          // prevent this; a restart, which forgets first sights, can still get here), or too
+          // many events wait here already: the DLQ worker retries it, and once the window
+          // since its first failure is over, a row still missing makes it
+          // not_found_after_grace there.
+          const std::string why =
+              msg.delivered >= static_cast<uint64_t>(config_.max_deliver)
+                  ? "missing after " + std::to_string(msg.delivered) + " deliveries"
+                  : "missing; " + std::to_string(waiting) +
+                        " events already wait for their rows here (a quarter of "
+                        "MAX_ACK_PENDING): handed to the DLQ worker";
           dead_letter(i, company,
                       {ReasonCode::kRetriesExhausted,
-                       "target row (" + per_message[i]->message + ") missing after " +
-                           std::to_string(msg.delivered) + " deliveries"},
+                       "target row (" + per_message[i]->message + ") " + why},
                       ErrorClass::kRetryable, clock_.UnixMillis() - since_first.count());
           dead_letters.back().grace_key = grace_key;
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
@@ -590,6 +605,7 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
           delay = std::max(delay, milliseconds((remaining.count() + left - 1) / left));
           delay = std::max(delay, milliseconds(50));
           decisions[i] = Decision::Nak(delay);
+          if (waiting_.Hold(grace_key, now + delay + std::chrono::seconds(1))) ++waiting;
           ++work.stats.retried;
           ++work.stats.not_yet;
           work.stats.not_yet_key = per_message[i]->message;

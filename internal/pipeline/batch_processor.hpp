@@ -50,6 +50,30 @@ class GraceTracker {
   std::unordered_map<std::string, Entry> first_seen_;
 };
 
+// The events this processor holds in delayed NAKs because their row does not exist yet. Each
+// keeps a slot of the consumer's MaxAckPending until it comes back: held by the thousand (a
+// backlog of updates published before their rows), they would keep the very rows they wait
+// for from being delivered. Entries end when the event is decided, or lapse shortly after its
+// redelivery was due (it may have gone to another replica). Not thread-safe: Complete alone.
+class WaitingEvents {
+ public:
+  // True when `key` was not held already.
+  bool Hold(const std::string& key, std::chrono::steady_clock::time_point until) {
+    return until_.insert_or_assign(key, until).second;
+  }
+  // True when `key` was held.
+  bool Release(const std::string& key) { return until_.erase(key) > 0; }
+  bool Holds(const std::string& key) const { return until_.contains(key); }
+  // Entries not lapsed at `now` (drops the lapsed ones).
+  size_t Held(std::chrono::steady_clock::time_point now) {
+    std::erase_if(until_, [now](const auto& e) { return e.second < now; });
+    return until_.size();
+  }
+
+ private:
+  std::unordered_map<std::string, std::chrono::steady_clock::time_point> until_;
+};
+
 struct BatchStats {
   size_t applied = 0;
   size_t stale = 0;
@@ -137,6 +161,7 @@ class BatchProcessor final : public BatchHandler {
   std::mutex rng_mu_;
   std::mt19937_64 rng_;
   GraceTracker grace_;
+  WaitingEvents waiting_;
   BatchStats stats_;
 };
 

@@ -768,6 +768,39 @@ TEST_F(Pipeline, TracksTheGraceOfEachEventSeparately) {
   EXPECT_EQ(sink_.published[0].stream_seq, a.stream_seq);
 }
 
+TEST_F(Pipeline, AtMostAQuarterOfMaxAckPendingWaitsForItsRowsTheRestGoesToTheDlqWorker) {
+  // Updates published before their rows: each waiting one keeps a MaxAckPending slot, and a
+  // backlog of them would keep the rows from being delivered at all. MAX_ACK_PENDING 40:
+  // 10 wait here, the others are handed to the DLQ worker (retryable, same grace window).
+  Configure({{"BATCH_SIZE", "20"}, {"MAX_ACK_PENDING", "40"}});
+  std::vector<InboundMessage> updates;
+  updates.reserve(16);
+  for (int k = 0; k < 16; ++k) {
+    updates.push_back(Msg("v1.chats.update.acme",
+                          R"({"chat_id":"c)" + std::to_string(k) + R"(","unread_count":1})"));
+  }
+  auto d = Run(updates);
+  int naks = 0;
+  for (const auto& x : d) naks += IsNak(x) ? 1 : 0;
+  EXPECT_EQ(naks, 10);
+  ASSERT_EQ(sink_.published.size(), 6u);
+  for (const DeadLetter& dl : sink_.published) {
+    EXPECT_EQ(dl.error_class, ErrorClass::kRetryable) << dl.reason;
+    EXPECT_NE(dl.reason.find("handed to the DLQ worker"), std::string::npos) << dl.reason;
+  }
+  // A waiting event that comes back is not counted twice, and one decided frees its slot.
+  sink_.published.clear();
+  RunOne(Msg("v1.chats.upsert.acme", Chat("c0", 1699999000, "Zero")));
+  std::vector<InboundMessage> again;
+  again.reserve(11);
+  for (int k = 0; k < 10; ++k) again.push_back(Again(updates[static_cast<size_t>(k)]));
+  again.push_back(Msg("v1.chats.update.acme", R"({"chat_id":"new","unread_count":1})"));
+  d = Run(again);
+  EXPECT_TRUE(IsAck(d[0])) << "its row exists now";
+  for (size_t k = 1; k < d.size(); ++k) EXPECT_TRUE(IsNak(d[k])) << k;
+  EXPECT_TRUE(sink_.published.empty());
+}
+
 TEST_F(Pipeline, NotYetRetriesEndByGraceBeforeMaxDeliverWithDefaults) {
   // Follow JetStream: redeliver after each NAK delay until the event is acked.
   InboundMessage msg = Msg("v1.contacts.update.acme", kContactUpdate);
