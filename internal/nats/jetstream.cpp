@@ -218,6 +218,20 @@ bool NatsConnection::ConsumerExists(const ConsumerSpec& spec) {
   return !(s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr || jerr == JSStreamNotFoundErr);
 }
 
+std::string ConsumerChanges(std::chrono::milliseconds ack_wait, int64_t max_deliver,
+                            int64_t max_ack_pending, const ConsumerSpec& wanted) {
+  std::string out;
+  auto note = [&out](const char* name, int64_t before, int64_t after, const char* unit) {
+    if (before == after) return;
+    out += (out.empty() ? "" : ", ") + std::string(name) + " " + std::to_string(before) + unit +
+           " -> " + std::to_string(after) + unit;
+  };
+  note("ack_wait", ack_wait.count(), wanted.ack_wait.count(), "ms");
+  note("max_deliver", max_deliver, wanted.max_deliver, "");
+  note("max_ack_pending", max_ack_pending, wanted.max_ack_pending, "");
+  return out;
+}
+
 Result<Unit, std::string> NatsConnection::EnsureConsumer(const ConsumerSpec& spec) {
   jsConsumerConfig cc;
   jsConsumerConfig_Init(&cc);
@@ -229,6 +243,23 @@ Result<Unit, std::string> NatsConnection::EnsureConsumer(const ConsumerSpec& spe
   cc.MaxAckPending = spec.max_ack_pending;
   cc.MaxWaiting = 512;
   if (!spec.filter_subject.empty()) cc.FilterSubject = spec.filter_subject.c_str();
+  // nats-server 2.9 applies a create with other settings to an existing durable consumer as
+  // an update: look first, so that a replica changing them for all says so.
+  jsConsumerInfo* before = nullptr;
+  if (js_GetConsumerInfo(&before, js_, spec.stream.c_str(), spec.durable.c_str(), nullptr,
+                         nullptr) == NATS_OK &&
+      before != nullptr && before->Config != nullptr) {
+    const jsConsumerConfig& was = *before->Config;
+    const std::string changes = ConsumerChanges(std::chrono::milliseconds(was.AckWait / kNsPerMs),
+                                                was.MaxDeliver, was.MaxAckPending, spec);
+    if (!changes.empty()) {
+      observability::LogWarn(
+          "consumer settings changed by this process's configuration (every replica shares "
+          "the consumer)",
+          {{"consumer", spec.durable}, {"changes", changes}});
+    }
+  }
+  if (before != nullptr) jsConsumerInfo_Destroy(before);
   jsConsumerInfo* ci = nullptr;
   jsErrCode jerr{};
   natsStatus s = js_AddConsumer(&ci, js_, spec.stream.c_str(), &cc, nullptr, &jerr);

@@ -35,6 +35,12 @@ struct ConsumerSpec {
   std::string filter_subject;  // empty = the whole stream
 };
 
+// What updating an existing consumer to `wanted` changes, e.g. "max_ack_pending 16000 -> 120";
+// empty when nothing does. Replicas share the durable consumer, so one started with other
+// settings changes them for all: the service logs this as a warning.
+std::string ConsumerChanges(std::chrono::milliseconds ack_wait, int64_t max_deliver,
+                            int64_t max_ack_pending, const ConsumerSpec& wanted);
+
 class NatsConnection {
  public:
   // Outcomes of async publishes, recorded by nats.c's ack callbacks (its own thread).

@@ -56,6 +56,30 @@ std::vector<pipeline::Decision> AckAll(size_t n) {
   return std::vector<pipeline::Decision>(n, pipeline::Decision{});
 }
 
+TEST(ConsumerChanges, NamesEachSettingAReplicaWouldChangeForAll) {
+  const nats::ConsumerSpec wanted{"S", "d", milliseconds(30'000), 20, 120, ""};
+  EXPECT_EQ(nats::ConsumerChanges(milliseconds(30'000), 20, 120, wanted), "");
+  EXPECT_EQ(nats::ConsumerChanges(milliseconds(60'000), 20, 16'000, wanted),
+            "ack_wait 60000ms -> 30000ms, max_ack_pending 16000 -> 120");
+  EXPECT_EQ(nats::ConsumerChanges(milliseconds(30'000), 5, 120, wanted), "max_deliver 5 -> 20");
+}
+
+TEST(ConsumerChanges, AnExistingConsumerIsUpdatedToTheNewSettings) {
+  SourceFixture f;
+  nats::ConsumerSpec smaller = f.spec;
+  smaller.max_ack_pending = 50;
+  auto updated = f.conn->EnsureConsumer(smaller);
+  ASSERT_TRUE(updated.ok()) << updated.error();
+  // The server enforces the new limit: 60 messages, at most 50 delivered and unacked.
+  f.PublishMany(60);
+  auto src = nats::JetStreamSource::Bind(f.conn, smaller);
+  ASSERT_TRUE(src.ok()) << src.error();
+  auto batch = src.value()->Fetch(100, milliseconds(500));
+  ASSERT_TRUE(batch.ok()) << batch.error();
+  EXPECT_EQ(batch->messages.size(), 50u);
+  src.value()->Settle(batch->token, AckAll(batch->messages.size()));
+}
+
 // Very short waits make the server deliver into a fetch that has already given up, so the
 // next fetch starts with queued messages: the case where libnats 3.4.1 overruns its array.
 TEST(JetStreamSource, ShortWaitsNeverReturnMoreThanAskedAndLoseNothing) {
