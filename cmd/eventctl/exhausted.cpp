@@ -150,6 +150,11 @@ Result<std::vector<postgres::ExhaustedRow>, std::string> ResolvedAmong(
   return repo.List(filter, false);
 }
 
+// The end of a redrive summary for ids given with --id that the filters did not select.
+std::string NotSelected(int n) {
+  return n > 0 ? ", " + std::to_string(n) + " --id not selected (see above)" : "";
+}
+
 int Redrive(const Config& config, const Options& o) {
   postgres::ExhaustedRepository repo(config.postgres_dsn, config.ops_schema);
   auto filter = FilterOf(o);
@@ -201,11 +206,8 @@ int Redrive(const Config& config, const Options& o) {
       std::printf("would redrive %lld %s (%zu bytes) %s\n", static_cast<long long>(r.id),
                   r.source_subject.c_str(), r.payload.size(), Truncate(r.reason, 80).c_str());
     }
-    std::printf(
-        "%zu event(s) would be redriven%s\n", rows->size(),
-        not_selected > 0
-            ? (", " + std::to_string(not_selected) + " --id not selected (see above)").c_str()
-            : "");
+    std::printf("%zu event(s) would be redriven%s\n", rows->size(),
+                NotSelected(not_selected).c_str());
     if (static_cast<int64_t>(rows->size()) == o.filter.limit) {
       std::printf(
           "limit reached (--limit %lld): more events may match; raise --limit to see them\n",
@@ -278,10 +280,7 @@ int Redrive(const Config& config, const Options& o) {
   std::printf(
       "redriven %zu event(s) in %.2f s (%.0f events/s), %d failed, %lld marked resolved%s\n",
       done.size(), secs, secs > 0 ? static_cast<double>(done.size()) / secs : 0.0, failures,
-      static_cast<long long>(resolved->size()),
-      not_selected > 0
-          ? (", " + std::to_string(not_selected) + " --id not selected (see above)").c_str()
-          : "");
+      static_cast<long long>(resolved->size()), NotSelected(not_selected).c_str());
   if (duplicates > 0) {
     std::printf(
         "%lld of them were already in the stream (published by a redrive of the same rows "

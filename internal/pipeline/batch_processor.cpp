@@ -574,19 +574,19 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
                       ErrorClass::kFatal, clock_.UnixMillis() - since_first.count());
           dead_letters.back().grace_key = grace_key;
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
-        } else if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver) ||
-                   (waiting >= waiting_cap && !waiting_.Holds(grace_key))) {
+        } else if (const bool out_of_deliveries =
+                       msg.delivered >= static_cast<uint64_t>(config_.max_deliver);
+                   out_of_deliveries || (waiting >= waiting_cap && !waiting_.Holds(grace_key))) {
           // Out of deliveries but still inside the grace (the delays below are sized to
           // prevent this; a restart, which forgets first sights, can still get here), or too
           // many events wait here already: the DLQ worker retries it, and once the window
           // since its first failure is over, a row still missing makes it
           // not_found_after_grace there.
           const std::string why =
-              msg.delivered >= static_cast<uint64_t>(config_.max_deliver)
-                  ? "missing after " + std::to_string(msg.delivered) + " deliveries"
-                  : "missing; " + std::to_string(waiting) +
-                        " events already wait for their rows here (a quarter of "
-                        "MAX_ACK_PENDING): handed to the DLQ worker";
+              out_of_deliveries ? "missing after " + std::to_string(msg.delivered) + " deliveries"
+                                : "missing; " + std::to_string(waiting) +
+                                      " events already wait for their rows here (a quarter of "
+                                      "MAX_ACK_PENDING): handed to the DLQ worker";
           dead_letter(i, company,
                       {ReasonCode::kRetriesExhausted,
                        "target row (" + per_message[i]->message + ") " + why},
