@@ -131,6 +131,11 @@ Result<nlohmann::json, Failure> DecodeEvent(std::string_view bytes, size_t max_b
   if (auto pos = FindInvalidUtf8(bytes)) {
     return Err{Malformed("invalid UTF-8 at byte offset " + std::to_string(*pos))};
   }
+  // A raw NUL byte is never valid JSON (inside a string it must be escaped), and the parser
+  // reads it as the end of its input: "{...}\0{...}" would parse as its first half.
+  if (const size_t pos = bytes.find('\0'); pos != std::string_view::npos) {
+    return Err{Malformed("NUL byte at byte offset " + std::to_string(pos))};
+  }
   if (auto pos = FindExcessiveNesting(bytes, kMaxJsonDepth)) {
     return Err{Malformed("JSON nested deeper than " + std::to_string(kMaxJsonDepth) +
                          " levels at byte offset " + std::to_string(*pos))};

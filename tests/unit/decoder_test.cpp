@@ -115,6 +115,20 @@ TEST(Decoder, RejectsInvalidUtf8OutsideStringsAsMalformedJson) {
                       "invalid UTF-8 at byte offset 16");
 }
 
+// The parser stops at a NUL byte as at the end of its input, so whatever follows one would be
+// dropped without a trace while the part before it was applied.
+TEST(Decoder, RejectsARawNulByteAnywhereAsMalformedJson) {
+  using namespace std::string_literals;
+  const std::string chat = R"({"chat_id":"r1","jid":"j","phone_number":"p"})";
+  ExpectDecodeFailure(chat + "\0"s + R"({"chat_id":"r2"})", ReasonCode::kMalformedJson,
+                      "NUL byte at byte offset 45");
+  ExpectDecodeFailure(chat + "\0"s, ReasonCode::kMalformedJson, "NUL byte at byte offset 45");
+  ExpectDecodeFailure(chat + "\n\0junk"s, ReasonCode::kMalformedJson, "NUL byte at byte offset 46");
+  ExpectDecodeFailure("\0"s + chat, ReasonCode::kMalformedJson, "NUL byte at byte offset 0");
+  ExpectDecodeFailure(R"({"chat_id":")"s + "\0"s + R"("})", ReasonCode::kMalformedJson,
+                      "NUL byte at byte offset 12");
+}
+
 TEST(Decoder, RejectsOverlongSurrogateAndOutOfRangeUtf8) {
   for (const std::string& bad : {
            std::string("\xC0\xAF"),          // overlong '/'

@@ -913,11 +913,14 @@ TEST_F(Pipeline, StoresValidHistoryItemsAndDeadLettersTheInvalidOneAlone) {
 
 TEST_F(Pipeline, AHistoryItemThatIsNotValidJsonAloneFailsAloneNotTheWholeBatch) {
   // Each bad item makes the envelope unparsable as a whole: invalid UTF-8, a lone surrogate
-  // escape, a syntax error. The others are still stored (SPEC §5: each item validated alone).
+  // escape, a syntax error, a raw NUL byte. The others are still stored (SPEC §5: each item
+  // validated alone).
   const std::vector<std::string> bad_items = {
       "{\"chat_id\":\"c2\",\"jid\":\"j\",\"phone_number\":\"+1\",\"push_name\":\"\xff\xfe\"}",
       R"({"chat_id":"c2","jid":"j","phone_number":"+1","push_name":"\ud800"})",
-      R"({"chat_id":"c2","jid":"j","phone_number":})"};
+      R"({"chat_id":"c2","jid":"j","phone_number":})",
+      std::string(R"({"chat_id":"c2","jid":"j","phone_number":"+1","push_name":"a)") + '\0' +
+          R"(b"})"};
   uint64_t seq = 100;
   for (const std::string& bad : bad_items) {
     sink_.published.clear();
@@ -958,7 +961,9 @@ TEST_F(Pipeline, AnEnvelopeThatCannotBeSplitIntoItemsIsMalformedAsAWhole) {
        {std::string(R"({"chats":[{"chat_id":"c1"},{"chat_id":"\ud800"}], "x":1})"),
         std::string(R"({"chats":[{"chat_id":"c1"},{"chat_id":"\ud800"}]} trailing)"),
         std::string(R"({"company_id":"beta","chats":[{"chat_id":"\ud800"}]})"),
-        std::string(R"({"chats":[{"chat_id":"c1"},{"chat_id":"\ud800"})")}) {
+        std::string(R"({"chats":[{"chat_id":"c1"},{"chat_id":"\ud800"})"),
+        std::string(R"({"chats":[{"chat_id":"c1"}]})") + '\0' +
+            R"({"chats":[{"chat_id":"c2"}]})"}) {
     sink_.published.clear();
     EXPECT_TRUE(IsAck(RunOne(Msg("v1.history.chats.acme", body))));
     ASSERT_EQ(sink_.published.size(), 1u) << body;
