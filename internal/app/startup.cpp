@@ -4,8 +4,10 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,6 +35,13 @@ Config LoadConfigOrExit(Binary binary, const char* binary_name) {
     if (std::string e = postgres::DsnError(cfg->postgres_dsn); !e.empty()) {
       errors.push_back("POSTGRES_DSN=****: " + e);
     }
+  }
+  // A credentials file that cannot be read now will not appear later: nats.c would retry the
+  // connection forever with "error opening file".
+  if (cfg.ok() && !cfg->nats_creds_file.empty() &&
+      access(cfg->nats_creds_file.c_str(), R_OK) != 0) {
+    errors.push_back("NATS_CREDS_FILE='" + cfg->nats_creds_file +
+                     "': cannot be read: " + std::strerror(errno));
   }
   if (!errors.empty()) {
     std::fprintf(stderr, "%s: invalid configuration:\n", binary_name);

@@ -11,6 +11,14 @@ namespace {
 std::atomic<bool> g_json{true};
 std::string g_binary = "evp";
 
+// libpq's messages end with a newline, which would break a text log line in two.
+std::string_view TrimEnd(std::string_view value) {
+  while (!value.empty() && (value.back() == '\n' || value.back() == '\r' || value.back() == ' ')) {
+    value.remove_suffix(1);
+  }
+  return value;
+}
+
 }  // namespace
 
 void InitLogging(std::string_view binary, std::string_view level, std::string_view format) {
@@ -38,7 +46,7 @@ void Log(spdlog::level::level_enum level, std::string_view msg,
     obj["msg"] = std::string(msg);
     obj["service"] = g_binary;
     for (const Field& f : fields) {
-      if (!f.value.empty()) obj[std::string(f.key)] = f.value;
+      if (!f.value.empty()) obj[std::string(f.key)] = TrimEnd(f.value);
     }
     std::string body = obj.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     // Strip the braces: the pattern supplies them around ts and level.
@@ -51,7 +59,7 @@ void Log(spdlog::level::level_enum level, std::string_view msg,
       line += " ";
       line += f.key;
       line += "=";
-      line += f.value;
+      line += TrimEnd(f.value);
     }
     spdlog::default_logger_raw()->log(level, "{}", line);
   }

@@ -5,8 +5,10 @@
 
 namespace evp::postgres {
 
-// Empty when libpq accepts `dsn` (URI or key=value form) and every port in it is 1-65535;
-// else what is wrong, without echoing the string (it may hold a password).
+// Empty when libpq accepts `dsn` (URI or key=value form) and the values of its options
+// (ports 1-65535, integers where libpq wants them, sslmode and the other enumerated options
+// as libpq itself checks them without reaching a server); else what is wrong, without echoing
+// the string (it may hold a password).
 std::string DsnError(const std::string& dsn);
 
 }  // namespace evp::postgres

@@ -430,6 +430,33 @@ TEST(Startup, InvalidConfigurationExitsWithCode2AndAClearMessage) {
   EXPECT_EQ(d.Wait(std::chrono::seconds(10)), 2);
   EXPECT_NE(d.Log().find("POSTGRES_DSN=****: invalid port number"), std::string::npos) << d.Log();
   EXPECT_EQ(d.Log().find("s3cret"), std::string::npos) << d.Log();
+  // So is a value libpq checks only when it connects, and a credentials file that is missing.
+  ChildProcess v(BinaryPath("dlq-worker"), {},
+                 {{"POSTGRES_DSN", "postgresql://app:s3cret@127.0.0.1:1/events?sslmode=requir"},
+                  {"NATS_CREDS_FILE", "/nonexistent/app.creds"}});
+  EXPECT_EQ(v.Wait(std::chrono::seconds(10)), 2);
+  EXPECT_NE(v.Log().find(R"(POSTGRES_DSN=****: invalid sslmode value: "requir")"),
+            std::string::npos)
+      << v.Log();
+  EXPECT_NE(v.Log().find("NATS_CREDS_FILE='/nonexistent/app.creds': cannot be read"),
+            std::string::npos)
+      << v.Log();
+  EXPECT_EQ(v.Log().find("s3cret"), std::string::npos) << v.Log();
+}
+
+TEST(Startup, AServerThatIsNotReadyIsRetriedWithOneLogLinePerTry) {
+  // libpq's message ends with a newline; in the text format it left a blank line each time.
+  NatsServer nats;
+  ChildProcess w(BinaryPath("dlq-worker"), {},
+                 {{"POSTGRES_DSN", "postgresql://app@127.0.0.1:1/events"},
+                  {"NATS_URL", nats.Url()},
+                  {"LOG_FORMAT", "text"},
+                  {"HTTP_PORT", "0"}});
+  ASSERT_TRUE(WaitFor([&] { return w.Log().find("PostgreSQL not ready") != std::string::npos; }))
+      << w.Log();
+  w.Signal(SIGTERM);
+  EXPECT_EQ(w.Wait(std::chrono::seconds(10)), 0) << w.Log();
+  EXPECT_EQ(w.Log().find("\n\n"), std::string::npos) << w.Log();
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// POSTGRES_DSN is checked when the service starts, without connecting.
+// POSTGRES_DSN is checked when the service starts, without reaching a server.
 #include "postgres/dsn.hpp"
 
 #include <gtest/gtest.h>
@@ -25,6 +25,26 @@ TEST(DsnError, NamesWhatIsWrongWithoutEchoingTheString) {
   EXPECT_NE(DsnError("host=db port=abc"), "");
   EXPECT_NE(DsnError("host=db no_such_option=1"), "");
   EXPECT_NE(DsnError("postgresql://app:s3cret@db:5432/events?bogus=1"), "");
+}
+
+// libpq checks these values only when it connects; unchecked, a typo made the service retry
+// "PostgreSQL not ready" forever.
+TEST(DsnError, RefusesOptionValuesLibpqWouldRefuseWhenConnecting) {
+  const std::string sslmode = DsnError("postgresql://u:s3cret@db:5432/events?sslmode=requir");
+  EXPECT_NE(sslmode.find("invalid sslmode value"), std::string::npos) << sslmode;
+  EXPECT_EQ(sslmode.find("s3cret"), std::string::npos) << sslmode;
+  EXPECT_NE(DsnError("host=db target_session_attrs=primary-ish"), "");
+  EXPECT_NE(DsnError("host=db gssencmode=maybe"), "");
+  EXPECT_NE(DsnError("host=db channel_binding=sometimes"), "");
+  const std::string timeout = DsnError("host=db connect_timeout=5s");
+  EXPECT_NE(timeout.find("connect_timeout"), std::string::npos) << timeout;
+  EXPECT_NE(DsnError("host=db keepalives_idle=abc"), "");
+  EXPECT_NE(DsnError("host=db1,db2 port=5432,5433,5434"), "");
+  // Valid values, several hosts, a Unix socket directory and no host at all pass.
+  EXPECT_EQ(DsnError("host=db sslmode=verify-full target_session_attrs=read-write"), "");
+  EXPECT_EQ(DsnError("host=db1,db2 port=5432,5433 connect_timeout=5 keepalives_idle=30"), "");
+  EXPECT_EQ(DsnError("host=/var/run/postgresql dbname=events"), "");
+  EXPECT_EQ(DsnError("dbname=events"), "");
 }
 
 }  // namespace
