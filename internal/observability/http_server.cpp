@@ -8,6 +8,10 @@
 
 namespace evp::observability {
 
+namespace {
+constexpr size_t kHttpThreads = 32;
+}  // namespace
+
 HttpServer::HttpServer(Metrics& metrics, std::function<Readiness()> readiness)
     : metrics_(metrics),
       readiness_(std::move(readiness)),
@@ -23,6 +27,14 @@ HttpServer::HttpServer(Metrics& metrics, std::function<Readiness()> readiness)
     int no = 0;
     setsockopt(sock, IPPROTO_IPV6, IPV6_V6ONLY, &no, sizeof(no));
   });
+  // Each connection holds a worker thread while it waits for a request. cpp-httplib's
+  // defaults (8 threads here, 5 s of waiting) let 8 idle connections stall liveness probes
+  // for 5 s, and a probe that times out restarts a healthy pod. An idle connection is now
+  // dropped after 1 s, and it takes kHttpThreads of them at once to delay an answer.
+  server_->new_task_queue = [] { return new httplib::ThreadPool(kHttpThreads); };
+  server_->set_keep_alive_timeout(1);
+  server_->set_read_timeout(2);
+  server_->set_write_timeout(2);
   server_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
   });

@@ -7,6 +7,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <vector>
+
 #include "observability/metrics.hpp"
 
 namespace evp::observability {
@@ -52,6 +54,39 @@ TEST(HttpServer, AnswersOverIPv4AndIPv6) {
   auto r6 = v6.Get("/readyz");
   ASSERT_TRUE(r6) << "IPv6";
   EXPECT_EQ(r6->status, 200);
+}
+
+// Idle connections (a client that connects and sends nothing, or keeps a connection open
+// between scrapes) each held one of 8 threads for 5 s: 8 of them stalled liveness probes.
+TEST(HttpServer, IdleConnectionsDoNotStallProbes) {
+  Metrics metrics("test");
+  HttpServer server(metrics, AlwaysReady);
+  const int port = server.Start(0);
+  ASSERT_GT(port, 0);
+  std::vector<int> idle;
+  for (int i = 0; i < 16; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    idle.push_back(fd);
+  }
+  // A kubelet probe gives up after its timeoutSeconds (3 s in the chart).
+  httplib::Client probe("127.0.0.1", port);
+  probe.set_connection_timeout(3);
+  probe.set_read_timeout(3);
+  auto r = probe.Get("/healthz");
+  ASSERT_TRUE(r) << "no answer within 3 s: " << httplib::to_string(r.error());
+  EXPECT_EQ(r->status, 200);
+  // The server drops an idle connection after a second; it reads end-of-file then.
+  char byte = 0;
+  timeval wait{.tv_sec = 10, .tv_usec = 0};
+  setsockopt(idle[0], SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
+  EXPECT_EQ(read(idle[0], &byte, 1), 0) << "the idle connection was not closed by the server";
+  for (int fd : idle) close(fd);
 }
 
 }  // namespace
