@@ -1,6 +1,9 @@
 #include "exhausted.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -158,9 +161,8 @@ std::string NotSelected(int n) {
 int Redrive(const Config& config, const Options& o) {
   postgres::ExhaustedRepository repo(config.postgres_dsn, config.ops_schema);
   auto filter = FilterOf(o);
-  if (filter.ids.empty() && filter.company_id.empty() && filter.subject.empty() &&
-      filter.reason.empty() && filter.error_class.empty() && filter.since.empty() &&
-      filter.until.empty()) {
+  if (filter.ids.empty() && !filter.company_id && filter.subject.empty() && filter.reason.empty() &&
+      filter.error_class.empty() && filter.since.empty() && filter.until.empty()) {
     std::fprintf(stderr,
                  "redrive needs --id or at least one filter (use --subject '%%' for all)\n");
     return 2;
@@ -225,6 +227,14 @@ int Redrive(const Config& config, const Options& o) {
     std::fprintf(stderr, "%s\n", conn.error().c_str());
     return 1;
   }
+  // A progress line on a terminal only: in a file or a pipe its carriage returns would run it
+  // into the lines that follow.
+  const bool tty = isatty(STDERR_FILENO) != 0;
+  bool progress_shown = false;
+  auto end_progress_line = [&progress_shown](const char* end) {
+    if (progress_shown) std::fputs(end, stderr);
+    progress_shown = false;
+  };
   const auto started = std::chrono::steady_clock::now();
   std::map<std::string, int64_t> sent;  // Nats-Msg-Id -> exhausted row id
   size_t n = 0;
@@ -241,51 +251,63 @@ int Redrive(const Config& config, const Options& o) {
     }
     auto p = (*conn)->PublishAsync(r.source_subject, RedriveBody(r, meta), msg_id, headers);
     if (!p.ok()) {
-      std::fprintf(stderr, "\nid %lld: %s\n", static_cast<long long>(r.id), p.error().c_str());
+      end_progress_line("\n");
+      std::fprintf(stderr, "id %lld: %s\n", static_cast<long long>(r.id), p.error().c_str());
       ++failures;
       continue;
     }
     sent.emplace(msg_id, r.id);
-    if (++n % 1000 == 0) {
+    if (++n % 1000 == 0 && tty) {
       std::fprintf(stderr, "\rredriving: %zu/%zu", n, rows->size());
+      progress_shown = true;
     }
   }
   auto complete = (*conn)->PublishAsyncComplete(std::chrono::seconds(30));
   // Only publishes the stream acknowledged are resolved: the others stay unresolved for the
   // next run (a late ack is harmless: the next run's publish is a duplicate).
-  std::vector<int64_t> done;
-  int64_t duplicates = 0;
-  for (const std::string& msg_id : (*conn)->TakeAcknowledged(&duplicates)) {
-    auto it = sent.find(msg_id);
-    if (it == sent.end()) continue;
-    done.push_back(it->second);
-    sent.erase(it);
+  // Published: stored by the stream now. Duplicates: in the stream already (a redrive of the
+  // same row less than 2 minutes ago), so not published again; resolved all the same.
+  std::vector<int64_t> published;
+  std::vector<int64_t> duplicates;
+  const auto acks = (*conn)->TakeAcknowledged();
+  for (const auto& [ids, into] :
+       {std::pair{&acks.stored, &published}, std::pair{&acks.duplicates, &duplicates}}) {
+    for (const std::string& msg_id : *ids) {
+      auto it = sent.find(msg_id);
+      if (it == sent.end()) continue;
+      into->push_back(it->second);
+      sent.erase(it);
+    }
+    std::sort(into->begin(), into->end());
   }
   for (const auto& [msg_id, id] : sent) {
-    std::fprintf(stderr, "\nid %lld: publish to its subject not acknowledged (%s)\n",
+    end_progress_line("\n");
+    std::fprintf(stderr, "id %lld: publish to its subject not acknowledged (%s)\n",
                  static_cast<long long>(id), complete.ok() ? "refused" : complete.error().c_str());
     ++failures;
   }
-  std::sort(done.begin(), done.end());
   const std::string note =
       "redriven by eventctl" + (o.note.empty() ? std::string() : ": " + o.note);
-  auto resolved = repo.Resolve(done, note);
-  if (!resolved.ok()) {
-    std::fprintf(stderr, "\n%s\n", resolved.error().c_str());
+  // A row published again with --all gets the note although it was resolved already.
+  auto resolved = repo.Resolve(published, note, /*again=*/true);
+  auto resolved_duplicates = resolved.ok() ? repo.Resolve(duplicates, note) : resolved;
+  if (!resolved_duplicates.ok()) {
+    end_progress_line("\n");
+    std::fprintf(stderr, "%s\n", resolved_duplicates.error().c_str());
     return 1;
   }
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  std::fprintf(stderr, "\r");
-  std::printf(
-      "redriven %zu event(s) in %.2f s (%.0f events/s), %d failed, %lld marked resolved%s\n",
-      done.size(), secs, secs > 0 ? static_cast<double>(done.size()) / secs : 0.0, failures,
-      static_cast<long long>(resolved->size()), NotSelected(not_selected).c_str());
-  if (duplicates > 0) {
+  end_progress_line("\r");
+  std::printf("redriven %zu event(s) in %.2f s (%.0f events/s), %d failed, %zu marked resolved%s\n",
+              published.size(), secs, secs > 0 ? static_cast<double>(published.size()) / secs : 0.0,
+              failures, resolved->size() + resolved_duplicates->size(),
+              NotSelected(not_selected).c_str());
+  if (!duplicates.empty()) {
     std::printf(
-        "%lld of them were already in the stream (published by a redrive of the same rows "
-        "less than 2 minutes ago): not published again\n",
-        static_cast<long long>(duplicates));
+        "%zu other event(s) were in the stream already (published by a redrive of the same "
+        "rows less than 2 minutes ago, maybe one running now): not published again\n",
+        duplicates.size());
   }
   if (static_cast<int64_t>(rows->size()) == o.filter.limit) {
     std::printf(
@@ -335,8 +357,25 @@ int Resolve(const Config& config, const Options& o) {
   return 1;
 }
 
+// Checked before CLI11 converts the text, which turns "" into 0 and clamps what overflows.
+CLI::Validator RowId() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        int64_t id = 0;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), id);
+        if (text.empty() || ec != std::errc() || end != text.data() + text.size() || id < 1) {
+          return "'" + text + "' is not an exhausted event id (a positive integer)";
+        }
+        return "";
+      },
+      "ID");
+}
+
 void AddFilters(CLI::App* cmd, Options& o) {
-  cmd->add_option("--tenant", o.filter.company_id, "company_id (exact)");
+  // Given empty, it selects the rows of subjects without a tenant (see docs/operations.md).
+  cmd->add_option_function<std::string>(
+      "--tenant", [&o](const std::string& tenant) { o.filter.company_id = tenant; },
+      "company_id (exact; '' = rows without one)");
   cmd->add_option("--subject", o.filter.subject,
                   "source subject; '%' matches any characters (e.g. 'v1.chats.%')");
   std::vector<std::string> codes;
@@ -369,15 +408,15 @@ std::function<int(const Config&)> AddExhaustedCommands(CLI::App& app) {
   list->add_flag("--newest", o->filter.newest_first,
                  "newest first (with --limit: the latest failures)");
   auto* show = ex->add_subcommand("show", "show one exhausted event with its payload");
-  show->add_option("id", o->id, "exhausted event id")->required();
+  show->add_option("id", o->id, "exhausted event id")->required()->check(RowId());
   auto* redrive = ex->add_subcommand(
       "redrive", "republish the original bytes to the source subject and mark them resolved");
-  redrive->add_option("--id", o->ids, "exhausted event id (repeatable)");
+  redrive->add_option("--id", o->ids, "exhausted event id (repeatable)")->check(RowId());
   AddFilters(redrive, *o);
   redrive->add_flag("--dry-run", o->dry_run, "print what would be redriven");
   redrive->add_option("--note", o->note, "note appended to the resolved rows");
   auto* resolve = ex->add_subcommand("resolve", "mark exhausted events resolved without redriving");
-  resolve->add_option("id", o->ids, "exhausted event id(s)")->required();
+  resolve->add_option("id", o->ids, "exhausted event id(s)")->required()->check(RowId());
   resolve->add_option("--note", o->note, "why it is resolved [resolved by eventctl]");
 
   return [o, list, show, redrive, resolve](const Config& config) -> int {

@@ -266,8 +266,9 @@ int RunLoad(const Config& config, const LoadOptions& o) {
         return;
       }
       auto count_acks = [&] {
-        int64_t dup = 0;
-        acknowledged.fetch_add(static_cast<int64_t>((*conn)->TakeAcknowledged(&dup).size()));
+        const auto acks = (*conn)->TakeAcknowledged();
+        const auto dup = static_cast<int64_t>(acks.duplicates.size());
+        acknowledged.fetch_add(static_cast<int64_t>(acks.stored.size()) + dup);
         duplicates.fetch_add(dup);
         failed.fetch_add((*conn)->TakeAsyncErrors());
       };

@@ -53,8 +53,7 @@ void OnPublishAck(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* cl
   if (msg != nullptr) natsMsgHeader_Get(msg, "Nats-Msg-Id", &msg_id);
   if (pa != nullptr) {
     std::lock_guard lock(acks->mu);
-    acks->acknowledged.emplace_back(msg_id != nullptr ? msg_id : "");
-    if (pa->Duplicate) ++acks->duplicates;
+    (pa->Duplicate ? acks->duplicates : acks->stored).emplace_back(msg_id != nullptr ? msg_id : "");
   } else {
     acks->failed.fetch_add(1);
     const char* text = pae != nullptr && pae->ErrText != nullptr ? pae->ErrText : "";
@@ -360,12 +359,11 @@ std::vector<Result<Unit, std::string>> NatsConnection::PublishAll(
   return out;
 }
 
-std::vector<std::string> NatsConnection::TakeAcknowledged(int64_t* duplicates) {
-  std::vector<std::string> out;
+NatsConnection::Acknowledged NatsConnection::TakeAcknowledged() {
+  Acknowledged out;
   std::lock_guard lock(async_acks_.mu);
-  out.swap(async_acks_.acknowledged);
-  if (duplicates != nullptr) *duplicates = async_acks_.duplicates;
-  async_acks_.duplicates = 0;
+  out.stored.swap(async_acks_.stored);
+  out.duplicates.swap(async_acks_.duplicates);
   return out;
 }
 

@@ -47,8 +47,8 @@ class NatsConnection {
   struct AsyncAcks {
     std::atomic<int64_t> failed{0};
     std::mutex mu;
-    std::vector<std::string> acknowledged;  // Nats-Msg-Ids, only with track_acks
-    int64_t duplicates = 0;                 // of those, acks flagged duplicate
+    std::vector<std::string> stored;      // Nats-Msg-Ids, only with track_acks
+    std::vector<std::string> duplicates;  // acknowledged as duplicates: stored before
   };
 
   // Connects (reconnecting forever afterwards). Error text names the URL and cause.
@@ -83,10 +83,14 @@ class NatsConnection {
       std::chrono::milliseconds max_wait = std::chrono::milliseconds(0));
   // Async publishes that failed so far (JetStream error or timeout); reset by the call.
   int64_t TakeAsyncErrors();
-  // With track_acks: the Nats-Msg-Ids of the async publishes acknowledged so far (a
-  // duplicate's ack included: the stream holds the event), and how many of them the stream
-  // deduplicated; reset by the call.
-  std::vector<std::string> TakeAcknowledged(int64_t* duplicates = nullptr);
+  // With track_acks: the Nats-Msg-Ids of the async publishes acknowledged so far, those the
+  // stream stored and those it acknowledged as duplicates (it held the event already); reset
+  // by the call.
+  struct Acknowledged {
+    std::vector<std::string> stored;
+    std::vector<std::string> duplicates;
+  };
+  Acknowledged TakeAcknowledged();
   Result<Unit, std::string> PublishAsyncComplete(std::chrono::milliseconds timeout);
   // One message of PublishAll.
   struct Outgoing {

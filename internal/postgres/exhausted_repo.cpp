@@ -61,7 +61,7 @@ Result<std::vector<ExhaustedRow>, std::string> ExhaustedRepository::List(const E
       for (size_t i = 0; i < f.ids.size(); ++i) arr += (i ? "," : "") + std::to_string(f.ids[i]);
       add("id = ANY(?::bigint[])", arr + "}");
     }
-    if (!f.company_id.empty()) add("company_id = ?", f.company_id);
+    if (f.company_id) add("company_id = ?", *f.company_id);
     if (!f.subject.empty()) {
       // Only '%' is a wildcard: '_' is common in subjects (tenant ids) and stays literal.
       std::string pattern;
@@ -123,7 +123,7 @@ Result<std::optional<ExhaustedRow>, std::string> ExhaustedRepository::Get(int64_
 }
 
 Result<std::vector<int64_t>, std::string> ExhaustedRepository::Resolve(
-    const std::vector<int64_t>& ids, const std::string& note) {
+    const std::vector<int64_t>& ids, const std::string& note, bool again) {
   if (ids.empty()) return std::vector<int64_t>{};
   try {
     if (!conn_) conn_ = std::make_unique<Connection>(dsn_);
@@ -135,8 +135,8 @@ Result<std::vector<int64_t>, std::string> ExhaustedRepository::Resolve(
         "UPDATE " + tx.quote_name(ops_schema_) +
             ".exhausted_events SET resolved = true, resolved_at = now(), notes = CASE WHEN "
             "notes IS NULL OR notes = '' THEN $2 ELSE notes || E'\\n' || $2 END WHERE id = "
-            "ANY($1::bigint[]) AND NOT resolved RETURNING id",
-        arr, SafeUtf8(note));
+            "ANY($1::bigint[]) AND (NOT resolved OR $3) RETURNING id",
+        arr, SafeUtf8(note), again);
     tx.commit();
     std::vector<int64_t> changed;
     changed.reserve(r.size());

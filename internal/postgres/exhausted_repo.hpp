@@ -12,12 +12,12 @@
 namespace evp::postgres {
 
 struct ExhaustedFilter {
-  std::vector<int64_t> ids;  // when set, only these rows (other filters still apply)
-  std::string company_id;    // exact
-  std::string subject;       // pattern on source_subject: '%' is a wildcard, '_' is literal
-  std::string reason;        // reason code, e.g. schema_violation
-  std::string error_class;   // fatal | retryable
-  std::string since;         // timestamptz text, on last_failed_at
+  std::vector<int64_t> ids;               // when set, only these rows (other filters still apply)
+  std::optional<std::string> company_id;  // exact; "" selects the rows without a tenant
+  std::string subject;      // pattern on source_subject: '%' is a wildcard, '_' is literal
+  std::string reason;       // reason code, e.g. schema_violation
+  std::string error_class;  // fatal | retryable
+  std::string since;        // timestamptz text, on last_failed_at
   std::string until;
   std::optional<bool> resolved = false;  // nullopt = both
   int64_t limit = 100;
@@ -52,9 +52,11 @@ class ExhaustedRepository {
   // Whether PostgreSQL reads `text` as a time (timestamptz, as the filters do): an empty
   // string when it does, else PostgreSQL's reason. Err when the database cannot be asked.
   Result<std::string, std::string> TimeError(const std::string& text);
-  // Marks rows resolved with a note appended; returns the ids that changed, ascending.
+  // Marks rows resolved with a note appended; returns the ids that changed, ascending. With
+  // `again`, rows resolved already are changed too (their resolved_at renewed, the note
+  // appended): an event redriven once more leaves a trace on its row.
   Result<std::vector<int64_t>, std::string> Resolve(const std::vector<int64_t>& ids,
-                                                    const std::string& note);
+                                                    const std::string& note, bool again = false);
   // The random id of this ops schema's installation (unique across databases).
   Result<std::string, std::string> InstallationId();
 

@@ -273,7 +273,11 @@ TEST(DlqWorker, RedriveTwiceOfAThousandExhaustedEventsAppliesEachOnce) {
   EXPECT_NE(second.find("redriven 0 event(s)"), std::string::npos) << second;
   EXPECT_EQ(second.find("limit reached"), std::string::npos) << second;
   const std::string forced = redrive({"--all"});
-  EXPECT_NE(forced.find("1000 of them were already in the stream"), std::string::npos) << forced;
+  EXPECT_NE(forced.find("redriven 0 event(s)"), std::string::npos) << forced;
+  EXPECT_NE(forced.find("1000 other event(s) were in the stream already"), std::string::npos)
+      << forced;
+  // Not a terminal: no progress line running into the summary.
+  EXPECT_EQ(first.find("redriving:"), std::string::npos) << first;
   ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, Message("marker")).ok);
   ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".messages", 1002));
   const std::string applied = R"(evp_events_total{outcome="applied",type="messages.upsert"})";
@@ -393,6 +397,33 @@ TEST(DlqWorker, ExhaustedListShowAndResolveWork) {
                                          std::to_string(second)),
             "resolved by eventctl")
       << "the first note stays";
+  // Redriven again with --all: the row says so (the replay fails again, as a new row).
+  ChildProcess replay(
+      BinaryPath("eventctl"),
+      {"exhausted", "redrive", "--id", std::to_string(id), "--all", "--note", "replayed"},
+      stack.Env());
+  EXPECT_EQ(replay.Wait(std::chrono::seconds(20)), 0) << replay.Log();
+  EXPECT_NE(replay.Log().find("redriven 1 event(s)"), std::string::npos) << replay.Log();
+  EXPECT_EQ(QueryString(stack.Dsn(), "SELECT notes FROM events_ops.exhausted_events WHERE id = " +
+                                         std::to_string(id)),
+            "publisher fixed\nredriven by eventctl: replayed");
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM events_ops.exhausted_events", 3));
+  // --tenant '' selects the rows of subjects without a tenant, not every row.
+  ASSERT_TRUE(stack.Publish("v1.contacts.upsert", "{}").ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM events_ops.exhausted_events", 4));
+  ChildProcess untenanted(BinaryPath("eventctl"),
+                          {"exhausted", "list", "--tenant", "", "--all", "--json"}, stack.Env());
+  ASSERT_EQ(untenanted.Wait(std::chrono::seconds(20)), 0) << untenanted.Log();
+  EXPECT_NE(untenanted.Log().find(R"("source_subject":"v1.contacts.upsert")"), std::string::npos)
+      << untenanted.Log();
+  EXPECT_EQ(untenanted.Log().find(t), std::string::npos) << untenanted.Log();
+  // An id that is not one is refused, not read as 0 or clamped.
+  for (const std::string bad : {"", "99999999999999999999", "x"}) {
+    ChildProcess show_bad(BinaryPath("eventctl"), {"exhausted", "show", bad}, stack.Env());
+    EXPECT_EQ(show_bad.Wait(std::chrono::seconds(20)), 2) << show_bad.Log();
+    EXPECT_NE(show_bad.Log().find("is not an exhausted event id"), std::string::npos)
+        << show_bad.Log();
+  }
 }
 
 TEST(DlqWorker, ExhaustedListMatchesSubjectsLiterallySortsAndPrintsUtc) {
