@@ -19,6 +19,12 @@ using namespace evp;
 
 namespace {
 
+std::string Join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
+  return out;
+}
+
 int64_t NowUnix() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -210,8 +216,28 @@ int Run(int argc, char** argv) {
         std::fprintf(stderr, "tenant %s: %s\n", t.c_str(), e.error().message.c_str());
         return 1;
       }
-      std::printf("schema %s is up to date\n",
-                  postgres::TenantSchemaName(config.tenant_schema_prefix, t).c_str());
+      // A version says what ran, not what is there still: a table dropped by hand since
+      // would fail every event of its type.
+      const std::string schema = postgres::TenantSchemaName(config.tenant_schema_prefix, t);
+      auto repair = postgres::RepairTenantTables(config.postgres_dsn, schema);
+      if (!repair.ok()) {
+        std::fprintf(stderr, "tenant %s: %s\n", t.c_str(), repair.error().c_str());
+        return 1;
+      }
+      if (!repair->recreated_tables.empty()) {
+        std::printf(
+            "schema %s: recreated missing table(s) %s, empty; redrive the events that failed "
+            "meanwhile (eventctl exhausted redrive --tenant %s --reason retries_exhausted)\n",
+            schema.c_str(), Join(repair->recreated_tables).c_str(), t.c_str());
+      }
+      if (!repair->missing_columns.empty()) {
+        std::fprintf(stderr,
+                     "schema %s: column(s) missing, not recreated: %s; add them back as "
+                     "migrations/tenant/ defines them\n",
+                     schema.c_str(), Join(repair->missing_columns).c_str());
+        return 1;
+      }
+      std::printf("schema %s is up to date\n", schema.c_str());
     }
     return 0;
   }

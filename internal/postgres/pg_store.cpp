@@ -1,5 +1,7 @@
 #include "postgres/pg_store.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <future>
 #include <map>
@@ -131,6 +133,52 @@ Result<int, std::string> MigrateOps(const std::string& dsn, const std::string& o
     return applied;
   } catch (const std::exception& e) {
     return Err{std::string("migrating schema ") + ops_schema + ": " + e.what()};
+  }
+}
+
+Result<TenantRepair, std::string> RepairTenantTables(const std::string& dsn,
+                                                     const std::string& schema_name) {
+  try {
+    pqxx::connection conn(dsn);
+    pqxx::work tx(conn);
+    // The lock EnsureTenant takes: no schema creation or upgrade runs meanwhile.
+    tx.exec_params("SELECT pg_advisory_xact_lock(hashtext('evp-tenant:' || $1))", schema_name);
+    const std::string scratch_name = "evp_repair_" + std::to_string(getpid());
+    const std::string scratch = tx.quote_name(scratch_name);
+    const std::string schema = tx.quote_name(schema_name);
+    tx.exec0("CREATE SCHEMA " + scratch);
+    tx.exec0("SET LOCAL search_path TO " + scratch);
+    for (const Migration& m : Migrations("tenant")) tx.exec0(std::string(m.sql));
+    tx.exec0("SET LOCAL search_path TO DEFAULT");
+    tx.exec0("CREATE SCHEMA IF NOT EXISTS " + schema);
+    TenantRepair repair;
+    const auto missing = tx.exec_params(
+        "SELECT t.table_name FROM information_schema.tables t WHERE t.table_schema = $1 AND "
+        "NOT EXISTS (SELECT 1 FROM information_schema.tables x WHERE x.table_schema = $2 AND "
+        "x.table_name = t.table_name) ORDER BY 1",
+        scratch_name, schema_name);
+    for (const auto& row : missing) {
+      const auto table = row[0].as<std::string>();
+      // Indexes, constraints and the sequences its columns own move with the table.
+      tx.exec0("ALTER TABLE " + scratch + "." + tx.quote_name(table) + " SET SCHEMA " + schema);
+      repair.recreated_tables.push_back(table);
+    }
+    const auto columns = tx.exec_params(
+        "SELECT c.table_name || '.' || c.column_name FROM information_schema.columns c WHERE "
+        "c.table_schema = $1 AND NOT EXISTS (SELECT 1 FROM information_schema.columns x WHERE "
+        "x.table_schema = $2 AND x.table_name = c.table_name AND x.column_name = "
+        "c.column_name) ORDER BY 1",
+        scratch_name, schema_name);
+    for (const auto& row : columns) repair.missing_columns.push_back(row[0].as<std::string>());
+    tx.exec0("DROP SCHEMA " + scratch + " CASCADE");
+    tx.commit();
+    for (const auto& table : repair.recreated_tables) {
+      observability::LogWarn("tenant table recreated (it was missing)",
+                             {{"schema", schema_name}, {"table", table}});
+    }
+    return repair;
+  } catch (const std::exception& e) {
+    return Err{std::string("repairing schema ") + schema_name + ": " + e.what()};
   }
 }
 

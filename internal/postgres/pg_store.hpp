@@ -27,6 +27,20 @@ Result<int, std::string> MigrateOps(const std::string& dsn, const std::string& o
 
 std::string TenantSchemaName(const std::string& prefix, const std::string& company_id);
 
+// What RepairTenantTables found: the tables it recreated (empty), and the columns missing
+// from tables that exist, which it cannot recreate (as "table.column").
+struct TenantRepair {
+  std::vector<std::string> recreated_tables;
+  std::vector<std::string> missing_columns;
+};
+
+// Recreates the tables of a tenant schema that are missing although its recorded migration
+// version says they exist (dropped by hand): the tenant migrations are applied to a scratch
+// schema in one transaction and the missing tables moved over, with their indexes,
+// constraints and sequences. `schema_name` must be at the latest version (EnsureTenant).
+Result<TenantRepair, std::string> RepairTenantTables(const std::string& dsn,
+                                                     const std::string& schema_name);
+
 // One writer: an EventStore and ExhaustedStore on its own two connections. Thread-safe:
 // concurrent calls take turns on its mutex; PgWriterPool writes over several at once.
 class PgStore final : public pipeline::EventStore, public pipeline::ExhaustedStore {

@@ -319,6 +319,54 @@ TEST(DlqWorker, RedrivesOfTwoDatabasesSharingNatsAreNotDeduplicatedAgainstEachOt
   ExecAutocommit(PostgresServer::Shared().AdminDsn(), "DROP DATABASE " + db2 + " WITH (FORCE)");
 }
 
+TEST(DlqWorker, MigrateOfATenantRecreatesTablesDroppedByHandAndNamesMissingColumns) {
+  Stack stack;
+  const std::string t = UniqueName("repair");
+  const std::string s = "tenant_" + t;
+  auto inbound = [&](const std::string& id, const std::string& phone) {
+    return stack
+        .Publish("v1.messages.upsert." + t, json{{"message_id", id},
+                                                 {"chat_id", "c"},
+                                                 {"jid", "j"},
+                                                 {"flow", "IN"},
+                                                 {"agent_id", "a"},
+                                                 {"from_phone", phone}}
+                                                .dump())
+        .ok;
+  };
+  ASSERT_TRUE(inbound("m1", "+1"));
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".onboarding_log", 1));
+  const std::string indexes = "SELECT count(*) FROM pg_indexes WHERE schemaname = '" + s + "'";
+  const int64_t index_count = stack.Count(indexes);
+  Exec(stack.Dsn(), "DROP TABLE " + s + ".contacts; DROP TABLE " + s + ".onboarding_log");
+  auto migrate = [&] {
+    ChildProcess cli(BinaryPath("eventctl"), {"migrate", "--tenant", t}, stack.Env());
+    const auto rc = cli.Wait(std::chrono::seconds(30));
+    return std::make_pair(rc, cli.Log());
+  };
+  const auto [rc, log] = migrate();
+  EXPECT_EQ(rc, 0) << log;
+  EXPECT_NE(log.find("schema " + s + ": recreated missing table(s) contacts, onboarding_log"),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(stack.Count(indexes), index_count) << "indexes and keys come back with the tables";
+  EXPECT_EQ(stack.Count("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'evp_repair%'"), 0);
+  // The processor writes to them again, the serial id of onboarding_log included.
+  ASSERT_TRUE(inbound("m2", "+2"));
+  EXPECT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".onboarding_log WHERE id > 0", 1));
+  EXPECT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".contacts", 1));
+  // Again: nothing to do.
+  const auto [again_rc, again] = migrate();
+  EXPECT_EQ(again_rc, 0) << again;
+  EXPECT_EQ(again.find("recreated"), std::string::npos) << again;
+  // A column dropped by hand is named, not recreated.
+  Exec(stack.Dsn(), "ALTER TABLE " + s + ".chats DROP COLUMN push_name");
+  const auto [column_rc, column] = migrate();
+  EXPECT_EQ(column_rc, 1) << column;
+  EXPECT_NE(column.find("column(s) missing, not recreated: chats.push_name"), std::string::npos)
+      << column;
+}
+
 TEST(DlqWorker, ExhaustedListShowAndResolveWork) {
   Stack stack;
   const std::string t = UniqueName("cli");
