@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -174,12 +175,29 @@ std::unique_ptr<nats::JetStreamSource> BindWhenReady(
 
 namespace evp::app {
 
-DatabaseProbe::DatabaseProbe(const Config& config, std::chrono::milliseconds interval) {
+namespace {
+int64_t SteadyNowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+DatabaseProbe::DatabaseProbe(const Config& config, std::chrono::milliseconds interval)
+    : stale_after_(std::max(milliseconds(5000), 5 * interval)) {
   thread_ = std::thread([this, dsn = config.postgres_dsn, ops = config.ops_schema,
                          prefix = config.tenant_schema_prefix, interval] {
     postgres::PgStore store(dsn, ops, prefix);
     while (!stop_.load()) {
+      const int64_t started_ns = SteadyNowNs();
       const bool ok = store.Ping();
+      if (ok) {
+        if (stale_reported_.exchange(false)) {
+          observability::LogInfo("database answers again",
+                                 {{"ping_ms", (SteadyNowNs() - started_ns) / 1'000'000}});
+        }
+        last_ok_ns_ = SteadyNowNs();
+      }
       if (!ok) {
         // Each loop then stops fetching until its own connection answers, rather than
         // fetching events only to fail their write.
@@ -193,6 +211,18 @@ DatabaseProbe::DatabaseProbe(const Config& config, std::chrono::milliseconds int
       pipeline::SleepUnlessStopped(interval, stop_);
     }
   });
+}
+
+bool DatabaseProbe::ok() const {
+  if (!ok_.load()) return false;
+  const auto since_ok = std::chrono::nanoseconds(SteadyNowNs() - last_ok_ns_.load());
+  if (since_ok <= stale_after_) return true;
+  if (!stale_reported_.exchange(true)) {
+    observability::LogWarn(
+        "database not answering: no ping has succeeded for a while; not ready",
+        {{"since_last_answer_ms", std::chrono::duration_cast<milliseconds>(since_ok).count()}});
+  }
+  return false;
 }
 
 void DatabaseProbe::Watch(pipeline::LoopHealth& health) {

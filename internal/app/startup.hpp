@@ -66,12 +66,17 @@ class DatabaseProbe {
   ~DatabaseProbe();
   DatabaseProbe(const DatabaseProbe&) = delete;
   DatabaseProbe& operator=(const DatabaseProbe&) = delete;
-  bool ok() const { return ok_.load(); }
+  // The last ping succeeded, and one did within the last few seconds: a ping that hangs (a
+  // server that accepts connections but does not answer) makes it false too.
+  bool ok() const;
   // Marks `health` as without a database whenever a ping fails; it must outlive the probe.
   void Watch(pipeline::LoopHealth& health);
 
  private:
   std::atomic<bool> ok_{false};
+  std::chrono::milliseconds stale_after_;
+  std::atomic<int64_t> last_ok_ns_{0};  // steady clock, of the last successful ping
+  mutable std::atomic<bool> stale_reported_{false};
   std::mutex mu_;
   std::vector<pipeline::LoopHealth*> watched_;
   std::atomic<bool> stop_{false};

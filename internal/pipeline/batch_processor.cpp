@@ -20,7 +20,7 @@ using std::chrono::milliseconds;
 
 std::chrono::steady_clock::time_point GraceTracker::FirstSeen(
     const std::string& key, std::chrono::steady_clock::time_point now) {
-  auto [it, inserted] = first_seen_.try_emplace(key, Entry{now});
+  auto [it, inserted] = first_seen_.try_emplace(key, Entry{now, std::nullopt, milliseconds(0)});
   if (inserted && first_seen_.size() > 100'000) {
     // Keys of events that were finally handled elsewhere (another replica) linger; drop the
     // ones far past any grace window.
@@ -34,15 +34,20 @@ std::chrono::steady_clock::time_point GraceTracker::FirstSeen(
 }
 
 std::chrono::milliseconds GraceTracker::Waited(const std::string& key,
-                                               std::chrono::steady_clock::time_point now) {
-  const auto first = FirstSeen(key, now);
-  const Entry& e = first_seen_.at(key);
+                                               std::chrono::steady_clock::time_point now,
+                                               std::chrono::steady_clock::time_point not_before) {
+  FirstSeen(key, now);
+  Entry& e = first_seen_.at(key);
+  if (!e.missing) e.missing = now;
+  const auto start = std::max(*e.missing, not_before);
   return std::max(milliseconds(0),
-                  std::chrono::duration_cast<milliseconds>(now - first) - e.paused);
+                  std::chrono::duration_cast<milliseconds>(now - start) - e.paused);
 }
 
 void GraceTracker::Extend(std::chrono::milliseconds outage) {
-  for (auto& [key, entry] : first_seen_) entry.paused += outage;
+  for (auto& [key, entry] : first_seen_) {
+    if (entry.missing) entry.paused += outage;  // a window not open yet loses nothing
+  }
 }
 
 BatchProcessor::BatchProcessor(const Config& config, const validation::SchemaRegistry& schemas,
@@ -62,6 +67,12 @@ milliseconds BatchProcessor::NakDelay(uint64_t delivered) {
   std::lock_guard lock(rng_mu_);  // Prepare and Complete may run at once
   return BackoffDelay(config_.nak_base_delay, config_.nak_max_delay,
                       static_cast<int>(std::min<uint64_t>(delivered, 30)), rng_);
+}
+
+void BatchProcessor::NoteTransientFailure(const std::string& company_id) {
+  const auto until = clock_.Now() + config_.nak_max_delay;
+  auto [it, inserted] = backoff_until_.try_emplace(company_id, until);
+  if (!inserted) it->second = std::max(it->second, until);
 }
 
 bool BatchProcessor::FitsDlq(const DeadLetter& letter) const {
@@ -387,6 +398,7 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
       work.stats.last_error = r.error().message;
       metrics_.CountDbError("transient");
       work.stats.store_unavailable = true;
+      NoteTransientFailure(t);
       for (size_t i = 0; i < batch.size(); ++i) {
         if (work.done[i] || work.tenants[i] != t) continue;
         work.done[i] = true;
@@ -419,6 +431,7 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
     for (size_t k : origin) {
       size_t i = work.items[k].message;
       if (!seen.insert(i).second) continue;
+      if (transient) NoteTransientFailure(work.tenants[i]);
       const InboundMessage& msg = batch[i];
       if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
         dead_letter(i, work.tenants[i],
@@ -539,6 +552,7 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
         metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         break;
       case ApplyOutcome::kRetry: {
+        NoteTransientFailure(company);
         work.stats.last_error = per_message[i]->message;
         metrics_.CountDbError("transient");
         // The first failure is noted (as a first try is for the ordering grace), so that the
@@ -564,7 +578,11 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
         // Since the first try, and of that, what counts towards the window (outages do not).
         const auto since_first =
             std::chrono::duration_cast<milliseconds>(now - grace_.FirstSeen(grace_key, now));
-        const auto waited = grace_.Waited(grace_key, now);
+        const auto backoff = backoff_until_.find(company);
+        const auto waited =
+            grace_.Waited(grace_key, now,
+                          backoff == backoff_until_.end() ? std::chrono::steady_clock::time_point{}
+                                                          : backoff->second);
         if (waited >= config_.ordering_grace) {
           dead_letter(i, company,
                       {ReasonCode::kNotFoundAfterGrace,
@@ -580,8 +598,9 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
           // Out of deliveries but still inside the grace (the delays below are sized to
           // prevent this; a restart, which forgets first sights, can still get here), or too
           // many events wait here already: the DLQ worker retries it, and once the window
-          // since its first failure is over, a row still missing makes it
-          // not_found_after_grace there.
+          // is over, a row still missing makes it not_found_after_grace there. The letter's
+          // first failure is the window's start as counted here, so that the worker's window
+          // ends where this one would have.
           const std::string why =
               out_of_deliveries ? "missing after " + std::to_string(msg.delivered) + " deliveries"
                                 : "missing; " + std::to_string(waiting) +
@@ -590,7 +609,7 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
           dead_letter(i, company,
                       {ReasonCode::kRetriesExhausted,
                        "target row (" + per_message[i]->message + ") " + why},
-                      ErrorClass::kRetryable, clock_.UnixMillis() - since_first.count());
+                      ErrorClass::kRetryable, clock_.UnixMillis() - waited.count());
           dead_letters.back().grace_key = grace_key;
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else {

@@ -33,9 +33,12 @@ class GraceTracker {
   explicit GraceTracker(std::chrono::milliseconds horizon) : horizon_(horizon) {}
   std::chrono::steady_clock::time_point FirstSeen(const std::string& key,
                                                   std::chrono::steady_clock::time_point now);
-  // Time counted towards the window since the first try: minus database outages.
+  // Time counted towards the window: from the first try that found the row missing (a try
+  // whose write failed found nothing), or from `not_before` when that is later, minus
+  // database outages since.
   std::chrono::milliseconds Waited(const std::string& key,
-                                   std::chrono::steady_clock::time_point now);
+                                   std::chrono::steady_clock::time_point now,
+                                   std::chrono::steady_clock::time_point not_before = {});
   // The database was unreachable for `outage`: every open window is that much longer.
   void Extend(std::chrono::milliseconds outage);
   void Forget(const std::string& key) { first_seen_.erase(key); }
@@ -44,6 +47,7 @@ class GraceTracker {
  private:
   struct Entry {
     std::chrono::steady_clock::time_point first;
+    std::optional<std::chrono::steady_clock::time_point> missing;  // the window's start
     std::chrono::milliseconds paused{0};
   };
   std::chrono::milliseconds horizon_;
@@ -162,6 +166,12 @@ class BatchProcessor final : public BatchHandler {
   std::mt19937_64 rng_;
   GraceTracker grace_;
   WaitingEvents waiting_;
+  // Per tenant, until when an event of its whose write failed may still be in its transient
+  // backoff (the failure plus NAK_MAX_DELAY). An update of that tenant that finds its row
+  // missing meanwhile may be waiting for a row caught in the same failures: its ordering
+  // grace starts counting only then. Written by Write alone.
+  std::unordered_map<std::string, std::chrono::steady_clock::time_point> backoff_until_;
+  void NoteTransientFailure(const std::string& company_id);
   BatchStats stats_;
 };
 

@@ -3,7 +3,9 @@
 // delivery (processor) or an attempt (DLQ worker). Real PostgreSQL; the backends are ended
 // with pg_terminate_backend, as a restart ends them.
 #include <gtest/gtest.h>
+#include <signal.h>
 
+#include "app/startup.hpp"
 #include "postgres/pg_store.hpp"
 #include "support/db.hpp"
 #include "support/mutations.hpp"
@@ -48,6 +50,31 @@ class Reconnect : public ::testing::Test {
   std::string admin_;
   std::string dsn_;
 };
+
+// A server that keeps the connection open but stops answering (hung, swapped out) must not
+// read as ready: the probe's ping then hangs, so readiness looks at when a ping last succeeded.
+TEST_F(Reconnect, AProbeWhosePingHangsReportsTheDatabaseNotReadyUntilItAnswers) {
+  constexpr const char* kProbeApp = "evp_probe_test";
+  Config config;
+  config.postgres_dsn = admin_ + "?application_name=" + kProbeApp;
+  config.ops_schema = kOpsSchema;
+  app::DatabaseProbe probe(config, std::chrono::milliseconds(200));
+  ASSERT_TRUE(WaitFor([&] { return probe.ok(); }, std::chrono::seconds(20)));
+  const auto pid = static_cast<pid_t>(
+      QueryInt(admin_, "SELECT pid FROM pg_stat_activity WHERE application_name = '" +
+                           std::string(kProbeApp) + "' AND datname = current_database()"));
+  ASSERT_GT(pid, 0);
+  // The probe's backend stops answering; it is let go again whatever happens below.
+  ASSERT_EQ(kill(pid, SIGSTOP), 0);
+  struct Resume {
+    pid_t pid;
+    ~Resume() { kill(pid, SIGCONT); }
+  } resume{pid};
+  EXPECT_TRUE(WaitFor([&] { return !probe.ok(); }, std::chrono::seconds(20)))
+      << "still ready with a database that does not answer";
+  kill(pid, SIGCONT);
+  EXPECT_TRUE(WaitFor([&] { return probe.ok(); }, std::chrono::seconds(20)));
+}
 
 TEST_F(Reconnect, AStoreWritesOnAfterTheServerClosedItsConnections) {
   postgres::PgStore store(dsn_, kOpsSchema, kTenantPrefix);

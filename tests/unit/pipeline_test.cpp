@@ -731,6 +731,32 @@ TEST_F(Pipeline, TimeTheDatabaseWasDownDoesNotCountTowardsTheGrace) {
       << "the first failure keeps its real time";
 }
 
+TEST_F(Pipeline, AStallOfWritesIsNotOrderingTheGraceStartsOnceTheRowIsFoundMissing) {
+  // Writes of a tenant fail for longer than the grace (a lock, a read-only database) while
+  // the database answers: the upsert and its update were both caught and come back from
+  // their backoffs in any order. The update, back first, must wait for its row.
+  const InboundMessage upsert = Msg("v1.messages.upsert.acme", kMessageUpsert);
+  const InboundMessage update = Msg("v1.messages.update.acme", kMessageUpdate);
+  store_.retry_key = std::make_pair(std::string("acme"), std::string("message_id=m1"));
+  auto d = Run({upsert, update});
+  ASSERT_TRUE(IsNak(d[0]) && IsNak(d[1]));
+  clock_.Advance(milliseconds(13'000));
+  store_.retry_key.reset();
+  InboundMessage again = Again(update);
+  ASSERT_TRUE(IsNak(RunOne(again))) << "13 s after its first try, but its row was never missing";
+  EXPECT_TRUE(sink_.published.empty());
+  // The upsert may stay in its backoff up to NAK_MAX_DELAY after its failure: the window
+  // opens then.
+  clock_.Advance(config_->nak_max_delay - milliseconds(13'000) + milliseconds(4000));
+  again = Again(again);
+  ASSERT_TRUE(IsNak(RunOne(again)));
+  EXPECT_TRUE(sink_.published.empty()) << "4 s of the grace counted";
+  ASSERT_TRUE(IsAck(RunOne(Again(upsert))));
+  EXPECT_TRUE(IsAck(RunOne(Again(again))));
+  EXPECT_EQ(store_.Column("acme", Table::kMessages, "message_id=m1", "status"), "read");
+  EXPECT_TRUE(sink_.published.empty());
+}
+
 TEST_F(Pipeline, AppliesAnUpdateWhoseRowArrivesInsideTheGrace) {
   const InboundMessage update = Msg("v1.messages.update.acme", kMessageUpdate);
   ASSERT_TRUE(IsNak(RunOne(update)));
@@ -1241,10 +1267,24 @@ TEST(GraceTracker, RemembersTheFirstTimeAnEventWasSeen) {
   EXPECT_EQ(tracker.FirstSeen("S:1", t0 + milliseconds(9000)), t0 + milliseconds(9000));
 }
 
+TEST(GraceTracker, TheWindowOpensAtTheFirstTryThatFoundTheRowMissingAndNotBeforeItsStart) {
+  GraceTracker tracker(milliseconds(60000));
+  const auto t0 = std::chrono::steady_clock::time_point(std::chrono::hours(1));
+  tracker.FirstSeen("S:1", t0);  // a try whose write failed
+  tracker.Extend(milliseconds(2000));
+  EXPECT_EQ(tracker.Waited("S:1", t0 + milliseconds(10'000)), milliseconds(0));
+  EXPECT_EQ(tracker.Waited("S:1", t0 + milliseconds(13'000)), milliseconds(3000));
+  EXPECT_EQ(tracker.FirstSeen("S:1", t0), t0) << "the first try keeps its time";
+  EXPECT_EQ(tracker.Waited("S:1", t0 + milliseconds(13'000), t0 + milliseconds(12'000)),
+            milliseconds(1000));
+  EXPECT_EQ(tracker.Waited("S:1", t0 + milliseconds(13'000), t0 + milliseconds(20'000)),
+            milliseconds(0));
+}
+
 TEST(GraceTracker, OutagesDoNotCountAsWaiting) {
   GraceTracker tracker(milliseconds(60000));
   const auto t0 = std::chrono::steady_clock::time_point(std::chrono::hours(1));
-  tracker.FirstSeen("S:1", t0);
+  EXPECT_EQ(tracker.Waited("S:1", t0), milliseconds(0));  // found its row missing: the window opens
   tracker.Extend(milliseconds(4000));
   EXPECT_EQ(tracker.Waited("S:1", t0 + milliseconds(5000)), milliseconds(1000));
   EXPECT_EQ(tracker.FirstSeen("S:1", t0 + milliseconds(5000)), t0) << "the real first try";
