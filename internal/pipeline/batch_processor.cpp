@@ -520,9 +520,22 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
     metrics_.CountHistoryItems(EventTypeName(key.first), key.second, n);
   }
   // At most a quarter of MaxAckPending waits in delayed NAKs here; beyond, an event whose row
-  // is missing goes to the DLQ worker, which retries it inside the same grace window.
+  // is missing goes to the DLQ worker, which retries it inside the same grace window, and so
+  // does an event whose write failed while other tenants' writes of the batch succeeded (a
+  // tenant's table locked, dropped or altered): one tenant's retries must not hold every slot
+  // and stop the others. A failure of every tenant is the database's: those wait here.
   const size_t waiting_cap = std::max<size_t>(1, static_cast<size_t>(config_.max_ack_pending) / 4);
   size_t waiting = waiting_.Held(now);
+  std::set<std::string_view> succeeded;  // tenants with a write that went through
+  for (size_t i = 0; i < batch.size() && succeeded.size() < 2; ++i) {
+    if (per_message[i] && (per_message[i]->outcome == ApplyOutcome::kApplied ||
+                           per_message[i]->outcome == ApplyOutcome::kStale)) {
+      succeeded.insert(work.tenants[i]);
+    }
+  }
+  auto others_succeeded = [&succeeded](const std::string& company) {
+    return succeeded.size() > 1 || (succeeded.size() == 1 && !succeeded.contains(company));
+  };
   for (size_t i = 0; i < batch.size(); ++i) {
     if (!per_message[i]) continue;
     const InboundMessage& msg = batch[i];
@@ -559,16 +572,23 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
         // dead letter tells when the trouble began, not when the deliveries ran out.
         const auto since_first =
             std::chrono::duration_cast<milliseconds>(now - grace_.FirstSeen(grace_key, now));
-        if (msg.delivered >= static_cast<uint64_t>(config_.max_deliver)) {
-          dead_letter(
-              i, company,
-              {ReasonCode::kRetriesExhausted, "failed " + std::to_string(msg.delivered) +
-                                                  " deliveries: " + per_message[i]->message},
-              ErrorClass::kRetryable, clock_.UnixMillis() - since_first.count());
+        const bool out_of_deliveries = msg.delivered >= static_cast<uint64_t>(config_.max_deliver);
+        if (out_of_deliveries ||
+            (waiting >= waiting_cap && !waiting_.Holds(grace_key) && others_succeeded(company))) {
+          const std::string why =
+              out_of_deliveries
+                  ? "failed " + std::to_string(msg.delivered) + " deliveries: "
+                  : "failed while other tenants' writes succeeded, and " + std::to_string(waiting) +
+                        " events already wait for retries here (a quarter of MAX_ACK_PENDING): "
+                        "handed to the DLQ worker: ";
+          dead_letter(i, company, {ReasonCode::kRetriesExhausted, why + per_message[i]->message},
+                      ErrorClass::kRetryable, clock_.UnixMillis() - since_first.count());
           dead_letters.back().grace_key = grace_key;
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else {
-          decisions[i] = Decision::Nak(NakDelay(msg.delivered));
+          const milliseconds delay = NakDelay(msg.delivered);
+          decisions[i] = Decision::Nak(delay);
+          if (waiting_.Hold(grace_key, now + delay + std::chrono::seconds(1))) ++waiting;
           ++work.stats.retried;
           metrics_.CountEvent(type_name, EventOutcome::kTransientRetried, company);
         }

@@ -45,6 +45,10 @@ class InMemoryEventStore final : public pipeline::EventStore {
   // mutations of this tenant and key text; the database stays reachable.
   std::optional<std::pair<std::string, std::string>> retry_key;
   std::string retry_message = "40P01: deadlock detected";
+  // Apply reports kRetry for every mutation of this tenant (its table locked or dropped), or
+  // of every tenant (a read-only database) while the database answers.
+  std::optional<std::string> retry_tenant;
+  bool retry_every_tenant = false;
 
   // --- EventStore ---
   Result<Unit, pipeline::StoreError> EnsureTenant(const std::string& company_id) override {
@@ -137,7 +141,8 @@ class InMemoryEventStore final : public pipeline::EventStore {
     if (fatal_key && fatal_key->first == m.company_id && fatal_key->second == key) {
       return {pipeline::ApplyOutcome::kFatal, fatal_message};
     }
-    if (retry_key && retry_key->first == m.company_id && retry_key->second == key) {
+    if ((retry_key && retry_key->first == m.company_id && retry_key->second == key) ||
+        retry_tenant == m.company_id || retry_every_tenant) {
       return {pipeline::ApplyOutcome::kRetry, retry_message};
     }
     if (!tenants_.count(m.company_id)) {

@@ -827,6 +827,42 @@ TEST_F(Pipeline, AtMostAQuarterOfMaxAckPendingWaitsForItsRowsTheRestGoesToTheDlq
   EXPECT_TRUE(sink_.published.empty());
 }
 
+TEST_F(Pipeline, ATenantWhoseWritesFailCannotHoldEverySlotWhileOtherTenantsWriteOn) {
+  // One tenant's table is locked (or dropped): its events retry in delayed NAKs. MAX_ACK_PENDING
+  // 40: 10 of them wait here; beyond, while other tenants' writes succeed, they are handed to
+  // the DLQ worker, so that the other tenants keep slots to be delivered in.
+  Configure({{"BATCH_SIZE", "20"}, {"MAX_ACK_PENDING", "40"}});
+  store_.retry_tenant = "locked";
+  std::vector<InboundMessage> batch;
+  for (int k = 0; k < 16; ++k) {
+    batch.push_back(Msg("v1.chats.upsert.locked", Chat("c" + std::to_string(k), 1699999000, "L")));
+  }
+  batch.push_back(Msg("v1.chats.upsert.acme", Chat("c1", 1699999000, "A")));
+  auto d = Run(batch);
+  int naks = 0;
+  for (size_t k = 0; k < 16; ++k) naks += IsNak(d[k]) ? 1 : 0;
+  EXPECT_EQ(naks, 10);
+  EXPECT_TRUE(IsAck(d[16]));
+  ASSERT_EQ(sink_.published.size(), 6u);
+  for (const DeadLetter& dl : sink_.published) {
+    EXPECT_EQ(dl.Code(), ReasonCode::kRetriesExhausted) << dl.reason;
+    EXPECT_EQ(dl.error_class, ErrorClass::kRetryable) << "the DLQ worker retries it";
+    EXPECT_NE(dl.reason.find("handed to the DLQ worker"), std::string::npos) << dl.reason;
+  }
+  // When no tenant's write goes through, it is the database: every event waits here.
+  sink_.published.clear();
+  store_.retry_tenant.reset();
+  store_.retry_every_tenant = true;
+  std::vector<InboundMessage> all_fail;
+  for (int k = 0; k < 8; ++k) {
+    all_fail.push_back(
+        Msg("v1.chats.upsert.t" + std::to_string(k), Chat("x", 1699999000, "Everyone")));
+  }
+  d = Run(all_fail);
+  for (const auto& x : d) EXPECT_TRUE(IsNak(x));
+  EXPECT_TRUE(sink_.published.empty());
+}
+
 TEST_F(Pipeline, NotYetRetriesEndByGraceBeforeMaxDeliverWithDefaults) {
   // Follow JetStream: redeliver after each NAK delay until the event is acked.
   InboundMessage msg = Msg("v1.contacts.update.acme", kContactUpdate);
