@@ -3,7 +3,8 @@
 // delivery (processor) or an attempt (DLQ worker). Real PostgreSQL; the backends are ended
 // with pg_terminate_backend, as a restart ends them.
 #include <gtest/gtest.h>
-#include <signal.h>
+
+#include <csignal>
 
 #include "app/startup.hpp"
 #include "postgres/pg_store.hpp"

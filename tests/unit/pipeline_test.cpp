@@ -834,6 +834,7 @@ TEST_F(Pipeline, ATenantWhoseWritesFailCannotHoldEverySlotWhileOtherTenantsWrite
   Configure({{"BATCH_SIZE", "20"}, {"MAX_ACK_PENDING", "40"}});
   store_.retry_tenant = "locked";
   std::vector<InboundMessage> batch;
+  batch.reserve(17);
   for (int k = 0; k < 16; ++k) {
     batch.push_back(Msg("v1.chats.upsert.locked", Chat("c" + std::to_string(k), 1699999000, "L")));
   }
@@ -854,6 +855,7 @@ TEST_F(Pipeline, ATenantWhoseWritesFailCannotHoldEverySlotWhileOtherTenantsWrite
   store_.retry_tenant.reset();
   store_.retry_every_tenant = true;
   std::vector<InboundMessage> all_fail;
+  all_fail.reserve(8);
   for (int k = 0; k < 8; ++k) {
     all_fail.push_back(
         Msg("v1.chats.upsert.t" + std::to_string(k), Chat("x", 1699999000, "Everyone")));
