@@ -197,8 +197,7 @@ DatabaseProbe::DatabaseProbe(const Config& config, std::chrono::milliseconds int
                                  {{"ping_ms", (SteadyNowNs() - started_ns) / 1'000'000}});
         }
         last_ok_ns_ = SteadyNowNs();
-      }
-      if (!ok) {
+      } else {
         // Each loop then stops fetching until its own connection answers, rather than
         // fetching events only to fail their write.
         std::lock_guard lock(mu_);

@@ -526,15 +526,20 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
   // and stop the others. A failure of every tenant is the database's: those wait here.
   const size_t waiting_cap = std::max<size_t>(1, static_cast<size_t>(config_.max_ack_pending) / 4);
   size_t waiting = waiting_.Held(now);
-  std::set<std::string_view> succeeded;  // tenants with a write that went through
-  for (size_t i = 0; i < batch.size() && succeeded.size() < 2; ++i) {
-    if (per_message[i] && (per_message[i]->outcome == ApplyOutcome::kApplied ||
-                           per_message[i]->outcome == ApplyOutcome::kStale)) {
-      succeeded.insert(work.tenants[i]);
+  // Up to two tenants with a write that went through; looked for only when a failing event
+  // finds the quota full, so a batch without failures does not pay for it.
+  std::optional<std::set<std::string_view>> succeeded;
+  auto others_succeeded = [&](const std::string& company) {
+    if (!succeeded) {
+      succeeded.emplace();
+      for (size_t i = 0; i < batch.size() && succeeded->size() < 2; ++i) {
+        if (per_message[i] && (per_message[i]->outcome == ApplyOutcome::kApplied ||
+                               per_message[i]->outcome == ApplyOutcome::kStale)) {
+          succeeded->insert(work.tenants[i]);
+        }
+      }
     }
-  }
-  auto others_succeeded = [&succeeded](const std::string& company) {
-    return succeeded.size() > 1 || (succeeded.size() == 1 && !succeeded.contains(company));
+    return succeeded->size() > 1 || (succeeded->size() == 1 && !succeeded->contains(company));
   };
   for (size_t i = 0; i < batch.size(); ++i) {
     if (!per_message[i]) continue;
