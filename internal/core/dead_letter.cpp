@@ -67,6 +67,7 @@ HeaderMap EncodeDeadLetterHeaders(const DeadLetter& dl) {
   if (dl.item_index) out[h::kItemIndex] = std::to_string(*dl.item_index);
   if (dl.not_before_ms > 0) out[h::kNotBefore] = std::to_string(dl.not_before_ms);
   if (!dl.trace_id.empty()) out[h::kTraceId] = Clean(dl.trace_id, 128);
+  if (!dl.waiting_for_row.empty()) out[h::kWaitingForRow] = Clean(dl.waiting_for_row, 1024);
   return out;
 }
 
@@ -152,6 +153,7 @@ Result<DeadLetter, std::string> DecodeDeadLetter(const HeaderMap& headers, std::
   dl.orig_msg_id = get(h::kOrigMsgId).value_or("");
   dl.not_before_ms = ParseNum<int64_t>(get(h::kNotBefore).value_or("0")).value_or(0);
   dl.trace_id = get(h::kTraceId).value_or("");
+  dl.waiting_for_row = get(h::kWaitingForRow).value_or("");
   if (auto idx = get(h::kItemIndex)) {
     auto v = ParseNum<int64_t>(*idx);
     if (!v) return Err{std::string("bad header ") + h::kItemIndex};

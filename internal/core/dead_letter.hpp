@@ -28,6 +28,10 @@ struct DeadLetter {
   std::optional<int64_t> item_index;  // history item index
   int64_t not_before_ms = 0;          // the DLQ worker retries it no earlier than this (unix ms)
   std::string trace_id;               // the publisher's trace id, if it sent one
+  // An update whose target row was missing when it was last tried ("chat_id=c1"): until its
+  // ORDERING_GRACE is over the DLQ worker looks for the row again, and such looks do not
+  // count towards DLQ_MAX_ATTEMPTS. Empty for every other letter.
+  std::string waiting_for_row;
 
   // Unique per event (stream, sequence, publish time, item): one exhausted row per event.
   // The publish time keeps keys unique when a stream is recreated and sequences restart.
@@ -54,6 +58,7 @@ inline constexpr const char* kItemIndex = "Evp-Item-Index";
 inline constexpr const char* kRedriveOf = "Evp-Redrive-Of";
 inline constexpr const char* kNotBefore = "Evp-Not-Before";
 inline constexpr const char* kTraceId = "Evp-Trace-Id";
+inline constexpr const char* kWaitingForRow = "Evp-Waiting-For-Row";
 }  // namespace dlq_headers
 
 using HeaderMap = std::map<std::string, std::string>;

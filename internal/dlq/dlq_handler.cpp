@@ -194,7 +194,8 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
     metrics_.CountDlqMessage("duplicate");
     return Decision::Ack();
   }
-  if (dl.attempts >= config_.dlq_max_attempts) {
+  // Looks for an update's missing row are bounded by its ORDERING_GRACE, not by the count.
+  if (dl.attempts >= config_.dlq_max_attempts && dl.waiting_for_row.empty()) {
     // Already out of attempts (a lowered DLQ_MAX_ATTEMPTS, or a forged count): no retry.
     dl.error_class = ErrorClass::kRetryable;
     return Record(
@@ -252,8 +253,9 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
     return Decision::Nak(config_.dlq_base_delay);
   }
   // An update whose row is still missing once ORDERING_GRACE has passed since its first
-  // failure is final (SPEC §11): not retried further.
-  int64_t grace_end_ms = dl.first_failed_ms + config_.ordering_grace.count();
+  // failure is final (SPEC §11): not retried further. (A first failure in the future is
+  // forged: the window counts from now.)
+  int64_t grace_end_ms = std::min(dl.first_failed_ms, now_ms) + config_.ordering_grace.count();
   for (const auto& [end_ms, length_ms] : outages_) {
     if (end_ms > dl.first_failed_ms) grace_end_ms += length_ms;
   }
@@ -275,7 +277,10 @@ Decision DlqHandler::Retry(const InboundMessage& msg, DeadLetter dl) {
                                                             : stats.last_error;
   dl.attempts = attempt;
   dl.last_failed_ms = now_ms;
-  if (attempt >= config_.dlq_max_attempts) {
+  // Inside its window a missing row is "not yet", not a failure (SPEC §11): the look does not
+  // count towards DLQ_MAX_ATTEMPTS, and the next one comes at the window's end.
+  dl.waiting_for_row = stats.not_yet > 0 ? stats.not_yet_key : "";
+  if (stats.not_yet == 0 && attempt >= config_.dlq_max_attempts) {
     dl.error_class = ErrorClass::kRetryable;
     return Record(msg, dl,
                   Failure{ReasonCode::kRetriesExhausted, "failed " + std::to_string(attempt) +

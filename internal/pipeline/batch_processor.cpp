@@ -636,6 +636,7 @@ void BatchProcessor::Write(std::span<const InboundMessage> batch, PreparedBatch&
                        "target row (" + per_message[i]->message + ") " + why},
                       ErrorClass::kRetryable, clock_.UnixMillis() - waited.count());
           dead_letters.back().grace_key = grace_key;
+          dead_letters.back().letter.waiting_for_row = per_message[i]->message;
           metrics_.CountEvent(type_name, EventOutcome::kDeadLettered, company);
         } else {
           // Spread the retries over the window so that MAX_DELIVER outlasts it: each delay is

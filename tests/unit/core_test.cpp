@@ -84,6 +84,7 @@ DeadLetter FullLetter() {
   dl.orig_msg_id = "pub-42";
   dl.item_index = 7;
   dl.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+  dl.waiting_for_row = "message_id=m1, remote_jid=j1";
   return dl;
 }
 
@@ -106,6 +107,7 @@ TEST(DeadLetter, RoundTripsThroughHeadersAndBody) {
   EXPECT_EQ(back->orig_msg_id, dl.orig_msg_id);
   EXPECT_EQ(back->item_index, dl.item_index);
   EXPECT_EQ(back->trace_id, dl.trace_id);
+  EXPECT_EQ(back->waiting_for_row, dl.waiting_for_row);
   EXPECT_EQ(back->IdempotencyKey(), dl.IdempotencyKey());
 }
 

@@ -343,6 +343,50 @@ TEST_F(DlqHandlerTest, AnUpdateWhoseRowIsStillMissingAfterTheGraceEndsAsNotFound
   EXPECT_EQ(row.letter.attempts, 3);
 }
 
+TEST_F(DlqHandlerTest, LooksForAMissingRowUntilTheGraceEndsWhateverDlqMaxAttempts) {
+  // The processor hands over updates whose rows are missing when too many wait already;
+  // DLQ_MAX_ATTEMPTS=1 leaves the worker no retry of its own, but a look for a row inside
+  // the window is not a failed attempt (SPEC §11).
+  config_->dlq_max_attempts = 1;
+  auto waiting = [&](uint64_t seq, const std::string& chat) {
+    DeadLetter dl = Retryable(seq, R"({"chat_id":")" + chat + R"(","unread_count":5})");
+    dl.source_subject = "v1.chats.update.acme";
+    dl.reason = "retries_exhausted: target row (chat_id=" + chat +
+                ") missing; 2 events already wait for their rows here (a quarter of "
+                "MAX_ACK_PENDING): handed to the DLQ worker";
+    dl.waiting_for_row = "chat_id=" + chat;
+    dl.first_failed_ms = dl.last_failed_ms = clock_.UnixMillis() - 1000;
+    return dl;
+  };
+  ASSERT_TRUE(IsAck(Run({FromLetter(waiting(10, "c8")), FromLetter(waiting(11, "c9"))})[0]));
+  EXPECT_EQ(exhausted_.size(), 0u) << exhausted_.Rows()[0].reason;
+  ASSERT_EQ(sink_.published.size(), 2u);
+  std::vector<DeadLetter> next = sink_.published;
+  for (const DeadLetter& dl : next) {
+    EXPECT_EQ(dl.attempts, 2);
+    EXPECT_EQ(dl.waiting_for_row.rfind("chat_id=c", 0), 0u);
+    EXPECT_GE(dl.not_before_ms, dl.first_failed_ms + config_->ordering_grace.count());
+  }
+  // c9's row arrives inside the window (an upsert retried by the worker).
+  config_->dlq_max_attempts = 5;
+  ASSERT_TRUE(IsAck(Run({FromLetter(
+      Retryable(6, R"({"chat_id":"c9","jid":"j","phone_number":"+1","push_name":"Ann"})"))})[0]));
+  ASSERT_NE(store_.Row("acme", handlers::Table::kChats, "chat_id=c9"), nullptr);
+  config_->dlq_max_attempts = 1;
+  sink_.published.clear();
+  // At the window's end: c9's update is applied, c8's row never came.
+  clock_.Advance(milliseconds(next[1].not_before_ms - clock_.UnixMillis()));
+  auto d = Run({FromLetter(next[0]), FromLetter(next[1])});
+  EXPECT_TRUE(IsAck(d[0]) && IsAck(d[1]));
+  EXPECT_TRUE(sink_.published.empty());
+  EXPECT_EQ(store_.Column("acme", handlers::Table::kChats, "chat_id=c9", "unread_count"), "5");
+  ASSERT_EQ(exhausted_.size(), 1u);
+  const auto row = exhausted_.Rows()[0];
+  EXPECT_EQ(row.reason.rfind("not_found_after_grace: target row (chat_id=c8)", 0), 0u)
+      << row.reason;
+  EXPECT_EQ(row.letter.error_class, ErrorClass::kFatal);
+}
+
 TEST_F(DlqHandlerTest, ReschedulesAFailedRetryWithOneMoreAttemptAndABackoff) {
   store_.retry_key = std::make_pair(std::string("acme"), std::string("chat_id=c1"));
   const DeadLetter dl = Retryable(5, kChat, 1);

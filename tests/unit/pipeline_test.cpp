@@ -813,6 +813,8 @@ TEST_F(Pipeline, AtMostAQuarterOfMaxAckPendingWaitsForItsRowsTheRestGoesToTheDlq
   for (const DeadLetter& dl : sink_.published) {
     EXPECT_EQ(dl.error_class, ErrorClass::kRetryable) << dl.reason;
     EXPECT_NE(dl.reason.find("handed to the DLQ worker"), std::string::npos) << dl.reason;
+    // The worker's looks for the row are then bounded by the window, not DLQ_MAX_ATTEMPTS.
+    EXPECT_EQ(dl.waiting_for_row.rfind("chat_id=c", 0), 0u) << dl.waiting_for_row;
   }
   // A waiting event that comes back is not counted twice, and one decided frees its slot.
   sink_.published.clear();
@@ -849,6 +851,7 @@ TEST_F(Pipeline, ATenantWhoseWritesFailCannotHoldEverySlotWhileOtherTenantsWrite
     EXPECT_EQ(dl.Code(), ReasonCode::kRetriesExhausted) << dl.reason;
     EXPECT_EQ(dl.error_class, ErrorClass::kRetryable) << "the DLQ worker retries it";
     EXPECT_NE(dl.reason.find("handed to the DLQ worker"), std::string::npos) << dl.reason;
+    EXPECT_TRUE(dl.waiting_for_row.empty()) << "a failed write, not a missing row";
   }
   // When no tenant's write goes through, it is the database: every event waits here.
   sink_.published.clear();
