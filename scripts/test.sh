@@ -87,7 +87,7 @@ export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}"
 
 status=0
 # shellcheck disable=SC2086 # CTEST_ARGS is split into arguments on purpose.
-ctest --preset "$PRESET" -j2 --output-on-failure --no-tests=error ${CTEST_ARGS:--LE chaos} 2>&1 |
+ctest --preset "$PRESET" -j"${CTEST_JOBS:-2}" --output-on-failure --no-tests=error ${CTEST_ARGS:--LE chaos} 2>&1 |
   tee "$ctest_log" || status=${PIPESTATUS[0]}
 
 summary="$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$ctest_log" | tail -n 1 || true)"

@@ -82,7 +82,8 @@ int main() {
     nats::JetStreamMessageStore messages(conn);
     dlq::AdvisoryHandler handler(config, messages, sink, store, clock, metrics);
     pipeline::RunConsumerLoop(*advisory_src, handler, store, metrics,
-                              {advisory_spec.durable, 16, std::chrono::milliseconds(1000),
+                              // Pulls of 500 ms: a stop waits for the last one to expire.
+                              {advisory_spec.durable, 16, std::chrono::milliseconds(500),
                                config.dlq_ack_wait / 3, std::chrono::milliseconds(5000)},
                               stop, advisory_health);
   });

@@ -55,6 +55,9 @@ class Stack {
   }
 
   ~Stack() {
+    // Both drain at the same time; the members' destructors then wait for them.
+    if (processor_) processor_->Terminate();
+    if (worker_) worker_->Terminate();
     if (::testing::Test::HasFailure()) {
       std::cerr << "---- events-processor log ----\n"
                 << processor_->Log() << "\n---- dlq-worker log ----\n"

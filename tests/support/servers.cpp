@@ -403,7 +403,7 @@ ChildProcess::ChildProcess(const std::string& path, std::vector<std::string> arg
 
 ChildProcess::~ChildProcess() {
   if (!exit_code_) {
-    Signal(SIGTERM);
+    Terminate();
     if (!Wait(milliseconds(10'000))) Kill();
   }
   if (KeepTestDirs() || CurrentTestFailed()) {
@@ -435,6 +435,13 @@ bool ChildProcess::Running() { return !Reap(false); }
 
 void ChildProcess::Signal(int sig) {
   if (!exit_code_) ::kill(pid_, sig);
+}
+
+void ChildProcess::Terminate() {
+  // A second SIGTERM would end the services' graceful drain at once.
+  if (terminating_) return;
+  terminating_ = true;
+  Signal(SIGTERM);
 }
 
 void ChildProcess::Kill() {

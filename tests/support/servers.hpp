@@ -52,6 +52,9 @@ class ChildProcess {
   pid_t Pid() const { return pid_; }
   bool Running();
   void Signal(int sig);
+  // SIGTERM without waiting, once: the destructor then only waits. Lets a caller stop
+  // several processes at the same time rather than one after the other.
+  void Terminate();
   void Kill();  // SIGKILL and reap
   // Exit code (128 + signal number when killed by a signal), or nullopt on timeout.
   std::optional<int> Wait(std::chrono::milliseconds timeout);
@@ -65,6 +68,7 @@ class ChildProcess {
   std::string dir_;
   std::string log_path_;
   pid_t pid_ = -1;
+  bool terminating_ = false;
   std::optional<int> exit_code_;
 };
 
