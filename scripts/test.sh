@@ -5,7 +5,8 @@
 # directory on a free port and is always removed on exit. Exits with ctest's status.
 #
 # PRESET [dev] (dev, release, asan), CTEST_ARGS (ctest selection; default "-LE chaos": unit and
-# integration; the chaos suite runs with `make chaos`).
+# integration; the chaos suite runs with `make chaos`), CTEST_JOBS [3] (tests run at the same
+# time: an integration test mostly waits for its servers, and uses about a third of a core).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -87,7 +88,7 @@ export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}"
 
 status=0
 # shellcheck disable=SC2086 # CTEST_ARGS is split into arguments on purpose.
-ctest --preset "$PRESET" -j"${CTEST_JOBS:-2}" --output-on-failure --no-tests=error ${CTEST_ARGS:--LE chaos} 2>&1 |
+ctest --preset "$PRESET" -j"${CTEST_JOBS:-3}" --output-on-failure --no-tests=error ${CTEST_ARGS:--LE chaos} 2>&1 |
   tee "$ctest_log" || status=${PIPESTATUS[0]}
 
 summary="$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$ctest_log" | tail -n 1 || true)"
