@@ -21,9 +21,10 @@ using evp::fuzz::Check;
 namespace h = evp::dlq_headers;
 
 constexpr const char* kAllHeaders[] = {
-    h::kSourceSubject, h::kCompanyId,    h::kErrorClass,   h::kReason,    h::kAttempts,
-    h::kFirstFailedAt, h::kLastFailedAt, h::kSourceStream, h::kStreamSeq, h::kPublishedAt,
-    h::kOrigMsgId,     h::kItemIndex,    h::kRedriveOf,    h::kNotBefore, h::kTraceId,
+    h::kSourceSubject, h::kCompanyId,     h::kErrorClass,   h::kReason,
+    h::kAttempts,      h::kFirstFailedAt, h::kLastFailedAt, h::kSourceStream,
+    h::kStreamSeq,     h::kPublishedAt,   h::kOrigMsgId,    h::kItemIndex,
+    h::kRedriveOf,     h::kNotBefore,     h::kTraceId,      h::kWaitingForRow,
 };
 
 bool IsKnownHeader(std::string_view name) {
@@ -123,6 +124,7 @@ void Run(std::string_view input) {
   CheckText(dl.source_stream, back.source_stream, "source_stream");
   CheckText(dl.orig_msg_id, back.orig_msg_id, "orig_msg_id");
   CheckText(dl.trace_id, back.trace_id, "trace_id", 128);
+  CheckText(dl.waiting_for_row, back.waiting_for_row, "waiting_for_row", 1024);
   Check(back.error_class == dl.error_class, "error_class changed");
   Check(back.attempts == dl.attempts, "attempts changed");
   Check(back.first_failed_ms == dl.first_failed_ms, "first_failed_ms changed");
