@@ -42,15 +42,15 @@ int main() {
   observability::HttpServer http(metrics, [&] {
     const std::shared_ptr<nats::NatsConnection> live = nats_conn.load();
     const bool nats_up = live != nullptr && live->Connected();
-    bool pg = started.load() && db_probe.ok();
+    // The database's own state, also before the consumers are bound (NATS may be what is
+    // missing then).
+    bool pg = db_probe.ok();
     bool running = started.load();
     for (const auto& h : health) {
       pg = pg && h->store_ok;
       running = running && h->running && h->source_ok;  // false while a consumer is recreated
     }
-    auto readiness = app::ReadinessOf(nats_up, pg, running, stop);
-    metrics.ready().Set(readiness.ready ? 1 : 0);
-    return readiness;
+    return app::ReadinessOf(nats_up, pg, running, stop);
   });
   if (!app::StartHttp(http, config.http_port)) return 1;
 

@@ -40,9 +40,7 @@ int main() {
     // recreated).
     const bool bound = consumers_bound && realtime_health.running && history_health.running &&
                        realtime_health.source_ok && history_health.source_ok;
-    auto readiness = app::ReadinessOf(nats_up, pg, bound, stop);
-    metrics.ready().Set(readiness.ready ? 1 : 0);
-    return readiness;
+    return app::ReadinessOf(nats_up, pg, bound, stop);
   });
   if (!app::StartHttp(http, config.http_port)) return 1;
 

@@ -39,16 +39,24 @@ HttpServer::HttpServer(Metrics& metrics, std::function<Readiness()> readiness)
     res.set_content("ok\n", "text/plain");
   });
   server_->Get("/readyz", [this](const httplib::Request&, httplib::Response& res) {
-    Readiness r = readiness_();
+    Readiness r = Evaluate();
     res.status = r.ready ? 200 : 503;
     res.set_content(r.detail_json + "\n", "application/json");
   });
   server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    // evp_ready as of this scrape, whether or not anything probes /readyz.
+    Evaluate();
     res.set_content(Serialize(metrics_.registry()), "text/plain; version=0.0.4; charset=utf-8");
   });
 }
 
 HttpServer::~HttpServer() { Stop(); }
+
+Readiness HttpServer::Evaluate() {
+  Readiness r = readiness_();
+  metrics_.ready().Set(r.ready ? 1 : 0);
+  return r;
+}
 
 int HttpServer::Start(int port) {
   // IPv6 and IPv4 on one socket, so probes and scrapes reach the pod on IPv6-only and

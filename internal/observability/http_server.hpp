@@ -20,7 +20,8 @@ struct Readiness {
 };
 
 // Serves the three endpoints on cpp-httplib's worker threads: `readiness` is called from
-// them, possibly several at once, so it must be thread-safe. Start and Stop belong to the
+// them, possibly several at once, so it must be thread-safe. It is called for each /readyz
+// and each /metrics request, and sets the evp_ready gauge. Start and Stop belong to the
 // owning thread.
 class HttpServer {
  public:
@@ -36,6 +37,8 @@ class HttpServer {
   void Stop();
 
  private:
+  Readiness Evaluate();  // the callback's answer, also set as evp_ready
+
   Metrics& metrics_;
   std::function<Readiness()> readiness_;
   std::unique_ptr<httplib::Server> server_;

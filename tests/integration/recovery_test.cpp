@@ -102,6 +102,29 @@ TEST(Recovery, ReadinessNamesTheDatabaseWhenOnlyTheDatabaseIsMissingAtStart) {
   EXPECT_NE(body.find("\"ready\":false"), std::string::npos) << body;
 }
 
+// And the other way round, for both services: NATS cannot be reached, PostgreSQL answers.
+TEST(Recovery, ReadinessNamesNatsWhenOnlyNatsIsMissingAtStart) {
+  const std::string nats_url = "nats://127.0.0.1:" + std::to_string(FreeTcpPort());
+  for (const char* binary : {"events-processor", "dlq-worker"}) {
+    const int port = FreeTcpPort();
+    ChildProcess service(BinaryPath(binary), {},
+                         {{"NATS_URL", nats_url},
+                          {"POSTGRES_DSN", PostgresServer::Shared().Dsn()},
+                          {"HTTP_PORT", std::to_string(port)},
+                          {"LOG_FORMAT", "text"}});
+    std::string body;
+    const bool named = WaitFor(
+        [&] {
+          body = Stack::HttpGet(port, "/readyz");
+          return body.find("\"nats\":false") != std::string::npos &&
+                 body.find("\"postgres\":true") != std::string::npos;
+        },
+        std::chrono::seconds(20));
+    EXPECT_TRUE(named) << binary << ": " << body << "\n" << service.Log();
+    EXPECT_NE(body.find("\"ready\":false"), std::string::npos) << binary << ": " << body;
+  }
+}
+
 TEST(Recovery, DeletedConsumerIsRecreatedAndConsumingResumes) {
   Stack stack;
   const std::string t = UniqueName("rec");

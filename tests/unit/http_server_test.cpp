@@ -7,6 +7,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <string>
 #include <vector>
 
 #include "observability/metrics.hpp"
@@ -38,6 +40,27 @@ TEST(HttpServer, APortInUseIsAnErrorNotASharedListener) {
   first.Stop();
   HttpServer third(metrics, AlwaysReady);
   EXPECT_EQ(third.Start(port), port);
+}
+
+TEST(HttpServer, AScrapeSeesReadinessAsOfThatMomentWithoutAProbe) {
+  // Without readiness probes (make run, systemd), evp_ready must not keep a stale value.
+  Metrics metrics("test");
+  std::atomic<bool> ready{false};
+  HttpServer server(metrics, [&]() -> Readiness {
+    return {ready.load(), ready.load() ? "{\"ready\":true}" : "{\"ready\":false}"};
+  });
+  const int port = server.Start(0);
+  ASSERT_GT(port, 0);
+  httplib::Client client("127.0.0.1", port);
+  auto scrape = [&] {
+    auto r = client.Get("/metrics");
+    return r ? r->body : std::string();
+  };
+  EXPECT_NE(scrape().find("\nevp_ready 0\n"), std::string::npos);
+  ready = true;
+  EXPECT_NE(scrape().find("\nevp_ready 1\n"), std::string::npos);
+  ready = false;
+  EXPECT_NE(scrape().find("\nevp_ready 0\n"), std::string::npos);
 }
 
 TEST(HttpServer, AnswersOverIPv4AndIPv6) {
