@@ -6,6 +6,7 @@
 #   scripts/fuzz.sh [seconds-per-target] [target...]
 #     seconds  default 60; 0 only replays the seed corpus (a quick smoke check)
 #     target   subject_fuzz, event_fuzz, dlq_fuzz (default: all)
+#   FUZZ_TOOLCHAIN_ONLY=1 scripts/fuzz.sh   only install what is missing (clang, its runtimes)
 #
 # The main build uses g++ via CMake; this one compiles the pure sources it needs (core,
 # routing, validation, handlers and the embedded schemas) directly, so nothing here links
@@ -63,6 +64,7 @@ missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
 echo "fuzz: $("$CXX" --version | head -n1)"
+[[ "${FUZZ_TOOLCHAIN_ONLY:-0}" == 1 ]] && exit 0
 
 # --- build -----------------------------------------------------------------------------
 mkdir -p "$out/generated" "$out/obj" "$out/artifacts" "$out/logs" "$out/corpus"
@@ -101,8 +103,10 @@ sources=(internal/core/event.cpp internal/core/dead_letter.cpp internal/core/tex
 # (from the compiler's .d file) is newer.
 stamp="$out/obj/flags"
 flags_now="$CXX ${lib_flags[*]}"
-[[ -f "$stamp" && "$(cat "$stamp")" == "$flags_now" ]] || rm -f "$out"/obj/*.o
-echo "$flags_now" >"$stamp"
+if ! [[ -f "$stamp" && "$(cat "$stamp")" == "$flags_now" ]]; then
+  rm -f "$out"/obj/*.o
+  echo "$flags_now" >"$stamp"
+fi
 
 is_stale() {  # is_stale <object>
   local obj="$1" dep
@@ -133,8 +137,23 @@ for t in "${targets[@]}"; do
     echo "fuzz: no such target tests/fuzz/$t.cpp" >&2
     exit 2
   }
+  # Relinked when the flags, an object, the target's source or a header it includes changed.
+  relink=0
+  if [[ ! -f "$out/$t" || ! -f "$out/$t.d" || "$stamp" -nt "$out/$t" ]]; then
+    relink=1
+  else
+    # shellcheck disable=SC2013 # a .d file lists space-separated paths
+    for dep in $(sed -e 's/^[^:]*://' -e 's/\\$//' "$out/$t.d") "${objects[@]}"; do
+      if [[ "$dep" -nt "$out/$t" ]]; then
+        relink=1
+        break
+      fi
+    done
+  fi
+  ((relink)) || continue
   echo "fuzz: linking $t"
-  "$CXX" "${target_flags[@]}" -Itests/fuzz "tests/fuzz/$t.cpp" "${objects[@]}" -o "$out/$t"
+  "$CXX" "${target_flags[@]}" -Itests/fuzz -MMD -MF "$out/$t.d" "tests/fuzz/$t.cpp" \
+    "${objects[@]}" -o "$out/$t"
 done
 
 # --- corpora ---------------------------------------------------------------------------
