@@ -7,6 +7,7 @@
 #                               (tests/fuzz is built by clang directly and has no entry)
 #   JOBS=N                      parallel clang-tidy processes (default: the CPU count)
 #   TIDY_NO_BUILD=1             use build/dev as it is (no configure or build)
+#   TIDY_DIRS="cmd internal"    the directories whose .cpp files are checked (default: all four)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -31,7 +32,8 @@ fi
 
 files=("$@")
 if ((${#files[@]} == 0)); then
-  mapfile -t files < <(find cmd internal bench tests -name '*.cpp' -not -path 'tests/fuzz/*' | sort)
+  # shellcheck disable=SC2086 # TIDY_DIRS is a list of directories on purpose.
+  mapfile -t files < <(find ${TIDY_DIRS:-cmd internal bench tests} -name '*.cpp' -not -path 'tests/fuzz/*' | sort)
 fi
 out="$(mktemp)"
 err="$(mktemp)"
