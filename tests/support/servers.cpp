@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <pwd.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -244,10 +245,29 @@ int EphemeralLow() {
 
 }  // namespace
 
+// Test processes run side by side (ctest -j): a port one of them picked stays reserved for
+// its lifetime by an flock on /tmp/evp-test-ports/<port>, so that no other picks it between
+// the pick and its server's bind. The lock goes with the process, however it ends. False
+// when another live test process holds the port.
+bool ReservePort(int port, int& fd_out) {
+  static const std::string dir = [] {
+    std::string d = "/tmp/evp-test-ports";
+    ::mkdir(d.c_str(), 0777);
+    ::chmod(d.c_str(), 01777);  // whoever runs tests later (root or not) can add to it
+    return d;
+  }();
+  fd_out = ::open((dir + "/" + std::to_string(port)).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  if (fd_out < 0) return true;  // cannot reserve: the bind check below still applies
+  if (::flock(fd_out, LOCK_EX | LOCK_NB) == 0) return true;
+  ::close(fd_out);
+  fd_out = -1;
+  return false;
+}
+
 int FreeTcpPort() {
   // A port from below the ephemeral range: between this check and the server's bind, no
-  // outgoing connection can take it (only another listener, which the random pick makes
-  // unlikely). Above it, any client connecting anywhere could.
+  // outgoing connection can take it, and other test processes skip the ones reserved here.
+  // Above it, any client connecting anywhere could.
   static std::mutex mu;
   static std::mt19937 rng{std::random_device{}() ^ static_cast<unsigned>(::getpid())};
   const int low = EphemeralLow();
@@ -255,7 +275,11 @@ int FreeTcpPort() {
     std::lock_guard lock(mu);
     std::uniform_int_distribution<int> pick(10000, low - 1);
     for (int attempt = 0; attempt < 100; ++attempt) {
-      if (int port = TryBind(pick(rng)); port > 0) return port;
+      const int candidate = pick(rng);
+      int fd = -1;
+      if (!ReservePort(candidate, fd)) continue;
+      if (int port = TryBind(candidate); port > 0) return port;  // fd stays open: reserved
+      if (fd >= 0) ::close(fd);
     }
   }
   if (int port = TryBind(0); port > 0) return port;
