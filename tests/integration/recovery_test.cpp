@@ -78,6 +78,19 @@ TEST(Recovery, EventsPublishedWhileTheDatabaseIsDownUseNoDelivery) {
       << stack.Processor().Log();
 }
 
+// Polls /readyz until its body reports these states of NATS and PostgreSQL; `body` is the
+// last answer.
+bool WaitForReadiness(int port, bool nats, bool postgres, std::string& body) {
+  const std::string want_nats = std::string("\"nats\":") + (nats ? "true" : "false");
+  const std::string want_pg = std::string("\"postgres\":") + (postgres ? "true" : "false");
+  return WaitFor(
+      [&] {
+        body = Stack::HttpGet(port, "/readyz");
+        return body.find(want_nats) != std::string::npos && body.find(want_pg) != std::string::npos;
+      },
+      std::chrono::seconds(20));
+}
+
 // Started while PostgreSQL cannot be reached, the processor says which part is missing:
 // NATS is up, PostgreSQL is not.
 TEST(Recovery, ReadinessNamesTheDatabaseWhenOnlyTheDatabaseIsMissingAtStart) {
@@ -91,13 +104,7 @@ TEST(Recovery, ReadinessNamesTheDatabaseWhenOnlyTheDatabaseIsMissingAtStart) {
        {"HTTP_PORT", std::to_string(port)},
        {"LOG_FORMAT", "text"}});
   std::string body;
-  const bool named = WaitFor(
-      [&] {
-        body = Stack::HttpGet(port, "/readyz");
-        return body.find("\"nats\":true") != std::string::npos &&
-               body.find("\"postgres\":false") != std::string::npos;
-      },
-      std::chrono::seconds(20));
+  const bool named = WaitForReadiness(port, true, false, body);
   EXPECT_TRUE(named) << body << "\n" << processor.Log();
   EXPECT_NE(body.find("\"ready\":false"), std::string::npos) << body;
 }
@@ -113,13 +120,7 @@ TEST(Recovery, ReadinessNamesNatsWhenOnlyNatsIsMissingAtStart) {
                           {"HTTP_PORT", std::to_string(port)},
                           {"LOG_FORMAT", "text"}});
     std::string body;
-    const bool named = WaitFor(
-        [&] {
-          body = Stack::HttpGet(port, "/readyz");
-          return body.find("\"nats\":false") != std::string::npos &&
-                 body.find("\"postgres\":true") != std::string::npos;
-        },
-        std::chrono::seconds(20));
+    const bool named = WaitForReadiness(port, false, true, body);
     EXPECT_TRUE(named) << binary << ": " << body << "\n" << service.Log();
     EXPECT_NE(body.find("\"ready\":false"), std::string::npos) << binary << ": " << body;
   }
