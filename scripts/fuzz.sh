@@ -6,7 +6,6 @@
 #   scripts/fuzz.sh [seconds-per-target] [target...]
 #     seconds  default 60; 0 only replays the seed corpus (a quick smoke check)
 #     target   subject_fuzz, event_fuzz, dlq_fuzz (default: all)
-#   FUZZ_TOOLCHAIN_ONLY=1 scripts/fuzz.sh   only install what is missing (clang, its runtimes)
 #
 # The main build uses g++ via CMake; this one compiles the pure sources it needs (core,
 # routing, validation, handlers and the embedded schemas) directly, so nothing here links
@@ -64,7 +63,6 @@ missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
 echo "fuzz: $("$CXX" --version | head -n1)"
-[[ "${FUZZ_TOOLCHAIN_ONLY:-0}" == 1 ]] && exit 0
 
 # --- build -----------------------------------------------------------------------------
 mkdir -p "$out/generated" "$out/obj" "$out/artifacts" "$out/logs" "$out/corpus"

@@ -6,7 +6,6 @@
 #   scripts/tidy.sh [file...]   default: every .cpp of cmd/ internal/ bench/ tests/
 #                               (tests/fuzz is built by clang directly and has no entry)
 #   JOBS=N                      parallel clang-tidy processes (default: the CPU count)
-#   TIDY_NO_BUILD=1             use build/dev as it is (no configure or build)
 #   TIDY_DIRS="cmd internal"    the directories whose .cpp files are checked (default: all four)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,17 +15,10 @@ if ! command -v clang-tidy >/dev/null 2>&1; then
   exit 1
 fi
 jobs="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
-# TIDY_NO_BUILD=1: build/dev is built already and must not be touched (CI runs this beside
-# the tests that use it).
-if [[ "${TIDY_NO_BUILD:-0}" != 1 ]]; then
-  cmake --preset dev >/dev/null
-  if ! build_log="$(cmake --build --preset dev -j"$jobs" 2>&1)"; then
-    echo "$build_log" >&2
-    echo "tidy: the dev build failed" >&2
-    exit 1
-  fi
-elif [[ ! -f build/dev/compile_commands.json ]]; then
-  echo "tidy: TIDY_NO_BUILD=1 but build/dev has no compile_commands.json" >&2
+cmake --preset dev >/dev/null
+if ! build_log="$(cmake --build --preset dev -j"$jobs" 2>&1)"; then
+  echo "$build_log" >&2
+  echo "tidy: the dev build failed" >&2
   exit 1
 fi
 
