@@ -7,6 +7,7 @@
 #include <optional>
 #include <thread>
 
+#include "core/worker_thread.hpp"
 #include "observability/logging.hpp"
 
 namespace evp::pipeline {
@@ -196,6 +197,9 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
     update_lag();
     return fetch();
   };
+  // Declared after everything their tasks refer to: they finish and join first.
+  WorkerThread fetcher;
+  WorkerThread writer;
   while (true) {
     if (!held && !ahead.valid() && stop.load()) break;
     if (!health.store_ok.load()) {
@@ -226,7 +230,7 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
         fetched->messages.size() * 2 >= static_cast<size_t>(options.batch_size) && !stop.load() &&
         health.store_ok.load()) {
       update_lag();
-      ahead = std::async(std::launch::async, fetch);
+      ahead = fetcher.Run(fetch);
     }
     InFlight next{std::move(fetched.value()), nullptr, steady_clock::now(),
                   std::move(pulled.heartbeat)};
@@ -235,7 +239,7 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
         std::chrono::duration<double>(steady_clock::now() - next.started).count());
     settle();  // the previous batch must be written before this one starts
     writing = std::move(next);
-    written = std::async(std::launch::async, [&processor, &write_stage, w = &*writing] {
+    written = writer.Run([&processor, &write_stage, w = &*writing] {
       const auto writing_started = steady_clock::now();
       std::vector<Decision> decisions = processor.Complete(w->batch.messages, *w->prepared);
       write_stage.Observe(

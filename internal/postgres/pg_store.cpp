@@ -575,6 +575,7 @@ PgWriterPool::PgWriterPool(const Config& config, int size) {
         static_cast<size_t>(config.db_statement_cache), config.db_lock_timeout));
   }
   tenants_at_.assign(stores_.size(), 0);
+  for (size_t k = 1; k < stores_.size(); ++k) writers_.push_back(std::make_unique<WorkerThread>());
 }
 
 size_t PgWriterPool::HomeOf(const std::string& company_id) {
@@ -621,22 +622,25 @@ void PgWriterPool::PrepareTenants(const std::vector<std::string>& company_ids) {
     }
   }
   if (count < 2 || stores_.size() < 2) return;  // EnsureTenant does it
-  std::vector<std::future<std::vector<std::string>>> created;
-  for (size_t k = 0; k < stores_.size(); ++k) {
-    if (unknown[k].empty()) continue;
-    created.push_back(std::async(std::launch::async, [this, k, &unknown] {
-      std::vector<std::string> ready;
-      for (const std::string& id : unknown[k]) {
-        if (stores_[k]->EnsureTenant(id).ok()) ready.push_back(id);
-      }
-      return ready;
-    }));
-  }
-  for (auto& f : created) {
-    std::vector<std::string> ready = f.get();
+  auto create = [this, &unknown](size_t k) {
+    std::vector<std::string> ready;
+    for (const std::string& id : unknown[k]) {
+      if (stores_[k]->EnsureTenant(id).ok()) ready.push_back(id);
+    }
+    return ready;
+  };
+  auto remember = [this](const std::vector<std::string>& ready) {
     std::lock_guard lock(known_mu_);
     known_tenants_.insert(ready.begin(), ready.end());
+  };
+  std::vector<std::future<std::vector<std::string>>> created;
+  WaitOnExit wait_created(created);
+  for (size_t k = 1; k < stores_.size(); ++k) {
+    if (!unknown[k].empty())
+      created.push_back(writers_[k - 1]->Run([&create, k] { return create(k); }));
   }
+  remember(create(0));
+  for (auto& f : created) remember(f.get());
 }
 
 bool PgWriterPool::Ping() { return stores_.front()->Ping(); }
@@ -703,9 +707,10 @@ Result<std::vector<ApplyResult>, StoreError> PgWriterPool::Apply(std::vector<Mut
     return Unit{};
   };
   std::vector<std::future<Result<Unit, StoreError>>> futures;
+  WaitOnExit wait_futures(futures);
   for (size_t home = 1; home < n; ++home) {
     if (parts[home].empty()) continue;
-    futures.push_back(std::async(std::launch::async, write, home));
+    futures.push_back(writers_[home - 1]->Run([&write, home] { return write(home); }));
   }
   std::optional<StoreError> failed;
   if (!parts[0].empty()) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "core/worker_thread.hpp"
 #include "pipeline/ports.hpp"
 #include "postgres/pipelined_writer.hpp"
 #include "postgres/set_writer.hpp"
@@ -128,6 +129,8 @@ class PgWriterPool final : public pipeline::EventStore, public pipeline::Exhaust
   std::set<std::string> known_tenants_;  // ready, whichever connection created them
   std::unordered_map<std::string, size_t> home_;
   std::vector<size_t> tenants_at_;  // tenants per connection (home_ counted)
+  // writers_[k - 1] runs connection k's share of a write; the caller writes connection 0's.
+  std::vector<std::unique_ptr<WorkerThread>> writers_;
 };
 
 }  // namespace evp::postgres
