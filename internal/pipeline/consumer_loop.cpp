@@ -1,14 +1,17 @@
 #include "pipeline/consumer_loop.hpp"
 
+#include <algorithm>
 #include <condition_variable>
 #include <functional>
 #include <future>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
 
 #include "core/worker_thread.hpp"
 #include "observability/logging.hpp"
+#include "pipeline/heartbeats.hpp"
 
 namespace evp::pipeline {
 
@@ -28,33 +31,6 @@ namespace {
 
 // Fetches that fail in a row, while connected, before the source recreates its consumer.
 constexpr int kFailedFetchesBeforeRecovery = 1;
-
-// Sends in-progress acks for the current batch until destroyed.
-class Heartbeat {
- public:
-  Heartbeat(EventSource& source, uint64_t token, milliseconds interval) : source_(source) {
-    if (interval.count() <= 0) return;
-    thread_ = std::thread([this, token, interval] {
-      std::unique_lock lock(mu_);
-      while (!cv_.wait_for(lock, interval, [this] { return done_; })) source_.InProgress(token);
-    });
-  }
-  ~Heartbeat() {
-    {
-      std::lock_guard lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    if (thread_.joinable()) thread_.join();
-  }
-
- private:
-  EventSource& source_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
 
 // Sets the lag gauges from the consumer info; false when it cannot be read.
 bool ReadLag(EventSource& source, prometheus::Gauge& pending_gauge,
@@ -130,8 +106,9 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
     steady_clock::time_point started;
     // Keeps the batch's messages alive on the server while they wait and while they are
     // written (a batch that creates new tenant schemas can take longer than AckWait).
-    std::unique_ptr<Heartbeat> heartbeat;
+    std::unique_ptr<Heartbeats::Beat> heartbeat;
   };
+  Heartbeats heartbeats(source, options.heartbeat);  // outlives every batch below
   health.running = true;
   auto next_lag = steady_clock::now();
   auto& pending_gauge = metrics.ConsumerPending(options.name);
@@ -173,7 +150,7 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
   // ACK_WAIT (a batch creating many tenant schemas is written before it).
   struct Pulled {
     Result<FetchedBatch, std::string> fetched;
-    std::unique_ptr<Heartbeat> heartbeat;
+    std::unique_ptr<Heartbeats::Beat> heartbeat;
   };
   std::future<Pulled> ahead;
   // Pulled ahead before a database outage showed: written once the database is back (on
@@ -182,8 +159,7 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
   auto fetch = [&] {
     Pulled pulled{source.Fetch(options.batch_size, options.max_wait), nullptr};
     if (pulled.fetched.ok() && !pulled.fetched->messages.empty()) {
-      pulled.heartbeat =
-          std::make_unique<Heartbeat>(source, pulled.fetched->token, options.heartbeat);
+      pulled.heartbeat = heartbeats.Start(pulled.fetched->token);
     }
     return pulled;
   };
@@ -255,6 +231,7 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
 void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& store,
                      observability::Metrics& metrics, const LoopOptions& options,
                      const std::atomic<bool>& stop, LoopHealth& health) {
+  Heartbeats heartbeats(source, options.heartbeat);
   health.running = true;
   auto next_lag = steady_clock::now();
   auto& pending_gauge = metrics.ConsumerPending(options.name);
@@ -282,7 +259,7 @@ void RunConsumerLoop(EventSource& source, BatchHandler& processor, EventStore& s
     const auto started = steady_clock::now();
     std::vector<Decision> decisions;
     {
-      Heartbeat heartbeat(source, fetched->token, options.heartbeat);
+      auto heartbeat = heartbeats.Start(fetched->token);
       decisions = processor.Process(fetched->messages);
     }
     source.Settle(fetched->token, decisions);
