@@ -50,7 +50,9 @@ void Heartbeats::Run() {
     }
     const auto now = steady_clock::now();
     if (now < next->second.at) {
-      cv_.wait_until(lock, next->second.at);
+      // A copy: wait_until reads its deadline again after waking, and the beat may be gone.
+      const steady_clock::time_point due = next->second.at;
+      cv_.wait_until(lock, due);
       continue;
     }
     next->second.at = now + interval_;

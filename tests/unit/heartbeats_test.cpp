@@ -75,6 +75,20 @@ TEST(Heartbeats, ABatchLetGoGetsNoMoreInProgressAcks) {
   EXPECT_EQ(source.BeatsOf(8), at_release);
 }
 
+TEST(Heartbeats, ABatchLetGoWhileTheThreadWaitsForItsAckLeavesTheOthersServed) {
+  // The thread waits for the earliest due ack; the batch it waits for may be let go
+  // meanwhile (the ASan build caught a read of the freed deadline).
+  BeatCounter source;
+  Heartbeats heartbeats(source, milliseconds(20));
+  for (uint64_t i = 0; i < 20; ++i) {
+    auto first = heartbeats.Start(100 + i);
+    std::this_thread::yield();
+    first.reset();
+    auto second = heartbeats.Start(200 + i);
+    EXPECT_TRUE(source.WaitFor(200 + i, 1));
+  }
+}
+
 TEST(Heartbeats, WithAnIntervalOfZeroNothingIsSent) {
   BeatCounter source;
   Heartbeats heartbeats(source, milliseconds(0));
