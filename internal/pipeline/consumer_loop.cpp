@@ -1,11 +1,8 @@
 #include "pipeline/consumer_loop.hpp"
 
 #include <algorithm>
-#include <condition_variable>
 #include <functional>
 #include <future>
-#include <map>
-#include <mutex>
 #include <optional>
 #include <thread>
 
