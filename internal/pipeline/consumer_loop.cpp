@@ -171,7 +171,8 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
     return fetch();
   };
   // Declared after everything their tasks refer to: they finish and join first.
-  WorkerThread fetcher;
+  std::optional<WorkerThread> fetcher;  // only with fetch_ahead
+  if (options.fetch_ahead) fetcher.emplace();
   WorkerThread writer;
   while (true) {
     if (!held && !ahead.valid() && stop.load()) break;
@@ -203,7 +204,7 @@ void RunPipelinedLoop(EventSource& source, BatchProcessor& processor, EventStore
         fetched->messages.size() * 2 >= static_cast<size_t>(options.batch_size) && !stop.load() &&
         health.store_ok.load()) {
       update_lag();
-      ahead = fetcher.Run(fetch);
+      ahead = fetcher->Run(fetch);
     }
     InFlight next{std::move(fetched.value()), nullptr, steady_clock::now(),
                   std::move(pulled.heartbeat)};

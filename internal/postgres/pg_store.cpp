@@ -634,6 +634,7 @@ void PgWriterPool::PrepareTenants(const std::vector<std::string>& company_ids) {
     known_tenants_.insert(ready.begin(), ready.end());
   };
   std::vector<std::future<std::vector<std::string>>> created;
+  created.reserve(writers_.size());  // a push_back cannot fail after its task was queued
   WaitOnExit wait_created(created);
   for (size_t k = 1; k < stores_.size(); ++k) {
     if (!unknown[k].empty())
@@ -707,6 +708,7 @@ Result<std::vector<ApplyResult>, StoreError> PgWriterPool::Apply(std::vector<Mut
     return Unit{};
   };
   std::vector<std::future<Result<Unit, StoreError>>> futures;
+  futures.reserve(writers_.size());  // a push_back cannot fail after its task was queued
   WaitOnExit wait_futures(futures);
   for (size_t home = 1; home < n; ++home) {
     if (parts[home].empty()) continue;
