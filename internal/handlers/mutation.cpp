@@ -221,14 +221,17 @@ Mutation BuildMutation(EventType type, const nlohmann::json& doc, const std::str
     ob.chat_id = StringField(doc, "chat_id");
     ob.message_id = StringField(doc, "message_id");
     ob.origin = "DirectChat";
-    ob.tags_json = R"(["Onboarded"])";
+    ob.tags = {"Onboarded"};
     auto campaign = doc.find("campaign");
     if (campaign != doc.end() && campaign->is_object()) {
       if (auto o = campaign->find("origin"); o != campaign->end() && o->is_string()) {
         ob.origin = o->get<std::string>();
       }
       if (auto t = campaign->find("tags"); t != campaign->end() && t->is_array()) {
-        ob.tags_json = t->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+        ob.tags.clear();
+        for (const auto& tag : *t) {
+          if (tag.is_string()) ob.tags.push_back(tag.get<std::string>());  // the schema's rule
+        }
       }
       if (auto a = campaign->find("assigned_to"); a != campaign->end() && a->is_string()) {
         ob.assigned_to = a->get<std::string>();

@@ -44,7 +44,7 @@ struct Onboarding {
   std::string chat_id;  // may be empty
   std::string message_id;
   std::string origin;
-  std::string tags_json;    // JSON array of strings
+  std::vector<std::string> tags;
   std::string assigned_to;  // may be empty
 };
 

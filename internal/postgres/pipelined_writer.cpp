@@ -102,15 +102,13 @@ bool PipelinedWriter::LoadRowTypes(std::string& error) {
     return false;
   }
   SetWriter::RowTypes oids{};
-  for (const handlers::Table table : {handlers::Table::kChats, handlers::Table::kMessages,
-                                      handlers::Table::kContacts, handlers::Table::kAgents}) {
-    const std::string name = SetWriter::RowTypeName(table);
-    const std::string expected = SetWriter::RowTypeColumns(handlers::Definition(table));
+  for (size_t type = 0; type < SetWriter::kRowTypeCount; ++type) {
+    const std::string name = SetWriter::RowTypeName(type);
+    const std::string expected = SetWriter::RowTypeColumns(type);
     std::string found;
     for (int row = 0; row < PQntuples(r); ++row) {
       if (name == PQgetvalue(r, row, 0)) {
-        oids[static_cast<size_t>(table)] =
-            static_cast<uint32_t>(std::strtoul(PQgetvalue(r, row, 1), nullptr, 10));
+        oids[type] = static_cast<uint32_t>(std::strtoul(PQgetvalue(r, row, 1), nullptr, 10));
         found = PQgetvalue(r, row, 2);
       }
     }

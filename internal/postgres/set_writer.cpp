@@ -60,7 +60,7 @@ std::string Typed(const std::string& v, ColumnType t) {
 }
 
 // The rows of a 'u', 'p' or 'x' step: one array parameter of the table's row type (see
-// RowArray), unnested into rows r(idx, the table's columns, ver_ts, ver_src, ver_seq).
+// AddRow), unnested into rows r(idx, the table's columns, ver_ts, ver_src, ver_seq).
 std::string FromRows(const TableDef& def, const std::string& row_type) {
   std::string typed = "u.idx";
   for (const auto& c : def.columns) {
@@ -180,53 +180,68 @@ void AppendJsonString(std::string& out, const std::string& s) {
   out += '"';
 }
 
-// The parameter of a 'u', 'p' or 'x' step: a one-dimensional array of the table's row type
-// (ops migration 0003) in PostgreSQL's binary format (array_recv, record_recv). Each element
-// holds idx int4, one text field per column, ver_ts int8, ver_src int2, ver_seq int8. Values go
-// as they are (no quoting, no JSON): PostgreSQL only casts the non-text columns. Columns an
-// event does not carry are NULL.
-class RowArray {
+// A one-dimensional array of a composite type in PostgreSQL's binary format (array_recv,
+// record_recv), the parameter of every statement of a plan. Values go as they are (no quoting,
+// no JSON): PostgreSQL casts only the non-text columns.
+class RecordArray {
  public:
-  RowArray(const TableDef& def, uint32_t row_type) : def_(def), row_type_(row_type) {
-    out_.assign(kHeaderBytes, '\0');  // written by Take once the row count is known
+  static constexpr uint32_t kInt2 = 21, kInt4 = 23, kInt8 = 20, kText = 25, kTextArray = 1009;
+
+  explicit RecordArray(uint32_t type) : type_(type) {
+    out_.assign(kHeaderBytes, '\0');  // written by Take once the record count is known
   }
 
-  void Add(size_t idx, const Mutation& m) {
-    constexpr uint32_t kInt8 = 20, kInt2 = 21, kInt4 = 23, kText = 25;  // type oids
-    ++rows_;
+  // A record of `fields` fields follows (Int, Text, Null, TextArray), then End.
+  void Begin(size_t fields) {
+    ++records_;
+    start_ = out_.size();
+    Put(0, 4);  // the record's length, set by End
+    Put(fields, 4);
+  }
+  void End() { Set(start_, out_.size() - start_ - 4); }
+
+  void Int(uint32_t type, uint64_t v, int bytes) {
+    Put(type, 4);
+    Put(static_cast<uint64_t>(bytes), 4);
+    Put(v, bytes);
+  }
+  void Text(std::string_view v) {
+    Put(kText, 4);
+    Put(v.size(), 4);
+    out_ += v;
+  }
+  void Null(uint32_t type) {
+    Put(type, 4);
+    Put(0xffffffffu, 4);  // length -1
+  }
+  void TextArray(const std::vector<std::string>& items) {
+    Put(kTextArray, 4);
     const size_t start = out_.size();
-    Put(0, 4);  // the element's length, set below
-    Put(def_.columns.size() + 4, 4);
-    PutField(kInt4, idx, 4);
-    // A mutation's values point into its table's columns, in column order (BuildMutation).
-    size_t next = 0;
-    for (const auto& v : m.values) {
-      const auto c = static_cast<size_t>(v.column - def_.columns.data());
-      for (; next < c; ++next) PutNull(kText);
-      Put(kText, 4);
-      Put(v.text.size(), 4);
-      out_ += v.text;
-      next = c + 1;
+    Put(0, 4);                      // the field's length, set below
+    Put(items.empty() ? 0 : 1, 4);  // dimensions (an empty array has none)
+    Put(0, 4);                      // no NULL elements
+    Put(kText, 4);
+    if (!items.empty()) {
+      Put(items.size(), 4);
+      Put(1, 4);  // lower bound
     }
-    for (; next < def_.columns.size(); ++next) PutNull(kText);
-    PutField(kInt8, static_cast<uint64_t>(m.version.seconds), 8);
-    PutField(kInt2, static_cast<uint64_t>(m.version.source), 2);
-    PutField(kInt8, m.version.seq, 8);
+    for (const auto& item : items) {
+      Put(item.size(), 4);
+      out_ += item;
+    }
     Set(start, out_.size() - start - 4);
   }
 
-  bool empty() const { return rows_ == 0; }
+  bool empty() const { return records_ == 0; }
 
-  // The finished array, as the step's parameters.
-  std::vector<std::string> Take() {
+  // The finished array.
+  std::string Take() {
     Set(0, 1);  // one dimension
     Set(4, 0);  // no NULL elements
-    Set(8, row_type_);
-    Set(12, rows_);  // its length
-    Set(16, 1);      // its lower bound
-    std::vector<std::string> params;
-    params.push_back(std::move(out_));
-    return params;
+    Set(8, type_);
+    Set(12, records_);  // its length
+    Set(16, 1);         // its lower bound
+    return std::move(out_);
   }
 
  private:
@@ -236,16 +251,6 @@ class RowArray {
   void Put(uint64_t v, int bytes) {
     for (int b = bytes - 1; b >= 0; --b) out_ += static_cast<char>((v >> (8 * b)) & 0xff);
   }
-  // A field of the record: its type, its length, its value.
-  void PutField(uint32_t type, uint64_t v, int bytes) {
-    Put(type, 4);
-    Put(static_cast<uint64_t>(bytes), 4);
-    Put(v, bytes);
-  }
-  void PutNull(uint32_t type) {
-    Put(type, 4);
-    Put(0xffffffffu, 4);  // length -1
-  }
   // A 4-byte integer at `at`.
   void Set(size_t at, uint64_t v) {
     for (size_t b = 0; b < 4; ++b) {
@@ -253,11 +258,54 @@ class RowArray {
     }
   }
 
-  const TableDef& def_;
-  uint32_t row_type_;
-  std::string out_;  // header room, then the elements
-  size_t rows_ = 0;
+  uint32_t type_;
+  std::string out_;  // header room, then the records
+  size_t records_ = 0;
+  size_t start_ = 0;  // of the record being written
 };
+
+// A record of a table's row type (ops migration 0003): idx int4, one text field per column,
+// ver_ts int8, ver_src int2, ver_seq int8. Columns the event does not carry are NULL.
+void AddRow(RecordArray& rows, const TableDef& def, size_t idx, const Mutation& m) {
+  rows.Begin(def.columns.size() + 4);
+  rows.Int(RecordArray::kInt4, idx, 4);
+  // A mutation's values point into its table's columns, in column order (BuildMutation).
+  size_t next = 0;
+  for (const auto& v : m.values) {
+    const auto c = static_cast<size_t>(v.column - def.columns.data());
+    for (; next < c; ++next) rows.Null(RecordArray::kText);
+    rows.Text(v.text);
+    next = c + 1;
+  }
+  for (; next < def.columns.size(); ++next) rows.Null(RecordArray::kText);
+  rows.Int(RecordArray::kInt8, static_cast<uint64_t>(m.version.seconds), 8);
+  rows.Int(RecordArray::kInt2, static_cast<uint64_t>(m.version.source), 2);
+  rows.Int(RecordArray::kInt8, m.version.seq, 8);
+  rows.End();
+}
+
+// A record of rows_onboarding (ops migration 0004).
+void AddOnboarding(RecordArray& rows, const Mutation& m) {
+  const auto& ob = *m.onboarding;
+  rows.Begin(8);
+  for (const std::string* v :
+       {&ob.agent_id, &ob.phone_number, &ob.chat_id, &ob.message_id, &ob.origin}) {
+    rows.Text(*v);
+  }
+  rows.TextArray(ob.tags);
+  rows.Text(ob.assigned_to);
+  rows.Int(RecordArray::kInt8, m.version.seq, 8);
+  rows.End();
+}
+
+// A record of rows_first_upserts (ops migration 0004).
+void AddFirstUpsert(RecordArray& rows, const Mutation& m) {
+  rows.Begin(3);
+  rows.Text(m.values.at(0).text);
+  rows.Text(m.values.at(1).text);
+  rows.Int(RecordArray::kInt8, m.version.seq, 8);
+  rows.End();
+}
 
 std::string KeyOf(const Mutation& m, size_t key_count) {
   std::string k;
@@ -270,13 +318,19 @@ std::string KeyOf(const Mutation& m, size_t key_count) {
 
 }  // namespace
 
-std::string SetWriter::OnboardingSql(char op, const std::string& schema) {
+std::string SetWriter::OnboardingSql(char op, const std::string& schema,
+                                     const std::string& array_type) {
   // 'o' onboards (below); 'c' records first realtime upserts (at the end).
+  const auto rows = [&](const char* columns) {
+    return array_type.empty() ? "jsonb_to_recordset($1::jsonb) AS x(" + std::string(columns) + ")"
+                              : "unnest($1::" + array_type + "[]) AS x";
+  };
   const std::string candidates =
-      "WITH r AS (SELECT DISTINCT ON (agent_id, phone_number) * FROM "
-      "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, chat_id text, "
-      "message_id text, origin text, tags text[], assigned_to text, seq bigint) ORDER BY "
-      "agent_id, phone_number, seq)";
+      "WITH r AS (SELECT DISTINCT ON (agent_id, phone_number) * FROM " +
+      rows(
+          "agent_id text, phone_number text, chat_id text, message_id text, origin text, tags "
+          "text[], assigned_to text, seq bigint") +
+      " ORDER BY agent_id, phone_number, seq)";
   const std::string log_insert =
       " INSERT INTO " + schema +
       ".onboarding_log (agent_id, phone_number, company_id, chat_id, message_id, origin, tags, "
@@ -326,10 +380,9 @@ std::string SetWriter::OnboardingSql(char op, const std::string& schema) {
   // onboarded existed earlier in stream order, so its log row goes. (The upsert itself
   // replaced what only that onboarding had written and lowered first_upsert_seq when it
   // applied, see ContactsUpsertConflict; the UPDATE here is for the stale ones.)
-  return "WITH r AS (SELECT agent_id, phone_number, min(seq) AS seq FROM "
-         "jsonb_to_recordset($1::jsonb) AS x(agent_id text, phone_number text, seq bigint) "
-         "GROUP BY agent_id, phone_number), lowered AS (UPDATE " +
-         schema +
+  return "WITH r AS (SELECT agent_id, phone_number, min(seq) AS seq FROM " +
+         rows("agent_id text, phone_number text, seq bigint") +
+         " GROUP BY agent_id, phone_number), lowered AS (UPDATE " + schema +
          ".contacts AS cur SET first_upsert_seq = r.seq, onboard_seq = CASE WHEN "
          "cur.onboard_seq > r.seq THEN NULL ELSE cur.onboard_seq END FROM r WHERE cur.agent_id "
          "= r.agent_id AND cur.phone_number = r.phone_number AND COALESCE(cur.first_upsert_seq "
@@ -399,8 +452,12 @@ void SetWriter::AppendOnboarding(std::string& array, const Mutation& m) {
   AppendJsonString(array, ob.message_id);
   array += ",\"origin\":";
   AppendJsonString(array, ob.origin);
-  array += ",\"tags\":";
-  array += ob.tags_json;  // a JSON array already
+  array += ",\"tags\":[";
+  for (size_t i = 0; i < ob.tags.size(); ++i) {
+    if (i > 0) array += ',';
+    AppendJsonString(array, ob.tags[i]);
+  }
+  array += ']';
   array += ",\"assigned_to\":";
   AppendJsonString(array, ob.assigned_to);
   array += ",\"seq\":" + std::to_string(m.version.seq) + "}";
@@ -421,18 +478,32 @@ bool SetWriter::MarksFirstUpsert(const Mutation& m) {
 
 std::string SetWriter::StepSql(const WriteStep& step) const {
   const std::string schema = QuoteIdent(step.schema);
-  if (step.op == 'o' || step.op == 'c') return OnboardingSql(step.op, schema);
+  if (step.op == 'o') return OnboardingSql(step.op, schema, RowTypeRef(kOnboardingRows));
+  if (step.op == 'c') return OnboardingSql(step.op, schema, RowTypeRef(kFirstUpsertRows));
   return BuildSql(schema + "." + Quoted(step.def->name),
-                  QuoteIdent(ops_schema_) + "." + RowTypeName(step.def->table), *step.def, step.op);
+                  RowTypeRef(static_cast<size_t>(step.def->table)), *step.def, step.op);
 }
 
-std::string SetWriter::RowTypeName(handlers::Table table) {
-  return "rows_" + std::string(handlers::Definition(table).name);
+std::string SetWriter::RowTypeRef(size_t type) const {
+  return QuoteIdent(ops_schema_) + "." + RowTypeName(type);
 }
 
-std::string SetWriter::RowTypeColumns(const TableDef& def) {
+std::string SetWriter::RowTypeName(size_t type) {
+  if (type == kOnboardingRows) return "rows_onboarding";
+  if (type == kFirstUpsertRows) return "rows_first_upserts";
+  return "rows_" + std::string(handlers::Definition(static_cast<handlers::Table>(type)).name);
+}
+
+std::string SetWriter::RowTypeColumns(size_t type) {
+  if (type == kOnboardingRows) {
+    return "agent_id text, phone_number text, chat_id text, message_id text, origin text, "
+           "tags text[], assigned_to text, seq bigint";
+  }
+  if (type == kFirstUpsertRows) return "agent_id text, phone_number text, seq bigint";
   std::string out = "idx integer";
-  for (const auto& c : def.columns) out += ", " + std::string(c.name) + " text";
+  for (const auto& c : handlers::Definition(static_cast<handlers::Table>(type)).columns) {
+    out += ", " + std::string(c.name) + " text";
+  }
   return out + ", ver_ts bigint, ver_src smallint, ver_seq bigint";
 }
 
@@ -453,16 +524,16 @@ void SetWriter::PlanGroup(std::span<const Mutation> all, const std::vector<size_
     WriteStep upsert{schema, &def, 'u', {}, {}, {}, true};
     WriteStep update{schema, &def, 'p', {}, {}, {}, true};
     const uint32_t row_type = row_types_[static_cast<size_t>(def.table)];
-    RowArray upsert_rows(def, row_type);
-    RowArray update_rows(def, row_type);
+    RecordArray upsert_rows(row_type);
+    RecordArray update_rows(row_type);
     for (size_t i : round) {
       const Mutation& m = all[i];
       if (m.kind == WriteKind::kUpsert) {
-        upsert_rows.Add(i, m);
+        AddRow(upsert_rows, def, i, m);
         upsert.upsert_by_key[KeyOf(m, def.key_count)] = i;
         out[i] = {ApplyOutcome::kStale, ""};
       } else {
-        update_rows.Add(i, m);
+        AddRow(update_rows, def, i, m);
         update.indices.push_back(i);
         // Until proven stale: a row missing now, or committed by another writer after the
         // UPDATE's snapshot, must be retried, never dropped.
@@ -470,11 +541,11 @@ void SetWriter::PlanGroup(std::span<const Mutation> all, const std::vector<size_
       }
     }
     if (!upsert_rows.empty()) {
-      upsert.params = upsert_rows.Take();
+      upsert.params = {upsert_rows.Take()};
       steps.push_back(std::move(upsert));
     }
     if (!update_rows.empty()) {
-      update.params = update_rows.Take();
+      update.params = {update_rows.Take()};
       WriteStep check = update;
       check.op = 'x';
       steps.push_back(std::move(update));
@@ -502,31 +573,37 @@ std::vector<WriteStep> SetWriter::Plan(std::span<const Mutation> mutations,
   // contact after them. A message that a contacts.upsert of its (agent, phone) in the batch
   // precedes in the stream does not onboard: that saves creating a log row only to delete it.
   std::map<std::string, uint64_t> first_contact_upsert;  // tenant + key -> stream sequence
-  std::map<std::string, std::string> marks;              // tenant -> json array
+  std::map<std::string, RecordArray> marks;              // tenant -> first upserts
   for (const Mutation& m : mutations) {
     if (!MarksFirstUpsert(m)) continue;
     auto [it, inserted] =
         first_contact_upsert.try_emplace(m.company_id + '\x1e' + KeyOf(m, 2), m.version.seq);
     if (!inserted) it->second = std::min(it->second, m.version.seq);
-    AppendContactSeq(marks[m.company_id], m);
+    AddFirstUpsert(marks.try_emplace(m.company_id, row_types_[kFirstUpsertRows]).first->second, m);
   }
-  std::map<std::string, std::string> onboard;  // tenant -> json array
+  std::map<std::string, RecordArray> onboard;  // tenant -> onboarding messages
   for (const Mutation& m : mutations) {
     if (!m.onboarding) continue;
     const auto& ob = *m.onboarding;
     const auto known = first_contact_upsert.find(m.company_id + '\x1e' + ob.agent_id + '\x1f' +
                                                  ob.phone_number + '\x1f');
     if (known != first_contact_upsert.end() && known->second < m.version.seq) continue;
-    AppendOnboarding(onboard[m.company_id], m);
+    AddOnboarding(onboard.try_emplace(m.company_id, row_types_[kOnboardingRows]).first->second, m);
   }
   steps.reserve(onboard.size() + groups.size() + marks.size());
-  for (auto& [tenant, arr] : onboard) {
-    steps.push_back(
-        {TenantSchemaName(tenant_prefix_, tenant), nullptr, 'o', {arr + "]", tenant}, {}, {}});
+  for (auto& [tenant, rows] : onboard) {
+    steps.push_back({TenantSchemaName(tenant_prefix_, tenant),
+                     nullptr,
+                     'o',
+                     {rows.Take(), tenant},
+                     {},
+                     {},
+                     true});
   }
   for (const auto& g : groups) PlanGroup(mutations, g, out, steps);
-  for (auto& [tenant, arr] : marks) {
-    steps.push_back({TenantSchemaName(tenant_prefix_, tenant), nullptr, 'c', {arr + "]"}, {}, {}});
+  for (auto& [tenant, rows] : marks) {
+    steps.push_back(
+        {TenantSchemaName(tenant_prefix_, tenant), nullptr, 'c', {rows.Take()}, {}, {}, true});
   }
   return steps;
 }

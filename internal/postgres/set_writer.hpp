@@ -20,9 +20,8 @@ namespace evp::postgres {
 // A double-quoted SQL identifier (quotes inside doubled).
 std::string QuoteIdent(std::string_view name);
 
-// One statement of a batch write: its target, its parameters (the rows as one array of the
-// table's row type; for onboarding $1 the rows as a jsonb array and $2 the tenant) and what
-// its result rows mean.
+// One statement of a batch write: its target, its parameters (the rows as one binary array of
+// their row type; for 'o' also $2, the tenant) and what its result rows mean.
 struct WriteStep {
   std::string schema;
   const handlers::TableDef* def = nullptr;  // null for onboarding
@@ -32,7 +31,7 @@ struct WriteStep {
   std::vector<std::string> params;
   std::map<std::string, size_t> upsert_by_key;  // 'u': key text -> mutation index
   std::vector<size_t> indices;                  // 'p', 'x': the updates' mutation indices
-  bool binary = false;  // params in binary format ('u', 'p', 'x': an array), else text
+  bool binary = false;  // params in binary format (always, in a plan), else text
 };
 
 class SetWriter {
@@ -41,14 +40,18 @@ class SetWriter {
   SetWriter(std::string tenant_prefix, std::string ops_schema)
       : tenant_prefix_(std::move(tenant_prefix)), ops_schema_(std::move(ops_schema)) {}
 
-  // The row types' oids on the connection, indexed by handlers::Table (binary parameters
-  // name their type).
-  using RowTypes = std::array<uint32_t, 4>;
+  // The row types of the statements' parameters (ops migrations 0003 and 0004): one per
+  // table, indexed by handlers::Table, then the onboarding messages ('o') and the first
+  // realtime contacts.upserts ('c'). Binary parameters name their type by oid.
+  static constexpr size_t kOnboardingRows = 4;
+  static constexpr size_t kFirstUpsertRows = 5;
+  static constexpr size_t kRowTypeCount = 6;
+  using RowTypes = std::array<uint32_t, kRowTypeCount>;
   void SetRowTypes(const RowTypes& oids) { row_types_ = oids; }
-  // The row type of `table`'s statements ("rows_messages"), and its columns as
-  // "name type, ..." with PostgreSQL's type names (format_type), which the writer checks.
-  static std::string RowTypeName(handlers::Table table);
-  static std::string RowTypeColumns(const handlers::TableDef& def);
+  // The name of row type `type` ("rows_messages"), and its columns as "name type, ..." with
+  // PostgreSQL's type names (format_type), which the writer checks when it connects.
+  static std::string RowTypeName(size_t type);
+  static std::string RowTypeColumns(size_t type);
 
   // The statements of a batch, in order, and each mutation's outcome before any of them ran
   // (upserts stale, updates not yet); Interpret moves outcomes forward from result rows.
@@ -61,10 +64,13 @@ class SetWriter {
   std::string StepSql(const WriteStep& step) const;
 
   // Onboarding in stream order (tenant migration 0002), shared with the row-at-a-time path.
-  // 'o' creates unknown contacts or takes known ones over, with $1 a jsonb array of
-  // AppendOnboarding records and $2 the tenant; 'c' runs after the contacts.upsert rows are
-  // written, with $1 an array of AppendContactSeq records. `schema` is quoted.
-  static std::string OnboardingSql(char op, const std::string& schema);
+  // 'o' creates unknown contacts or takes known ones over, with $1 the onboarding messages and
+  // $2 the tenant; 'c' runs after the contacts.upsert rows are written, with $1 the first
+  // realtime upserts. `schema` is quoted. `array_type` is the quoted row type of a binary
+  // array parameter (OnboardingRows, FirstUpsertRows); empty, $1 is a jsonb array of
+  // AppendOnboarding or AppendContactSeq records instead.
+  static std::string OnboardingSql(char op, const std::string& schema,
+                                   const std::string& array_type = "");
   // ON CONFLICT clause of a contacts.upsert (EXCLUDED the new row, cur the stored one):
   // the version guard, except for an upsert that comes before the contact's onboarding in
   // the stream, which replaces what only onboarding wrote.
@@ -79,6 +85,7 @@ class SetWriter {
   std::string StatementName(const WriteStep& step);
 
  private:
+  std::string RowTypeRef(size_t type) const;  // quoted, schema-qualified
   void PlanGroup(std::span<const handlers::Mutation> all, const std::vector<size_t>& indices,
                  std::vector<pipeline::ApplyResult>& out, std::vector<WriteStep>& steps) const;
 

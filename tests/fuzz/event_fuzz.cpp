@@ -118,7 +118,8 @@ void CheckMutation(EventType type, const Json& doc, const evp::handlers::Mutatio
     Check(type == EventType::kMessagesUpsert && version.source == evp::Source::kRealtime,
           "onboarding outside realtime messages.upsert");
     Check(doc.value("flow", "") == "IN", "onboarding without flow IN");
-    Check(Json::accept(m.onboarding->tags_json), "onboarding tags_json does not parse");
+    Check(!m.onboarding->agent_id.empty() && !m.onboarding->phone_number.empty(),
+          "onboarding without agent_id or from_phone");
   }
 }
 

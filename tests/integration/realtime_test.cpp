@@ -265,6 +265,41 @@ TEST(Realtime, FirstInboundMessageOnboardsTheContactExactlyOnce) {
             "DirectChat:Onboarded");
 }
 
+TEST(Realtime, OnboardingKeepsEveryCampaignTagAsSent) {
+  // The batch writer sends onboarding rows as binary records with a text[] field: tags with
+  // separators, quotes, braces, backslashes, non-ASCII text or nothing at all come out as
+  // sent, and an empty tag list stays empty.
+  Stack stack;
+  const std::string t = UniqueName("tags");
+  const std::string s = "tenant_" + t;
+  const json tags =
+      json::array({"promo", "a,b", "q\"uote", "{brace}", "back\\slash", "ünï 😀", "", "NULL"});
+  auto msg = [&](const std::string& id, const std::string& phone, const json& campaign_tags) {
+    return json{{"message_id", id},
+                {"chat_id", "c"},
+                {"jid", "j"},
+                {"flow", "IN"},
+                {"agent_id", "a1"},
+                {"from_phone", phone},
+                {"campaign", {{"is_campaign", true}, {"tags", campaign_tags}}}}
+        .dump();
+  };
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, msg("m1", "+1", tags)).ok);
+  ASSERT_TRUE(stack.Publish("v1.messages.upsert." + t, msg("m2", "+2", json::array())).ok);
+  ASSERT_TRUE(stack.WaitCount("SELECT count(*) FROM " + s + ".onboarding_log", 2));
+  for (const std::string table : {"contacts", "onboarding_log"}) {
+    EXPECT_EQ(json::parse(QueryString(stack.Dsn(), "SELECT to_jsonb(tags)::text FROM " + s + "." +
+                                                       table + " WHERE phone_number = '+1'")
+                              .value_or("null")),
+              tags)
+        << table;
+    EXPECT_EQ(QueryString(stack.Dsn(), "SELECT cardinality(tags) FROM " + s + "." + table +
+                                           " WHERE phone_number = '+2'"),
+              "0")
+        << table;
+  }
+}
+
 TEST(Realtime, ExistingContactGetsNoOnboardingRow) {
   Stack stack;
   const std::string t = UniqueName("known");

@@ -222,9 +222,11 @@ class InMemoryEventStore final : public pipeline::EventStore {
                      {"company_id", m.company_id}};
       it = contacts.emplace(key, std::move(row)).first;
     }
+    // text[] columns hold their JSON text here, as contacts.upsert rows do (ToText).
+    const std::string tags = nlohmann::json(ob.tags).dump();
     const std::pair<const char*, const std::string*> values[] = {{"chat_id", &ob.chat_id},
                                                                  {"origin", &ob.origin},
-                                                                 {"tags", &ob.tags_json},
+                                                                 {"tags", &tags},
                                                                  {"assigned_to", &ob.assigned_to}};
     for (const auto& [column, value] : values) {
       if (history.onboarded.count(column) == 0 && it->second.columns.count(column)) continue;

@@ -333,7 +333,7 @@ TEST(Onboarding, IsAttachedToRealtimeInboundMessagesWithDefaults) {
   EXPECT_EQ(m.onboarding->chat_id, "c1");
   EXPECT_EQ(m.onboarding->message_id, "m1");
   EXPECT_EQ(m.onboarding->origin, "DirectChat");
-  EXPECT_EQ(json::parse(m.onboarding->tags_json), json::array({"Onboarded"}));
+  EXPECT_EQ(m.onboarding->tags, std::vector<std::string>{"Onboarded"});
   EXPECT_EQ(m.onboarding->assigned_to, "");
 }
 
@@ -346,7 +346,7 @@ TEST(Onboarding, TakesOriginTagsAndAssigneeFromTheCampaign) {
   Mutation m = BuildMutation(EventType::kMessagesUpsert, doc, "acme", kRealtimeV);
   ASSERT_TRUE(m.onboarding.has_value());
   EXPECT_EQ(m.onboarding->origin, "Instagram");
-  EXPECT_EQ(json::parse(m.onboarding->tags_json), json::array({"promo", "black-friday"}));
+  EXPECT_EQ(m.onboarding->tags, (std::vector<std::string>{"promo", "black-friday"}));
   EXPECT_EQ(m.onboarding->assigned_to, "bob");
 }
 
@@ -356,7 +356,7 @@ TEST(Onboarding, KeepsDefaultsForCampaignFieldsThatAreAbsent) {
   Mutation m = BuildMutation(EventType::kMessagesUpsert, doc, "acme", kRealtimeV);
   ASSERT_TRUE(m.onboarding.has_value());
   EXPECT_EQ(m.onboarding->origin, "DirectChat");
-  EXPECT_EQ(json::parse(m.onboarding->tags_json), json::array({"promo"}));
+  EXPECT_EQ(m.onboarding->tags, std::vector<std::string>{"promo"});
 }
 
 TEST(Onboarding, IsNeverAttachedToHistoryItems) {
