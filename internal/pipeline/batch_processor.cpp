@@ -264,7 +264,7 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
     auto add_item = [&](size_t j, const nlohmann::json& item, auto text_of) {
       const EventType item_type = HistoryItemType(type);
       std::optional<Failure> f =
-          validation::ValidateEvent(schemas_, item_type, item, now_unix, may_hold_nul);
+          validation::ValidateEvent(schemas_, item_type, item, now_unix, may_hold_nul, company);
       if (!f) f = mismatch(item);
       if (f) {
         std::string_view text = text_of();
@@ -313,7 +313,9 @@ std::unique_ptr<PreparedBatch> BatchProcessor::Prepare(std::span<const InboundMe
       continue;
     }
     const nlohmann::json& doc = decoded.value();
-    if (auto invalid = validation::ValidateEvent(schemas_, type, doc, now_unix, may_hold_nul)) {
+    // `company` passed routing's tenant rule (ParseSubject).
+    if (auto invalid =
+            validation::ValidateEvent(schemas_, type, doc, now_unix, may_hold_nul, company)) {
       fail(*invalid);
       continue;
     }

@@ -14,6 +14,22 @@ using pipeline::ApplyResult;
 
 namespace {
 
+// A statement's result rows, read in place.
+class PgResultRows final : public ResultRows {
+ public:
+  explicit PgResultRows(const PGresult* r) : r_(r) {}
+  size_t Size() const override { return static_cast<size_t>(PQntuples(r_)); }
+  size_t Columns() const override { return static_cast<size_t>(PQnfields(r_)); }
+  std::string_view Value(size_t row, size_t col) const override {
+    const int i = static_cast<int>(row);
+    const int j = static_cast<int>(col);
+    return {PQgetvalue(r_, i, j), static_cast<size_t>(PQgetlength(r_, i, j))};
+  }
+
+ private:
+  const PGresult* r_;
+};
+
 std::string ErrorText(PGconn* conn, const PGresult* res) {
   const std::string text =
       PrimaryErrorMessage(res != nullptr ? PQresultErrorMessage(res) : PQerrorMessage(conn));
@@ -175,13 +191,7 @@ bool PipelinedWriter::Exchange(const std::vector<const WriteStep*>& steps, bool 
       }
     } else if (status == PGRES_TUPLES_OK && query >= first && query < first + steps.size() &&
                outcome.failure == Failure::kNone) {
-      std::vector<std::vector<std::string>> rows(static_cast<size_t>(PQntuples(r)));
-      for (int row = 0; row < PQntuples(r); ++row) {
-        for (int col = 0; col < PQnfields(r); ++col) {
-          rows[static_cast<size_t>(row)].emplace_back(PQgetvalue(r, row, col));
-        }
-      }
-      SetWriter::Interpret(*steps[query - first], rows, outcome.results);
+      SetWriter::Interpret(*steps[query - first], PgResultRows(r), outcome.results);
     }
     PQclear(r);
   }

@@ -2,7 +2,11 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
+#include <cstdint>
 #include <map>
+#include <optional>
+#include <string_view>
 #include <unordered_map>
 
 #include "postgres/pg_store.hpp"
@@ -201,18 +205,15 @@ class RecordArray {
   void End() { Set(start_, out_.size() - start_ - 4); }
 
   void Int(uint32_t type, uint64_t v, int bytes) {
-    Put(type, 4);
-    Put(static_cast<uint64_t>(bytes), 4);
+    Put((uint64_t{type} << 32) | static_cast<uint64_t>(bytes), 8);
     Put(v, bytes);
   }
   void Text(std::string_view v) {
-    Put(kText, 4);
-    Put(v.size(), 4);
+    Put((uint64_t{kText} << 32) | v.size(), 8);
     out_ += v;
   }
   void Null(uint32_t type) {
-    Put(type, 4);
-    Put(0xffffffffu, 4);  // length -1
+    Put((uint64_t{type} << 32) | 0xffffffffu, 8);  // length -1
   }
   void TextArray(const std::vector<std::string>& items) {
     Put(kTextArray, 4);
@@ -233,6 +234,7 @@ class RecordArray {
   }
 
   bool empty() const { return records_ == 0; }
+  void Reserve(size_t bytes) { out_.reserve(out_.size() + bytes); }
 
   // The finished array.
   std::string Take() {
@@ -249,7 +251,11 @@ class RecordArray {
 
   // `bytes` bytes of v, most significant first (network order).
   void Put(uint64_t v, int bytes) {
-    for (int b = bytes - 1; b >= 0; --b) out_ += static_cast<char>((v >> (8 * b)) & 0xff);
+    std::array<char, 8> buf{};
+    for (int b = 0; b < bytes; ++b) {
+      buf[static_cast<size_t>(b)] = static_cast<char>((v >> (8 * (bytes - 1 - b))) & 0xff);
+    }
+    out_.append(buf.data(), static_cast<size_t>(bytes));
   }
   // A 4-byte integer at `at`.
   void Set(size_t at, uint64_t v) {
@@ -266,6 +272,13 @@ class RecordArray {
 
 // A record of a table's row type (ops migration 0003): idx int4, one text field per column,
 // ver_ts int8, ver_src int2, ver_seq int8. Columns the event does not carry are NULL.
+// Bytes AddRow writes for `m`: field headers, the fixed-size fields, then the texts.
+size_t RowBytes(const TableDef& def, const Mutation& m) {
+  size_t bytes = 8 + 8 * (def.columns.size() + 4) + 4 + 8 + 2 + 8;
+  for (const auto& v : m.values) bytes += v.text.size();
+  return bytes;
+}
+
 void AddRow(RecordArray& rows, const TableDef& def, size_t idx, const Mutation& m) {
   rows.Begin(def.columns.size() + 4);
   rows.Int(RecordArray::kInt4, idx, 4);
@@ -513,24 +526,39 @@ void SetWriter::PlanGroup(std::span<const Mutation> all, const std::vector<size_
   const TableDef& def = handlers::Definition(first.table);
   const std::string schema = TenantSchemaName(tenant_prefix_, first.company_id);
   // Rounds: the k-th mutation of each key goes to round k.
-  std::vector<std::vector<size_t>> rounds;
-  std::unordered_map<std::string, size_t> seen;
-  for (size_t i : indices) {
-    size_t r = seen[KeyOf(all[i], def.key_count)]++;
-    if (rounds.size() <= r) rounds.emplace_back();
-    rounds[r].push_back(i);
+  std::vector<std::string> keys;  // of indices[p]
+  keys.reserve(indices.size());
+  for (size_t i : indices) keys.push_back(KeyOf(all[i], def.key_count));
+  std::vector<std::vector<size_t>> rounds;  // positions in indices
+  {
+    std::unordered_map<std::string_view, size_t> seen;
+    seen.reserve(indices.size());
+    for (size_t p = 0; p < indices.size(); ++p) {
+      const size_t r = seen[keys[p]]++;
+      if (rounds.size() <= r) rounds.emplace_back();
+      rounds[r].push_back(p);
+    }
   }
+  const uint32_t row_type = row_types_[static_cast<size_t>(def.table)];
   for (const auto& round : rounds) {
     WriteStep upsert{schema, &def, 'u', {}, {}, {}, true};
     WriteStep update{schema, &def, 'p', {}, {}, {}, true};
-    const uint32_t row_type = row_types_[static_cast<size_t>(def.table)];
     RecordArray upsert_rows(row_type);
     RecordArray update_rows(row_type);
-    for (size_t i : round) {
+    size_t upsert_bytes = 0;
+    size_t update_bytes = 0;
+    for (size_t p : round) {
+      const Mutation& m = all[indices[p]];
+      (m.kind == WriteKind::kUpsert ? upsert_bytes : update_bytes) += RowBytes(def, m);
+    }
+    upsert_rows.Reserve(upsert_bytes);
+    update_rows.Reserve(update_bytes);
+    for (size_t p : round) {
+      const size_t i = indices[p];
       const Mutation& m = all[i];
       if (m.kind == WriteKind::kUpsert) {
         AddRow(upsert_rows, def, i, m);
-        upsert.upsert_by_key[KeyOf(m, def.key_count)] = i;
+        upsert.upsert_by_key[std::move(keys[p])] = i;
         out[i] = {ApplyOutcome::kStale, ""};
       } else {
         AddRow(update_rows, def, i, m);
@@ -560,20 +588,25 @@ std::vector<WriteStep> SetWriter::Plan(std::span<const Mutation> mutations,
   std::vector<WriteStep> steps;
   // Groups by (tenant, table), in order of first appearance.
   std::vector<std::vector<size_t>> groups;
-  std::map<std::pair<std::string, int>, size_t> group_of;
+  constexpr size_t kNoGroup = SIZE_MAX;
+  std::unordered_map<std::string_view, std::array<size_t, 4>> group_of;  // tenant -> by table
   for (size_t i = 0; i < mutations.size(); ++i) {
-    auto key = std::make_pair(mutations[i].company_id, static_cast<int>(mutations[i].table));
-    auto [it, inserted] = group_of.try_emplace(key, groups.size());
-    if (inserted) groups.emplace_back();
-    groups[it->second].push_back(i);
+    auto [it, inserted] = group_of.try_emplace(mutations[i].company_id);
+    if (inserted) it->second.fill(kNoGroup);
+    size_t& group = it->second.at(static_cast<size_t>(mutations[i].table));
+    if (group == kNoGroup) {
+      group = groups.size();
+      groups.emplace_back();
+    }
+    groups[group].push_back(i);
   }
 
   // Onboarding in stream order (see OnboardingSql), per tenant: contacts created, then taken
   // over, before the batch's contact writes; the first realtime contacts.upsert of each
   // contact after them. A message that a contacts.upsert of its (agent, phone) in the batch
   // precedes in the stream does not onboard: that saves creating a log row only to delete it.
-  std::map<std::string, uint64_t> first_contact_upsert;  // tenant + key -> stream sequence
-  std::map<std::string, RecordArray> marks;              // tenant -> first upserts
+  std::unordered_map<std::string, uint64_t> first_contact_upsert;  // tenant + key -> sequence
+  std::map<std::string, RecordArray> marks;                        // tenant -> first upserts
   for (const Mutation& m : mutations) {
     if (!MarksFirstUpsert(m)) continue;
     auto [it, inserted] =
@@ -616,14 +649,24 @@ bool SetWriter::Needed(const WriteStep& step, const std::vector<ApplyResult>& ou
   return false;
 }
 
-void SetWriter::Interpret(const WriteStep& step, const std::vector<std::vector<std::string>>& rows,
+void SetWriter::Interpret(const WriteStep& step, const ResultRows& rows,
                           std::vector<ApplyResult>& out) {
+  // The mutation a 'p' or 'x' row names by its idx (the statements return only indices they
+  // were given; anything else is ignored).
+  const auto index = [&](size_t row) -> std::optional<size_t> {
+    const std::string_view v = rows.Value(row, 0);
+    size_t i = 0;
+    const auto [end, error] = std::from_chars(v.data(), v.data() + v.size(), i);
+    if (error != std::errc{} || end != v.data() + v.size() || i >= out.size()) return std::nullopt;
+    return i;
+  };
   switch (step.op) {
-    case 'u':
-      for (const auto& row : rows) {
-        std::string k;
-        for (const auto& v : row) {
-          k += v;
+    case 'u': {
+      std::string k;
+      for (size_t row = 0; row < rows.Size(); ++row) {
+        k.clear();
+        for (size_t col = 0; col < rows.Columns(); ++col) {
+          k += rows.Value(row, col);
           k += '\x1f';
         }
         if (auto it = step.upsert_by_key.find(k); it != step.upsert_by_key.end()) {
@@ -631,13 +674,16 @@ void SetWriter::Interpret(const WriteStep& step, const std::vector<std::vector<s
         }
       }
       break;
+    }
     case 'p':
-      for (const auto& row : rows) out[std::stoul(row.at(0))] = {ApplyOutcome::kApplied, ""};
+      for (size_t row = 0; row < rows.Size(); ++row) {
+        if (const auto i = index(row)) out[*i] = {ApplyOutcome::kApplied, ""};
+      }
       break;
     case 'x':
-      for (const auto& row : rows) {
-        const size_t i = std::stoul(row.at(0));
-        if (out[i].outcome != ApplyOutcome::kApplied) out[i] = {ApplyOutcome::kStale, ""};
+      for (size_t row = 0; row < rows.Size(); ++row) {
+        const auto i = index(row);
+        if (i && out[*i].outcome != ApplyOutcome::kApplied) out[*i] = {ApplyOutcome::kStale, ""};
       }
       break;
     default:

@@ -10,6 +10,8 @@
 #include <map>
 #include <span>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "handlers/mutation.hpp"
@@ -29,9 +31,18 @@ struct WriteStep {
   // taken over, 'c' first realtime contacts.upsert of each contact
   char op = 'u';
   std::vector<std::string> params;
-  std::map<std::string, size_t> upsert_by_key;  // 'u': key text -> mutation index
-  std::vector<size_t> indices;                  // 'p', 'x': the updates' mutation indices
+  std::unordered_map<std::string, size_t> upsert_by_key;  // 'u': key text -> mutation index
+  std::vector<size_t> indices;                            // 'p', 'x': the updates' mutation indices
   bool binary = false;  // params in binary format (always, in a plan), else text
+};
+
+// The rows a statement returned, each value as text.
+class ResultRows {
+ public:
+  virtual ~ResultRows() = default;
+  virtual size_t Size() const = 0;
+  virtual size_t Columns() const = 0;
+  virtual std::string_view Value(size_t row, size_t col) const = 0;
 };
 
 class SetWriter {
@@ -57,7 +68,7 @@ class SetWriter {
   // (upserts stale, updates not yet); Interpret moves outcomes forward from result rows.
   std::vector<WriteStep> Plan(std::span<const handlers::Mutation> mutations,
                               std::vector<pipeline::ApplyResult>& out) const;
-  static void Interpret(const WriteStep& step, const std::vector<std::vector<std::string>>& rows,
+  static void Interpret(const WriteStep& step, const ResultRows& rows,
                         std::vector<pipeline::ApplyResult>& out);
   // False for a stale check whose updates all applied (a sequential writer may skip it).
   static bool Needed(const WriteStep& step, const std::vector<pipeline::ApplyResult>& out);

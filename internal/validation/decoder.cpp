@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <utility>
@@ -23,6 +24,20 @@ bool IsJsonWhitespace(char c) { return c == ' ' || c == '\t' || c == '\n' || c =
 // Offset of the bracket that opens level max_depth + 1, or std::nullopt. A linear scan that
 // only tracks strings, so it cannot blow the stack; syntax is left to the parser.
 std::optional<size_t> FindExcessiveNesting(std::string_view bytes, size_t max_depth) {
+  // Every level opens with its own '[' or '{'. With no more of them than max_depth in the
+  // whole text (strings included), nothing can nest deeper: no walk needed. (memchr skips
+  // the text between them many bytes at a time.)
+  size_t opening = 0;
+  for (const char bracket : {'{', '['}) {
+    for (const char* p = bytes.data(); opening <= max_depth;) {
+      const size_t left = bytes.size() - static_cast<size_t>(p - bytes.data());
+      p = static_cast<const char*>(std::memchr(p, bracket, left));
+      if (p == nullptr) break;
+      ++opening;
+      ++p;
+    }
+  }
+  if (opening <= max_depth) return std::nullopt;
   size_t depth = 0;
   bool in_string = false;
   for (size_t i = 0; i < bytes.size(); ++i) {
@@ -155,9 +170,9 @@ Result<nlohmann::json, Failure> DecodeEvent(std::string_view bytes, size_t max_b
 }
 
 std::optional<Failure> ValidateEvent(const SchemaRegistry& reg, EventType type,
-                                     const nlohmann::json& doc, int64_t now_unix,
-                                     bool may_hold_nul) {
-  if (auto message = reg.Validate(type, doc)) {
+                                     const nlohmann::json& doc, int64_t now_unix, bool may_hold_nul,
+                                     std::string_view checked_tenant) {
+  if (auto message = reg.Validate(type, doc, checked_tenant)) {
     return Failure{ReasonCode::kSchemaViolation, std::move(*message)};
   }
   if (!IsHistory(type)) {

@@ -43,8 +43,11 @@ Result<nlohmann::json, Failure> DecodeEvent(std::string_view bytes, size_t max_b
 //
 // For history types only the envelope is checked; validate each item alone with
 // ValidateEvent(reg, HistoryItemType(type), item, now_unix).
+//
+// `checked_tenant`: see SchemaRegistry::Validate.
 std::optional<Failure> ValidateEvent(const SchemaRegistry& reg, EventType type,
                                      const nlohmann::json& doc, int64_t now_unix,
-                                     bool may_hold_nul = true);
+                                     bool may_hold_nul = true,
+                                     std::string_view checked_tenant = {});
 
 }  // namespace evp::validation

@@ -27,6 +27,10 @@ namespace evp::validation {
 struct SchemaRegistry::Entry {
   nlohmann::json document;
   valijson::Schema schema;  // neither copyable nor movable: the Entry lives on the heap
+  // The same schema without the tenant rule on company_id, for documents whose company_id
+  // is a tenant id already checked against that rule (see Validate); null when the schema
+  // has no such rule.
+  std::unique_ptr<valijson::Schema> without_tenant_rule;
 };
 
 namespace {
@@ -34,6 +38,8 @@ namespace {
 using Json = nlohmann::json;
 
 constexpr std::string_view kDraft07 = "http://json-schema.org/draft-07/schema#";
+// The tenant rule of SPEC §4, as the schemas spell it for company_id.
+constexpr std::string_view kTenantRule = "^[A-Za-z][A-Za-z0-9_]{0,39}$";
 constexpr size_t kMaxSegmentBytes = 64;
 
 std::string SchemaPath(EventType type) {
@@ -353,6 +359,14 @@ std::optional<std::string> SchemaRegistry::Load(EventType type, std::string_view
     valijson::SchemaParser parser(valijson::SchemaParser::kDraft7);
     valijson::adapters::NlohmannJsonAdapter adapter(doc);
     parser.populateSchema(adapter, entry->schema);
+    const Json::json_pointer rule("/properties/company_id/pattern");
+    if (doc.contains(rule) && doc.at(rule) == kTenantRule) {
+      Json copy = doc;
+      copy.at("properties").at("company_id").erase("pattern");
+      entry->without_tenant_rule = std::make_unique<valijson::Schema>();
+      valijson::adapters::NlohmannJsonAdapter copy_adapter(copy);
+      parser.populateSchema(copy_adapter, *entry->without_tenant_rule);
+    }
   } catch (const std::exception& e) {
     return "invalid schema: " + std::string(e.what());
   }
@@ -391,18 +405,29 @@ Result<SchemaRegistry, std::string> SchemaRegistry::LoadFromDirectory(
   return reg;
 }
 
-std::optional<std::string> SchemaRegistry::Validate(EventType type,
-                                                    const nlohmann::json& doc) const {
+std::optional<std::string> SchemaRegistry::Validate(EventType type, const nlohmann::json& doc,
+                                                    std::string_view checked_tenant) const {
   const Entry& entry = *entries_[static_cast<size_t>(type)];
+  // A company_id equal to a tenant id that already passed the tenant rule passes the schema's
+  // copy of that rule as well: the schema without it gives the same verdict and the same
+  // messages, without running std::regex (about a twentieth of the decode and validation
+  // time of a small event).
+  const valijson::Schema* schema = &entry.schema;
+  if (entry.without_tenant_rule != nullptr && !checked_tenant.empty() && doc.is_object()) {
+    const auto it = doc.find("company_id");
+    if (it != doc.end() && it->is_string() && it->get_ref<const std::string&>() == checked_tenant) {
+      schema = entry.without_tenant_rule.get();
+    }
+  }
   // One Validator per thread: it caches compiled regexes (std::regex is costly to build)
   // and is not thread-safe; the Schema itself is only read.
   thread_local valijson::Validator validator(valijson::Validator::kStrongTypes);
   try {
     const valijson::adapters::NlohmannJsonAdapter target(doc);
     // Fast path stops at the first failure; collect details only for invalid documents.
-    if (validator.validate(entry.schema, target, nullptr)) return std::nullopt;
+    if (validator.validate(*schema, target, nullptr)) return std::nullopt;
     valijson::ValidationResults results;
-    validator.validate(entry.schema, target, &results);
+    validator.validate(*schema, target, &results);
     return Describe(entry.document, doc, results);
   } catch (const std::exception& e) {
     return SanitizeUtf8("(root): validator error: " + std::string(e.what()), kMaxMessageBytes);

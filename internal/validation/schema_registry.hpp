@@ -46,7 +46,12 @@ class SchemaRegistry {
   //
   // For history types only the envelope is checked: validate each array item alone against
   // HistoryItemType(type), so that one bad item does not reject the batch.
-  std::optional<std::string> Validate(EventType type, const nlohmann::json& doc) const;
+  //
+  // `checked_tenant`, when not empty, must be a tenant id known to satisfy the tenant rule
+  // (SPEC §4; the subject's tenant once routing accepted it). A company_id equal to it is
+  // then not checked against the schema's pattern again; the result is the same.
+  std::optional<std::string> Validate(EventType type, const nlohmann::json& doc,
+                                      std::string_view checked_tenant = {}) const;
 
   // The schema document of `type` as loaded (for tooling that prints the contract).
   const nlohmann::json& SchemaDocument(EventType type) const;

@@ -582,6 +582,41 @@ TEST(SchemaRegistry, AcceptsCompanyIdsOfOneToFortyCharacters) {
   }
 }
 
+TEST(SchemaRegistry, ACheckedTenantSkipsOnlyTheRuleItAlreadyPassed) {
+  const SchemaRegistry& reg = DirectoryRegistry();
+  EXPECT_EQ(reg.Validate(EventType::kChatsUpsert, With(kChat, "company_id", "acme"), "acme"),
+            std::nullopt);
+  // A company_id other than the checked tenant is still held to the rule.
+  for (const std::string& id : std::vector<std::string>{"", "9a", "a-b", "acme\n", "acme "}) {
+    EXPECT_EQ(reg.Validate(EventType::kChatsUpsert, With(kChat, "company_id", id), "acme"),
+              "/company_id: must match ^[A-Za-z][A-Za-z0-9_]{0,39}$")
+        << id;
+  }
+  // Other rules still apply, with the same message.
+  const Json doc = With(With(kChat, "company_id", "acme"), "unread_count", -1);
+  EXPECT_EQ(reg.Validate(EventType::kChatsUpsert, doc, "acme"),
+            reg.Validate(EventType::kChatsUpsert, doc));
+  ASSERT_NE(reg.Validate(EventType::kChatsUpsert, doc, "acme"), std::nullopt);
+}
+
+TEST(SchemaRegistry, ACheckedTenantChangesNoVerdictOfAnyFixture) {
+  // Every fixture, valid or not, carrying the checked tenant as its company_id: the same
+  // result with and without the tenant marked as checked.
+  size_t compared = 0;
+  for (const fs::path& dir : {kValidDir, kInvalidDir}) {
+    for (const Fixture& f : ListFixtures(dir)) {
+      auto doc = Json::parse(ReadBytes(f.path), nullptr, false);
+      if (!doc.is_object()) continue;
+      doc["company_id"] = "Acme_1";
+      EXPECT_EQ(DirectoryRegistry().Validate(f.type, doc, "Acme_1"),
+                DirectoryRegistry().Validate(f.type, doc))
+          << f.relative;
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 50u);
+}
+
 TEST(SchemaRegistry, RejectsAHugeCompanyIdWithoutBlowingTheRegexStack) {
   const Json doc = With(kChat, "company_id", "a" + std::string(900'000, 'b'));
   EXPECT_EQ(DirectoryRegistry().Validate(EventType::kChatsUpsert, doc),
