@@ -197,6 +197,7 @@ Mutation BuildMutation(EventType type, const nlohmann::json& doc, const std::str
   m.version = version;
   std::tie(m.table, m.kind) = TargetOf(type);
   const TableDef& def = Definition(m.table);
+  m.values.reserve(def.columns.size());
   for (const Column& col : def.columns) {
     if (col.name == "company_id") {
       m.values.push_back({&col, company_id});
