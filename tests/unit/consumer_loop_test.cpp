@@ -205,12 +205,14 @@ TEST(ConsumerLoop, TellsTheHandlerHowLongItWaitedForTheDatabase) {
   std::atomic<bool> stop{false};
   LoopHealth health;
   health.store_ok = false;  // as after a batch that found the database gone
+  // Taken before the loop starts, which is when the loop's own measure can begin at the
+  // earliest: the reported outage can then never exceed down_for.
+  const auto down_from = std::chrono::steady_clock::now();
   std::thread loop([&] {
     RunConsumerLoop(source, handler, store, metrics,
                     {"test", 10, milliseconds(1), milliseconds(0), milliseconds(1000)}, stop,
                     health);
   });
-  const auto down_from = std::chrono::steady_clock::now();
   std::this_thread::sleep_for(milliseconds(700));  // the outage being measured
   store.fail_transiently = false;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
