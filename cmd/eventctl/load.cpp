@@ -23,6 +23,8 @@ namespace evp::eventctl {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+// Pacing granularity of a rate-limited load: events due within one tick go out together.
+constexpr std::chrono::milliseconds kPaceTick{1};
 
 struct LoadOptions {
   double rate = 1000;  // events/s in total; 0 = as fast as possible
@@ -300,7 +302,11 @@ int RunLoad(const Config& config, const LoadOptions& o) {
           const auto due = started + std::chrono::duration_cast<Clock::duration>(
                                          std::chrono::duration<double>(at));
           if (quota < 0 && due >= deadline) break;
-          if (due > Clock::now()) std::this_thread::sleep_until(due);
+          // Wakes at most once per tick and publishes what fell due meanwhile in one burst:
+          // a wake-up for each event cost more CPU than its publish (half a core at 5,000
+          // events/s, on the machine the processor is measured on).
+          const auto now = Clock::now();
+          if (due > now) std::this_thread::sleep_until(std::max(due, now + kPaceTick));
         }
         auto [subject, body] = o.prebuild ? std::move(prebuilt[static_cast<size_t>(n)])
                                           : factory.Next(static_cast<uint64_t>(n));

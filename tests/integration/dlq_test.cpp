@@ -539,6 +539,29 @@ TEST(DlqWorker, LoadRunsStartedTogetherNeverShareMessageIds) {
       << first.Log() << second.Log();
 }
 
+TEST(DlqWorker, PacedLoadPublishesItsRateForItsDuration) {
+  // Events due within one pacing tick go out together; over the run the rate holds: 400
+  // events/s for 1 s is 400 events (a few fewer if a worker is still behind at the end).
+  Stack stack;
+  const std::string prefix = UniqueName("pace");
+  ChildProcess load(BinaryPath("eventctl"),
+                    {"load", "--rate", "400", "--duration", "1s", "--tenants", "1",
+                     "--tenant-prefix", prefix, "--mix", "messages.upsert=1", "--quiet"},
+                    stack.Env());
+  ASSERT_EQ(load.Wait(std::chrono::seconds(60)), 0) << load.Log();
+  const size_t at = load.Log().find("published ");
+  ASSERT_NE(at, std::string::npos) << load.Log();
+  const int published = std::stoi(load.Log().substr(at + 10));
+  EXPECT_LE(published, 400) << load.Log();
+  EXPECT_GE(published, 390) << load.Log();
+  const size_t in = load.Log().find(" in ", at);
+  ASSERT_NE(in, std::string::npos) << load.Log();
+  EXPECT_GE(std::stod(load.Log().substr(in + 4)), 0.99) << "published faster than paced";
+  EXPECT_TRUE(
+      stack.WaitCount("SELECT count(*) FROM tenant_" + prefix + "_t0000.messages", published))
+      << load.Log();
+}
+
 TEST(DlqWorker, PrebuiltLoadPublishesEveryEventAndSaysWhenPublishingStarted) {
   Stack stack;
   const std::string prefix = UniqueName("pb");
