@@ -421,6 +421,20 @@ batch_stats() {
                n, (n ? m / n : 0), (n ? 1000 * t / n : 0), mean("prepare"), mean("write"), mean("settle"), r }' "$1"
 }
 
+# Batches between two /metrics dumps (before, after, seconds between them): "N batches of M
+# messages, writes of W ms, the writer busy P % of the time". Caught up, a batch holds what
+# arrived during the write before it, so latency follows the write time of a batch.
+batch_delta_stats() {
+  awk -v secs="$3" '
+       $1 == "evp_batch_size_messages_count" { n[FILENAME] = $2 }
+       $1 == "evp_batch_size_messages_sum" { m[FILENAME] = $2 }
+       $1 == "evp_batch_stage_seconds_sum{stage=\"write\"}" { w[FILENAME] = $2 }
+       END { b = ARGV[1]; a = ARGV[2]; dn = n[a] - n[b]
+             if (dn <= 0 || secs <= 0) { printf "no batches"; exit }
+             printf "%d batches of %.0f messages, writes of %.1f ms, the writer busy %.0f %% of the time",
+               dn, (m[a] - m[b]) / dn, 1000 * (w[a] - w[b]) / dn, 100 * (w[a] - w[b]) / secs }' "$1" "$2"
+}
+
 # "N tenant schemas created in the first S s" (from "consuming" to the last "tenant schema
 # ready" line of the processor log): first-sight tenant DDL is inside the measured window.
 tenant_setup() {
@@ -610,6 +624,7 @@ for ((run = 1; run <= RUNS; run++)); do
 
     # (d) latency: the caught-up processor under LATENCY_RATE events/s for LATENCY_SECONDS.
     metrics_dump "$WORK/logs/metrics-$run-before.txt" || die "cannot read the processor's /metrics"
+    lat_from="$(date +%s.%N)"
     eventctl_load --rate "$LATENCY_RATE" --duration "${LATENCY_SECONDS}s" --run-id "bench-lat$run" \
       >"$WORK/logs/latency-load-$run.log" 2>&1 ||
       die "latency load failed: $(tail -n 3 "$WORK/logs/latency-load-$run.log")"
@@ -624,8 +639,10 @@ for ((run = 1; run <= RUNS; run++)); do
         "$WORK/logs/metrics-$run-after.txt")
       p50s+=("$p50") p99s+=("$p99")
       offered="$(sed -n 's/.*in \([0-9.]*\) s: \([0-9]*\) events\/s.*/\2/p' "$WORK/logs/latency-load-$run.log")"
+      lat_secs="$(awk -v a="$lat_from" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }')"
       echo "$tag: latency    $n events observed at ${offered:-?} events/s offered" \
-        "(target $LATENCY_RATE): p50 ${p50} ms, p99 ${p99} ms"
+        "(target $LATENCY_RATE): p50 ${p50} ms, p99 ${p99} ms;" \
+        "$(batch_delta_stats "$WORK/logs/metrics-$run-before.txt" "$WORK/logs/metrics-$run-after.txt" "$lat_secs")"
     fi
 
     rss_end="$(vmhwm_kb "$proc_pid")"
