@@ -381,7 +381,8 @@ int RunLoad(const Config& config, const LoadOptions& o) {
 std::function<int(const Config&)> AddLoadCommand(CLI::App& app) {
   auto o = std::make_shared<LoadOptions>();
   auto* cmd = app.add_subcommand("load", "generate load: realistic events at a target rate");
-  cmd->add_option("--rate", o->rate, "events per second in total (0 = as fast as possible)")
+  cmd->add_option("--rate", o->rate,
+                  "events per second in total, sent in 1 ms ticks (0 = as fast as possible)")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 10'000'000.0));
   cmd->add_option("--duration", o->duration, "how long to publish (500ms, 30s, 5m)")
