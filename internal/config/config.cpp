@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "core/duration.hpp"
+#include "core/event.hpp"
 #include "core/text.hpp"
 
 namespace evp {
@@ -106,7 +107,7 @@ Key StringKey(std::string name, std::string doc, std::string def, std::string pa
   return k;
 }
 
-const char* kTenantPattern = "^[A-Za-z][A-Za-z0-9_]{0,39}$";
+const char* kTenantPattern = kTenantIdPattern.data();  // a literal: NUL-terminated
 const char* kIdentPattern = "^[a-z_][a-z0-9_]{0,22}$";
 const char* kIdentRule = "must match ^[a-z_][a-z0-9_]{0,22}$ (a lower-case SQL identifier)";
 const char* kNamePattern = "^[A-Za-z0-9_-]{1,64}$";

@@ -37,6 +37,9 @@ bool IsHistory(EventType type);
 EventType HistoryItemType(EventType type);
 std::string_view HistoryArrayKey(EventType type);
 
+// What a tenant id (company_id) must match (SPEC §4), as the JSON Schemas spell it.
+inline constexpr std::string_view kTenantIdPattern = "^[A-Za-z][A-Za-z0-9_]{0,39}$";
+
 // Stable machine codes of SPEC §10; an exhausted row's reason is "<code>: <message>".
 enum class ReasonCode {
   kMalformedJson,

@@ -38,8 +38,6 @@ namespace {
 using Json = nlohmann::json;
 
 constexpr std::string_view kDraft07 = "http://json-schema.org/draft-07/schema#";
-// The tenant rule of SPEC §4, as the schemas spell it for company_id.
-constexpr std::string_view kTenantRule = "^[A-Za-z][A-Za-z0-9_]{0,39}$";
 constexpr size_t kMaxSegmentBytes = 64;
 
 std::string SchemaPath(EventType type) {
@@ -360,7 +358,7 @@ std::optional<std::string> SchemaRegistry::Load(EventType type, std::string_view
     valijson::adapters::NlohmannJsonAdapter adapter(doc);
     parser.populateSchema(adapter, entry->schema);
     const Json::json_pointer rule("/properties/company_id/pattern");
-    if (doc.contains(rule) && doc.at(rule) == kTenantRule) {
+    if (doc.contains(rule) && doc.at(rule) == kTenantIdPattern) {
       Json copy = doc;
       copy.at("properties").at("company_id").erase("pattern");
       entry->without_tenant_rule = std::make_unique<valijson::Schema>();
