@@ -31,8 +31,9 @@
 #   KEEP=1    keep the temp directory (server and processor logs) after the run
 #   PROFILE=1 also print, per run, the CPU each process spent per event in the reference and
 #             processor phases, and where PostgreSQL's executor and planning time went by
-#             statement kind, with how often each kind was planned (pg_stat_statements; it
-#             costs a few per cent, so figures are not for the bars)
+#             statement kind in the processor and latency phases, with how often each kind
+#             was planned (pg_stat_statements; it costs a few per cent, so figures are not
+#             for the bars)
 #   PG_BIN    PostgreSQL server binaries [/usr/lib/postgresql/15/bin]
 #   NATS_STORE_PARENT  directory for nats-server's file store [the temp directory], e.g.
 #             /dev/shm to keep NATS's write-back off PostgreSQL's disk
@@ -623,6 +624,7 @@ for ((run = 1; run <= RUNS; run++)); do
     fi
 
     # (d) latency: the caught-up processor under LATENCY_RATE events/s for LATENCY_SECONDS.
+    ((PROFILE == 0)) || psql_db "$db" -c "SELECT pg_stat_statements_reset()" >/dev/null
     metrics_dump "$WORK/logs/metrics-$run-before.txt" || die "cannot read the processor's /metrics"
     lat_from="$(date +%s.%N)"
     eventctl_load --rate "$LATENCY_RATE" --duration "${LATENCY_SECONDS}s" --run-id "bench-lat$run" \
@@ -643,6 +645,10 @@ for ((run = 1; run <= RUNS; run++)); do
       echo "$tag: latency    $n events observed at ${offered:-?} events/s offered" \
         "(target $LATENCY_RATE): p50 ${p50} ms, p99 ${p99} ms;" \
         "$(batch_delta_stats "$WORK/logs/metrics-$run-before.txt" "$WORK/logs/metrics-$run-after.txt" "$lat_secs")"
+      if ((PROFILE == 1)); then
+        echo "$tag: profile    PostgreSQL executor and planning time of the latency phase by statement:"
+        statement_profile "$db" | sed 's/^/      /'
+      fi
     fi
 
     rss_end="$(vmhwm_kb "$proc_pid")"
