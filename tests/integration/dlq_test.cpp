@@ -535,6 +535,8 @@ TEST(DlqWorker, LoadRunsStartedTogetherNeverShareMessageIds) {
   EXPECT_EQ(first.Wait(std::chrono::seconds(60)), 0) << first.Log();
   EXPECT_EQ(second.Wait(std::chrono::seconds(60)), 0) << second.Log();
   EXPECT_NE(first.Log().find("50 acknowledged, 0 errors"), std::string::npos) << first.Log();
+  // Unpaced, it publishes over 2 connections unless told otherwise.
+  EXPECT_NE(first.Log().find("events/s over 2 connections"), std::string::npos) << first.Log();
   EXPECT_TRUE(stack.WaitCount("SELECT count(*) FROM tenant_" + prefix + "_t0000.messages", 100))
       << first.Log() << second.Log();
 }
@@ -557,6 +559,8 @@ TEST(DlqWorker, PacedLoadPublishesItsRateForItsDuration) {
   const size_t in = load.Log().find(" in ", at);
   ASSERT_NE(in, std::string::npos) << load.Log();
   EXPECT_GE(std::stod(load.Log().substr(in + 4)), 0.99) << "published faster than paced";
+  // Paced below 20,000 events/s, one connection: each more one costs its own client threads.
+  EXPECT_NE(load.Log().find("events/s over 1 connection\n"), std::string::npos) << load.Log();
   EXPECT_TRUE(
       stack.WaitCount("SELECT count(*) FROM tenant_" + prefix + "_t0000.messages", published))
       << load.Log();
@@ -573,6 +577,7 @@ TEST(DlqWorker, PrebuiltLoadPublishesEveryEventAndSaysWhenPublishingStarted) {
                     stack.Env());
   EXPECT_EQ(load.Wait(std::chrono::seconds(60)), 0) << load.Log();
   EXPECT_NE(load.Log().find("30 acknowledged, 0 errors"), std::string::npos) << load.Log();
+  EXPECT_NE(load.Log().find("events/s over 3 connections"), std::string::npos) << load.Log();
   const size_t at = load.Log().find("publishing from ");
   ASSERT_NE(at, std::string::npos) << load.Log();
   const double started = std::stod(load.Log().substr(at + 16));
