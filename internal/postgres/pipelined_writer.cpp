@@ -267,26 +267,18 @@ PipelinedWriter::Outcome PipelinedWriter::Write(std::span<const handlers::Mutati
     Close();
     return o;
   };
-  // Two exchanges: the writes, then the stale checks of the updates that did not apply
-  // (usually none) with the COMMIT. Both run in the one transaction.
+  // One exchange: BEGIN, the writes and COMMIT. Then, only for updates that did not apply
+  // (usually none), their stale checks in a second one. A check reads the latest committed
+  // version of its row whether it runs before or after the COMMIT (each statement of a read
+  // committed transaction takes a new snapshot, and versions only move forward), so it
+  // comes after: the usual write costs one round trip, not two.
   std::vector<const WriteStep*> writes;
   std::vector<const WriteStep*> checks;
   for (const WriteStep& step : steps) (step.op == 'x' ? checks : writes).push_back(&step);
   // Statements are prepared once per connection, before they are sent; a check only when it
   // is needed. Evicting is only done before the transaction: it may reconnect.
   if (!PrepareStatements(writes, true, outcome)) return outcome;
-  if (!Exchange(writes, true, false, outcome)) return lost(outcome);
-  if (outcome.failure == Failure::kNone) {
-    std::vector<const WriteStep*> needed;
-    for (const WriteStep* check : checks) {
-      if (SetWriter::Needed(*check, outcome.results)) needed.push_back(check);
-    }
-    if (!PrepareStatements(needed, false, outcome)) {
-      if (PQstatus(conn_) != CONNECTION_OK) return lost(outcome);
-    } else if (!Exchange(needed, false, true, outcome)) {
-      return lost(outcome);
-    }
-  }
+  if (!Exchange(writes, true, true, outcome)) return lost(outcome);
   if (outcome.failure != Failure::kNone || PQtransactionStatus(conn_) != PQTRANS_IDLE) {
     // An aborted transaction block stays open after the sync: end it.
     PQclear(PQexec(conn_, "ROLLBACK"));
@@ -295,7 +287,22 @@ PipelinedWriter::Outcome PipelinedWriter::Write(std::span<const handlers::Mutati
       outcome.message = "transaction did not commit";
     }
     outcome.results.clear();
+    return outcome;
   }
+  std::vector<const WriteStep*> needed;
+  for (const WriteStep* check : checks) {
+    if (SetWriter::Needed(*check, outcome.results)) needed.push_back(check);
+  }
+  if (needed.empty()) return outcome;
+  // Committed: a check that cannot run leaves its updates "not yet", to be retried (where
+  // they apply, or prove stale), never dropped; the other outcomes stand.
+  Outcome checked;
+  checked.results = outcome.results;
+  if (!PrepareStatements(needed, false, checked) || !Exchange(needed, false, false, checked)) {
+    if (PQstatus(conn_) != CONNECTION_OK) Close();
+    return outcome;
+  }
+  if (checked.failure == Failure::kNone) outcome.results = std::move(checked.results);
   return outcome;
 }
 

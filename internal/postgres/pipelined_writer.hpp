@@ -1,8 +1,8 @@
 #pragma once
 // Writes a batch's statements (SetWriter::Plan) in libpq pipeline mode on a connection of
-// its own: BEGIN and every write in one round trip, then the stale checks that are needed
-// (updates that did not apply) with COMMIT in a second one. The sequential SetWriter::Write stays
-// the reference and the fallback: when a statement fails here, nothing is committed and the caller
+// its own: BEGIN, every write and COMMIT in one round trip, then, only when updates did not
+// apply, their stale checks in a second one. The sequential SetWriter::Write stays the
+// reference and the fallback: when a statement fails here, nothing is committed and the caller
 // isolates the failing events. Not thread-safe (one per writer connection).
 #include <chrono>
 #include <list>
