@@ -559,7 +559,7 @@ TEST(DlqWorker, PacedLoadPublishesItsRateForItsDuration) {
   const size_t in = load.Log().find(" in ", at);
   ASSERT_NE(in, std::string::npos) << load.Log();
   EXPECT_GE(std::stod(load.Log().substr(in + 4)), 0.99) << "published faster than paced";
-  // Paced below 20,000 events/s, one connection: each more one costs its own client threads.
+  // Paced below 20,000 events/s, one connection: every further one costs its own client threads.
   EXPECT_NE(load.Log().find("events/s over 1 connection\n"), std::string::npos) << load.Log();
   EXPECT_TRUE(
       stack.WaitCount("SELECT count(*) FROM tenant_" + prefix + "_t0000.messages", published))
